@@ -1,0 +1,39 @@
+"""Countersign: policy training, quizzes, signed acknowledgement, and "is this person trained?"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from core import config, web
+from core.db import db
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        template_folder="core/templates",
+        static_folder="core/static",
+    )
+    config.load(app, test_config)
+    db.init_app(app)
+    web.init_app(app)
+
+    from people.cli import people_cli
+    from people.views import admin_bp, auth_bp
+    from training.cli import content_cli, db_cli, setup_command
+    from training.views import training_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(training_bp)
+    app.cli.add_command(db_cli)
+    app.cli.add_command(content_cli)
+    app.cli.add_command(people_cli)
+    app.cli.add_command(setup_command)
+    return app
+
+
+app = create_app()

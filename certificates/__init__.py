@@ -1,0 +1,1 @@
+"""Certificates of training, rendered with WeasyPrint (see the reports and certificates issue)."""

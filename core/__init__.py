@@ -1,0 +1,1 @@
+"""Shared plumbing: database, configuration, security helpers, errors, the base template."""

@@ -1,0 +1,53 @@
+"""Schema changes come only from the Alembic revisions in ``migrations/``."""
+
+from __future__ import annotations
+
+import click
+from alembic import command
+from alembic.config import Config
+from flask import current_app
+from flask.cli import with_appcontext
+
+from core.config import ROOT
+from core.db import db
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    return cfg
+
+
+def upgrade(revision: str = "head") -> None:
+    """Bring the app's database up to ``revision`` on the app's own engine."""
+    cfg = alembic_config()
+    with db.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+
+
+@click.group("db", help="Database schema (Alembic migrations).")
+def db_cli() -> None:
+    pass
+
+
+@db_cli.command("upgrade", help="Apply every migration not yet applied.")
+@click.argument("revision", default="head")
+@with_appcontext
+def upgrade_command(revision: str) -> None:
+    upgrade(revision)
+    click.echo(f"Database is at the latest schema ({_safe_url()}).")
+
+
+@db_cli.command("revision", help="Write a new migration from the models (for developers).")
+@click.option("-m", "--message", required=True)
+@with_appcontext
+def revision_command(message: str) -> None:
+    cfg = alembic_config()
+    with db.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.revision(cfg, message=message, autogenerate=True)
+
+
+def _safe_url() -> str:
+    return db.engine.url.render_as_string(hide_password=True) if current_app else ""

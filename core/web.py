@@ -1,0 +1,107 @@
+"""The web surface shared by every blueprint: sign-in plumbing, CSRF, headers, error pages."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app, render_template, request
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from core.db import db
+from training.loader import Federation, load_federation
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def federation() -> Federation:
+    return current_app.extensions["countersign.federation"]
+
+
+def format_datetime(value: datetime | None) -> str:
+    return value.strftime("%-d %b %Y, %H:%M UTC") if value else "—"
+
+
+def format_date(value: date | datetime | None) -> str:
+    return value.strftime("%-d %B %Y") if value else "—"
+
+
+def client_ip() -> str:
+    return request.remote_addr or "unknown"
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.sign_in"
+    login_manager.login_message = "Sign in to continue."
+    login_manager.login_message_category = "info"
+    login_manager.session_protection = "basic"
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> Any:
+        from people.models import Person
+
+        try:
+            pid, version = (int(part) for part in user_id.split(":"))
+        except ValueError:
+            return None
+        person = db.session.get(Person, pid)
+        if person is None or not person.active or person.auth_version != version:
+            return None  # signed out elsewhere, password changed, or deactivated
+        return person
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"federation": federation()}
+
+    app.add_template_filter(format_datetime, "datetime")
+    app.add_template_filter(format_date, "date")
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        if request.endpoint != "static":
+            # Pages show personal records: never keep them in shared caches or the back button.
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.errorhandler(CSRFError)
+    def _csrf(error: CSRFError) -> Any:
+        return (
+            render_template(
+                "error.html",
+                code=400,
+                title="This form has expired",
+                message="The form was out of date or incomplete, so nothing was saved. "
+                "Go back, reload the page and try again.",
+            ),
+            400,
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(error: HTTPException) -> Any:
+        titles = {
+            404: ("Page not found", "There is no page at this address. Check it, or start again "
+                  "from your training page."),
+            403: ("You do not have access", "Your role does not give you access to this page."),
+            413: ("That file is too large", "Upload a smaller file."),
+            405: ("That did not work", "This page cannot be used that way."),
+        }  # fmt: skip
+        title, message = titles.get(error.code or 500, (error.name, error.description))
+        return render_template("error.html", code=error.code, title=title, message=message), (
+            error.code or 500
+        )

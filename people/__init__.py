@@ -1,0 +1,1 @@
+"""People, their roles and schools, sign-in, invitations and the administrator's people pages."""

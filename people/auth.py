@@ -1,0 +1,107 @@
+"""Sign-in throttling, invitation and password-reset links."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from people.models import Person, SignInAttempt
+
+# --- throttling ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    free_failures: int = 5  # failures allowed before waiting is required
+    window: timedelta = timedelta(minutes=15)
+    first_wait: timedelta = timedelta(seconds=30)
+    max_wait: timedelta = timedelta(minutes=15)
+    ip_free_failures: int = 20  # across all emails, from one address
+
+
+def _wait_after(failures: int, last: datetime, policy: ThrottlePolicy, free: int) -> datetime:
+    doublings = min(failures - free, 10)
+    wait = min(policy.first_wait * (2**doublings), policy.max_wait)
+    return last + wait
+
+
+def retry_after(
+    session: Session, email: str, ip: str, policy: ThrottlePolicy, now: datetime | None = None
+) -> int:
+    """Seconds the caller must wait before trying again; 0 when a try is allowed.
+
+    Counted per email (since its last success) and per address, in the database so every worker
+    sees the same counts. Unknown emails are throttled exactly like known ones.
+    """
+    now = now or utcnow()
+    since = now - policy.window
+    last_success = session.scalar(
+        select(func.max(SignInAttempt.at)).where(
+            SignInAttempt.email == email, SignInAttempt.succeeded.is_(True)
+        )
+    )
+    start = max(since, last_success) if last_success else since
+    waits = [0]
+    for column, value, free in (
+        (SignInAttempt.email, email, policy.free_failures),
+        (SignInAttempt.ip, ip, policy.ip_free_failures),
+    ):
+        count, last = session.execute(
+            select(func.count(), func.max(SignInAttempt.at)).where(
+                column == value,
+                SignInAttempt.succeeded.is_(False),
+                SignInAttempt.at > (start if column is SignInAttempt.email else since),
+            )
+        ).one()
+        if count >= free and last is not None:
+            until = _wait_after(count, last, policy, free)
+            waits.append(max(0, int((until - now).total_seconds() + 0.999)))
+    return max(waits)
+
+
+def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> None:
+    session.add(SignInAttempt(email=email[:254], ip=ip[:45], succeeded=succeeded, at=utcnow()))
+
+
+# --- links -------------------------------------------------------------------------------------------
+
+INVITE = "invite"
+RESET = "reset"
+
+
+def _fingerprint(person: Person) -> str:
+    """Changes when the password does, so a link works once: using it sets a new password."""
+    material = f"{person.id}:{person.auth_version}:{person.password_hash or ''}"
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def make_link_token(secret_key: str, purpose: str, person: Person) -> str:
+    serializer = URLSafeTimedSerializer(secret_key, salt=f"countersign-{purpose}")
+    return serializer.dumps({"p": person.id, "f": _fingerprint(person)})
+
+
+class LinkError(Exception):
+    pass
+
+
+def person_for_token(
+    session: Session, secret_key: str, purpose: str, token: str, max_age: int
+) -> Person:
+    """The person a link was made for, or LinkError saying why it no longer works."""
+    serializer = URLSafeTimedSerializer(secret_key, salt=f"countersign-{purpose}")
+    try:
+        data = serializer.loads(token, max_age=max_age)
+    except SignatureExpired:
+        raise LinkError("This link has expired. Ask for a new one.")
+    except BadSignature:
+        raise LinkError("This link is not valid. Check you copied all of it, or ask for a new one.")
+    person = session.get(Person, data.get("p")) if isinstance(data, dict) else None
+    if person is None or not person.active or data.get("f") != _fingerprint(person):
+        raise LinkError("This link has already been used or is no longer valid. Ask for a new one.")
+    return person

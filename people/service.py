@@ -1,0 +1,263 @@
+"""Rules about people: adding, editing, deactivating, importing, and their passwords."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from core.db import utcnow
+from people.models import Person, PersonRole, PersonSchool
+from people.roles import ROLES, role_code
+from training.loader import Federation
+
+MIN_PASSWORD_LENGTH = 10
+# Spend the same time checking a password for an unknown email as for a known one.
+_DUMMY_HASH = generate_password_hash("countersign-timing-equaliser")
+
+
+class PeopleError(ValueError):
+    """Input about a person that cannot be accepted; the message says why."""
+
+
+def normalise_email(email: str) -> str:
+    try:
+        return validate_email(email.strip(), check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise PeopleError(
+            f"{email.strip() or 'An empty value'} is not a valid email address: {exc}"
+        )
+
+
+def find_by_email(session: Session, email: str) -> Person | None:
+    return session.scalar(select(Person).where(Person.email == email.strip().lower()))
+
+
+@dataclass(frozen=True)
+class PersonData:
+    name: str
+    email: str
+    roles: tuple[str, ...]
+    schools: tuple[str, ...] = ()
+
+
+def clean_person(data: PersonData, federation: Federation) -> PersonData:
+    name = " ".join(data.name.split())
+    if not name:
+        raise PeopleError("Enter the person's full name.")
+    if len(name) > 200:
+        raise PeopleError("The name must be 200 characters or fewer.")
+    email = normalise_email(data.email)
+    if not data.roles:
+        raise PeopleError("Choose at least one role.")
+    unknown = [r for r in data.roles if r not in ROLES]
+    if unknown:
+        raise PeopleError(f"Unknown role: {', '.join(unknown)}.")
+    codes = {s.code for s in federation.schools}
+    unknown = [s for s in data.schools if s not in codes]
+    if unknown:
+        raise PeopleError(f"Unknown school: {', '.join(unknown)}.")
+    return PersonData(name, email, tuple(sorted(set(data.roles))), tuple(sorted(set(data.schools))))
+
+
+def _apply(person: Person, data: PersonData) -> None:
+    person.name = data.name
+    person.email = data.email
+    if person.roles != list(data.roles):
+        person.role_rows = [PersonRole(role=r) for r in data.roles]
+    if person.schools != list(data.schools):
+        person.school_rows = [PersonSchool(school=s) for s in data.schools]
+
+
+def create_person(session: Session, data: PersonData, federation: Federation) -> Person:
+    data = clean_person(data, federation)
+    if find_by_email(session, data.email):
+        raise PeopleError(f"Someone with the email {data.email} already exists.")
+    person = Person(name=data.name, email=data.email, active=True)
+    _apply(person, data)
+    session.add(person)
+    session.flush()
+    return person
+
+
+def update_person(
+    session: Session, person: Person, data: PersonData, federation: Federation
+) -> Person:
+    data = clean_person(data, federation)
+    other = find_by_email(session, data.email)
+    if other is not None and other.id != person.id:
+        raise PeopleError(f"Someone else already has the email {data.email}.")
+    _apply(person, data)
+    session.flush()
+    return person
+
+
+def deactivate(person: Person) -> None:
+    """A leaver: they can no longer sign in and are never trained; every record is kept."""
+    if person.active:
+        person.active = False
+        person.deactivated_at = utcnow()
+        person.auth_version += 1
+
+
+def reactivate(person: Person) -> None:
+    if not person.active:
+        person.active = True
+        person.deactivated_at = None
+
+
+def set_password(person: Person, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise PeopleError(f"Use at least {MIN_PASSWORD_LENGTH} characters.")
+    person.password_hash = generate_password_hash(password)
+    person.auth_version += 1
+
+
+def check_password(person: Person | None, password: str) -> bool:
+    if person is None or not person.password_hash:
+        check_password_hash(_DUMMY_HASH, password)
+        return False
+    return check_password_hash(person.password_hash, password)
+
+
+# --- CSV import ----------------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("name", "email", "roles", "schools")
+
+
+@dataclass(frozen=True)
+class RowError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class ImportFailed(PeopleError):
+    def __init__(self, errors: list[RowError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+@dataclass
+class ImportResult:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _school_code(text: str, federation: Federation) -> str | None:
+    wanted = " ".join(text.split()).casefold()
+    for school in federation.schools:
+        if wanted in (school.code.casefold(), school.name.casefold()):
+            return school.code
+    return None
+
+
+def parse_import(text: str, federation: Federation) -> list[tuple[int, PersonData]]:
+    """Parse and validate a whole file; every bad row is reported with its line number."""
+    if text.startswith("\ufeff"):
+        text = text[1:]  # spreadsheet programs add a byte-order mark
+    reader = csv.reader(io.StringIO(text, newline=""))
+    errors: list[RowError] = []
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ImportFailed([RowError(1, "the file is empty; the first line must be the header")])
+    except csv.Error as exc:
+        raise ImportFailed([RowError(1, f"not a readable CSV file ({exc})")])
+    columns = [h.strip().lower() for h in header]
+    missing = [c for c in IMPORT_COLUMNS if c not in columns]
+    if missing:
+        raise ImportFailed(
+            [
+                RowError(
+                    1,
+                    f"the header must name the columns {','.join(IMPORT_COLUMNS)}; "
+                    f"missing {', '.join(missing)}",
+                )
+            ]  # fmt: skip
+        )
+    index = {c: columns.index(c) for c in IMPORT_COLUMNS}
+    rows: list[tuple[int, PersonData]] = []
+    seen: dict[str, int] = {}
+    try:
+        for values in reader:
+            line = reader.line_num
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) < len(columns):
+                values = values + [""] * (len(columns) - len(values))
+            get = {c: values[i].strip() for c, i in index.items()}
+            problems: list[str] = []
+            roles: list[str] = []
+            for raw in filter(None, (r.strip() for r in get["roles"].split(";"))):
+                code = role_code(raw)
+                if code is None:
+                    problems.append(f"unknown role {raw!r} (roles: {', '.join(ROLES)})")
+                else:
+                    roles.append(code)
+            schools: list[str] = []
+            for raw in filter(None, (s.strip() for s in get["schools"].split(";"))):
+                code = _school_code(raw, federation)
+                if code is None:
+                    names = ", ".join(s.code for s in federation.schools)
+                    problems.append(f"unknown school {raw!r} (schools: {names})")
+                else:
+                    schools.append(code)
+            try:
+                data = clean_person(
+                    PersonData(get["name"], get["email"], tuple(roles), tuple(schools)), federation
+                )
+            except PeopleError as exc:
+                problems.insert(0, str(exc))
+                data = None
+            if data is not None:
+                if data.email in seen:
+                    problems.append(f"{data.email} is also on line {seen[data.email]}")
+                seen.setdefault(data.email, line)
+            if problems:
+                errors.extend(RowError(line, p) for p in dict.fromkeys(problems))
+            elif data is not None:
+                rows.append((line, data))
+    except csv.Error as exc:
+        errors.append(RowError(reader.line_num, f"not a readable CSV line ({exc})"))
+    if errors:
+        raise ImportFailed(errors)
+    if not rows:
+        raise ImportFailed([RowError(2, "the file has a header but no people")])
+    return rows
+
+
+def import_people(session: Session, text: str, federation: Federation) -> ImportResult:
+    """Upsert people by email. A file with any bad row imports nothing."""
+    rows = parse_import(text, federation)
+    result = ImportResult()
+    existing = {
+        p.email: p
+        for p in session.scalars(select(Person).where(Person.email.in_([d.email for _, d in rows])))
+    }
+    for _line, data in rows:
+        person = existing.get(data.email)
+        if person is None:
+            person = Person(name=data.name, email=data.email, active=True)
+            _apply(person, data)
+            session.add(person)
+            result.created.append(data.email)
+        elif (person.name, person.roles, person.schools) == (
+            data.name,
+            list(data.roles),
+            list(data.schools),
+        ):
+            result.unchanged.append(data.email)
+        else:
+            _apply(person, data)
+            result.updated.append(data.email)
+    session.flush()
+    return result

@@ -1,0 +1,379 @@
+"""Sign-in, invitations and password reset; the administrator's people pages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_required, login_user, logout_user
+from sqlalchemy import func, or_, select
+
+from core.db import db
+from core.mail import send_mail, smtp_configured
+from core.web import client_ip, federation
+from people.auth import (
+    INVITE,
+    RESET,
+    LinkError,
+    ThrottlePolicy,
+    make_link_token,
+    person_for_token,
+    record_attempt,
+    retry_after,
+)
+from people.forms import (
+    ConfirmForm,
+    ForgotPasswordForm,
+    ImportForm,
+    PersonForm,
+    SetPasswordForm,
+    SignInForm,
+)
+from people.models import Person, PersonRole, PersonSchool
+from people.roles import ROLES
+from people.service import (
+    ImportFailed,
+    PeopleError,
+    PersonData,
+    check_password,
+    create_person,
+    deactivate,
+    find_by_email,
+    import_people,
+    reactivate,
+    set_password,
+    update_person,
+)
+
+log = logging.getLogger(__name__)
+auth_bp = Blueprint("auth", __name__, template_folder="templates")
+admin_bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
+
+
+def roles_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        @login_required
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.has_role(*roles):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def safe_next(target: str | None) -> str:
+    """Only redirect within this site: a path, never another host or scheme."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
+            return target
+    return url_for("training.dashboard")
+
+
+# --- sign-in -------------------------------------------------------------------------------------
+
+
+@auth_bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> Any:
+    if current_user.is_authenticated:
+        return redirect(safe_next(request.args.get("next")))
+    form = SignInForm()
+    status = 200
+    if form.validate_on_submit():
+        email = form.email.data.strip().lower()
+        ip = client_ip()
+        s = db.session
+        wait = retry_after(s, email, ip, ThrottlePolicy())
+        if wait:
+            minutes = max(1, round(wait / 60))
+            form.form_errors.append(
+                f"Too many attempts. Wait {minutes} minute{'s' if minutes != 1 else ''} and try again."
+            )
+            response = current_app.make_response(
+                (render_template("people/sign_in.html", form=form), 429)
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
+        person = find_by_email(s, email)
+        ok = check_password(person, form.password.data) and person is not None and person.active
+        record_attempt(s, email, ip, ok)
+        s.commit()
+        if ok:
+            session.clear()  # a fresh session at sign-in: nothing carried from before
+            session.permanent = True
+            login_user(person)
+            return redirect(safe_next(request.args.get("next")))
+        form.form_errors.append("The email address or password is not right.")
+        status = 400
+    elif request.method == "POST":
+        status = 400
+    return render_template("people/sign_in.html", form=form), status
+
+
+@auth_bp.route("/sign-out", methods=["POST"])
+def sign_out() -> Any:
+    ConfirmForm()  # CSRF is checked globally; the form keeps the template uniform
+    logout_user()
+    session.clear()
+    flash("You have signed out.", "success")
+    return redirect(url_for("auth.sign_in"))
+
+
+def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) -> None:
+    subject = {
+        INVITE: f"Set up your {federation().name} training account",
+        RESET: f"Reset your {federation().name} training password",
+    }[purpose]
+    body = (
+        f"Hello {person.name},\n\nUse this link to set your password:\n{link}\n\n"
+        "The link works once. If you did not expect this email you can ignore it.\n"
+    )
+    if smtp_configured(current_app.config):
+        try:
+            send_mail(current_app.config, person.email, subject, body)
+            if to_admin:
+                flash(f"An email with the link was sent to {person.email}.", "success")
+            return
+        except OSError as exc:
+            log.warning("could not send %s email to %s: %s", purpose, person.email, exc)
+            if to_admin:
+                flash(f"The email could not be sent ({exc}). Give them this link instead.", "error")
+    log.info("%s link for %s: %s", purpose, person.email, link)
+    if to_admin:
+        flash(f"Give {person.name} this single-use link to set their password: {link}", "link")
+
+
+@auth_bp.route("/forgot-password", methods=["GET", "POST"])
+def forgot_password() -> Any:
+    form = ForgotPasswordForm()
+    if form.validate_on_submit():
+        person = find_by_email(db.session, form.email.data)
+        if person is not None and person.active:
+            token = make_link_token(current_app.config["SECRET_KEY"], RESET, person)
+            link = url_for("auth.reset_password", token=token, _external=True)
+            _send_or_show_link(person, RESET, link, to_admin=False)
+        # The same answer whether or not the address is known.
+        return render_template("people/reset_sent.html", email=form.email.data)
+    return render_template("people/forgot_password.html", form=form), (
+        400 if request.method == "POST" else 200
+    )
+
+
+def _set_password_page(purpose: str, token: str) -> Any:
+    max_age = current_app.config["INVITE_MAX_AGE" if purpose == INVITE else "RESET_MAX_AGE"]
+    s = db.session
+    try:
+        person = person_for_token(s, current_app.config["SECRET_KEY"], purpose, token, max_age)
+    except LinkError as exc:
+        return render_template("error.html", code=400, title="This link does not work",
+                               message=str(exc)), 400  # fmt: skip
+    form = SetPasswordForm()
+    if form.validate_on_submit():
+        try:
+            set_password(person, form.password.data)
+        except PeopleError as exc:
+            form.password.errors = [str(exc)]
+        else:
+            s.commit()
+            logout_user()
+            session.clear()
+            flash("Your password is set. Sign in with it now.", "success")
+            return redirect(url_for("auth.sign_in"))
+    return render_template("people/set_password.html", form=form, person=person, purpose=purpose), (
+        400 if request.method == "POST" else 200
+    )
+
+
+@auth_bp.route("/invite/<token>", methods=["GET", "POST"])
+def accept_invite(token: str) -> Any:
+    return _set_password_page(INVITE, token)
+
+
+@auth_bp.route("/reset-password/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> Any:
+    return _set_password_page(RESET, token)
+
+
+# --- administrators ------------------------------------------------------------------------------
+
+
+def _person_or_404(person_id: int) -> Person:
+    person = db.session.get(Person, person_id)
+    if person is None:
+        abort(404)
+    return person
+
+
+def _person_form(person: Person | None = None) -> PersonForm:
+    form = PersonForm(obj=None)
+    form.schools.choices = [(s.code, s.name) for s in federation().schools]
+    if person is not None and request.method == "GET":
+        form.name.data, form.email.data = person.name, person.email
+        form.roles.data, form.schools.data = person.roles, person.schools
+    return form
+
+
+def _data(form: PersonForm) -> PersonData:
+    return PersonData(
+        form.name.data or "", form.email.data or "", tuple(form.roles.data or ()),
+        tuple(form.schools.data or ()),
+    )  # fmt: skip
+
+
+@admin_bp.route("/people")
+@roles_required("admin")
+def people() -> Any:
+    q = request.args.get("q", "").strip()[:100]
+    role = request.args.get("role", "")
+    school = request.args.get("school", "")
+    state = request.args.get("state", "active")
+    page = request.args.get("page", 1, type=int) or 1
+    page = max(1, min(page, 100000))
+    query = select(Person)
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(Person.name).like(like), Person.email.like(like)))
+    if role in ROLES:
+        query = query.where(
+            Person.id.in_(select(PersonRole.person_id).where(PersonRole.role == role))
+        )
+    if school == "none":
+        query = query.where(~Person.id.in_(select(PersonSchool.person_id)))
+    elif school:
+        query = query.where(
+            Person.id.in_(select(PersonSchool.person_id).where(PersonSchool.school == school))
+        )
+    if state in ("active", "inactive"):
+        query = query.where(Person.active.is_(state == "active"))
+    s = db.session
+    total = s.scalar(select(func.count()).select_from(query.subquery()))
+    size = current_app.config["PAGE_SIZE"]
+    rows = s.scalars(
+        query.order_by(func.lower(Person.name), Person.id).limit(size).offset((page - 1) * size)
+    ).all()
+    pages = max(1, (total + size - 1) // size)
+    return render_template(
+        "people/people.html", people=rows, total=total, page=page, pages=pages,
+        q=q, role=role, school=school, state=state, roles=ROLES, form=ConfirmForm(),
+    )  # fmt: skip
+
+
+@admin_bp.route("/people/new", methods=["GET", "POST"])
+@roles_required("admin")
+def new_person() -> Any:
+    form = _person_form()
+    if form.validate_on_submit():
+        try:
+            person = create_person(db.session, _data(form), federation())
+        except PeopleError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            db.session.commit()
+            flash(f"{person.name} was added. Send them an invitation to set a password.", "success")
+            return redirect(url_for("admin.person", person_id=person.id))
+    return render_template("people/person_form.html", form=form, person=None), (
+        400 if request.method == "POST" else 200
+    )
+
+
+@admin_bp.route("/people/<int:person_id>", methods=["GET", "POST"])
+@roles_required("admin")
+def person(person_id: int) -> Any:
+    person = _person_or_404(person_id)
+    form = _person_form(person)
+    if form.validate_on_submit():
+        try:
+            update_person(db.session, person, _data(form), federation())
+        except PeopleError as exc:
+            db.session.rollback()
+            form.form_errors.append(str(exc))
+        else:
+            db.session.commit()
+            flash("Changes saved.", "success")
+            return redirect(url_for("admin.person", person_id=person.id))
+    return render_template("people/person_form.html", form=form, person=person,
+                           confirm=ConfirmForm()), (400 if request.method == "POST" else 200)  # fmt: skip
+
+
+@admin_bp.route("/people/<int:person_id>/deactivate", methods=["POST"])
+@roles_required("admin")
+def deactivate_person(person_id: int) -> Any:
+    person = _person_or_404(person_id)
+    if person.id == current_user.id:
+        flash("You cannot deactivate yourself. Ask another administrator.", "error")
+    else:
+        deactivate(person)
+        db.session.commit()
+        flash(f"{person.name} is deactivated. Their records are kept.", "success")
+    return redirect(url_for("admin.person", person_id=person.id))
+
+
+@admin_bp.route("/people/<int:person_id>/reactivate", methods=["POST"])
+@roles_required("admin")
+def reactivate_person(person_id: int) -> Any:
+    person = _person_or_404(person_id)
+    reactivate(person)
+    db.session.commit()
+    flash(f"{person.name} is active again.", "success")
+    return redirect(url_for("admin.person", person_id=person.id))
+
+
+@admin_bp.route("/people/<int:person_id>/invite", methods=["POST"])
+@roles_required("admin")
+def invite_person(person_id: int) -> Any:
+    person = _person_or_404(person_id)
+    if not person.active:
+        flash("Reactivate this person before inviting them.", "error")
+        return redirect(url_for("admin.person", person_id=person.id))
+    token = make_link_token(current_app.config["SECRET_KEY"], INVITE, person)
+    link = url_for("auth.accept_invite", token=token, _external=True)
+    _send_or_show_link(person, INVITE, link, to_admin=True)
+    return redirect(url_for("admin.person", person_id=person.id))
+
+
+@admin_bp.route("/people/import", methods=["GET", "POST"])
+@roles_required("admin")
+def import_page() -> Any:
+    form = ImportForm()
+    errors: list[str] = []
+    if form.validate_on_submit():
+        raw = form.file.data.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            errors.append(
+                "The file is not UTF-8 text. In your spreadsheet, save it as 'CSV UTF-8'."
+            )
+        else:
+            try:
+                result = import_people(db.session, text, federation())
+            except ImportFailed as exc:
+                db.session.rollback()
+                errors = [str(e) for e in exc.errors]
+            else:
+                db.session.commit()
+                flash(
+                    f"Imported: {len(result.created)} added, {len(result.updated)} updated, "
+                    f"{len(result.unchanged)} unchanged.",
+                    "success",
+                )
+                return redirect(url_for("admin.people"))
+    status = 400 if request.method == "POST" else 200
+    return render_template("people/import.html", form=form, errors=errors), status

@@ -1,0 +1,1 @@
+"""Question banks, drawing, grading and attempts (see the quiz issue)."""

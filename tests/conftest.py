@@ -1,0 +1,195 @@
+"""Fixtures: a real database per test (SQLite always, PostgreSQL when TEST_DATABASE_URL is set),
+built by running the migrations, plus helpers to make people and sign in as them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from core.config import ROOT
+from core.db import Base, db, normalise_url
+from core.migrate import upgrade
+from people.models import Person, PersonRole, PersonSchool
+from people.service import set_password
+
+PG_URL = os.environ.get("TEST_DATABASE_URL")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SQLite file migrated once; each test gets its own copy."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    app = create_app({"DATABASE_URL": f"sqlite:///{path}", "TESTING": True})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_ready() -> str:
+    """The PostgreSQL test database, emptied and migrated once per run."""
+    assert PG_URL
+    engine = create_engine(normalise_url(PG_URL))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    app = create_app({"DATABASE_URL": PG_URL, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+    return PG_URL
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_engine(normalise_url(url))
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "countersign.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_ready")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def content_dir() -> Path:
+    """The real content; tests that change content copy it with ``editable_content``."""
+    return ROOT / "content"
+
+
+@pytest.fixture
+def editable_content(tmp_path: Path) -> Path:
+    target = tmp_path / "content"
+    shutil.copytree(ROOT / "content", target)
+    return target
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) -> Iterator[Flask]:
+    instance = tmp_path / "instance"
+    instance.mkdir(exist_ok=True)
+    config = {
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "CONTENT_DIR": str(content_dir),
+        "SECRET_KEY": "test-secret-key-not-for-production",
+        "SERVER_NAME": "countersign.test",
+        **app_config,
+    }
+    application = create_app(config)
+    application.instance_path = str(instance)
+    yield application
+    with application.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def published(app: Flask) -> None:
+    from training.cli import publish_all
+
+    with app.app_context():
+        publish_all()
+
+
+@pytest.fixture
+def make_person(app: Flask) -> Callable[..., int]:
+    """Factory: make_person("staff", name=..., schools=[...]) -> the new person's id."""
+    counter = {"n": 0}
+
+    def factory(*roles: str, name: str | None = None, email: str | None = None,
+                schools: tuple[str, ...] = (), password: str | None = PASSWORD,
+                active: bool = True) -> int:  # fmt: skip
+        counter["n"] += 1
+        n = counter["n"]
+        with app.app_context():
+            person = Person(
+                name=name or f"Person {n}",
+                email=(email or f"person{n}@ladysmith.example").lower(),
+                active=active,
+            )
+            person.role_rows = [PersonRole(role=r) for r in (roles or ("staff",))]
+            person.school_rows = [PersonSchool(school=s) for s in schools]
+            if password:
+                set_password(person, password)
+            db.session.add(person)
+            db.session.commit()
+            return person.id
+
+    return factory
+
+
+CSRF_RE = re.compile(
+    r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"'
+)
+
+
+def csrf_token(client: FlaskClient, url: str) -> str:
+    """The CSRF token of the form on ``url``, as a browser would see it."""
+    page = client.get(url).get_data(as_text=True)
+    match = CSRF_RE.search(page)
+    assert match, f"no CSRF token on {url}"
+    return match.group(1) or match.group(2)
+
+
+class Auth:
+    def __init__(self, app: Flask, client: FlaskClient) -> None:
+        self.app, self.client = app, client
+
+    def sign_in(self, email: str, password: str = PASSWORD) -> Any:
+        token = csrf_token(self.client, "/sign-in")
+        return self.client.post(
+            "/sign-in", data={"email": email, "password": password, "csrf_token": token}
+        )
+
+    def as_person(self, person_id: int) -> FlaskClient:
+        with self.app.app_context():
+            email = db.session.get(Person, person_id).email
+        response = self.sign_in(email)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return self.client
+
+    def post(self, url: str, data: dict | None = None, form_url: str | None = None) -> Any:
+        token = csrf_token(self.client, form_url or url)
+        return self.client.post(url, data={**(data or {}), "csrf_token": token})
+
+
+@pytest.fixture
+def auth(app: Flask, client: FlaskClient) -> Auth:
+    return Auth(app, client)

@@ -1,0 +1,1 @@
+"""Policies, module versions, reading, acknowledgement, and the training-status rule."""

@@ -1,0 +1,96 @@
+"""``flask content check|publish`` and ``flask setup``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from core.db import db
+from core.migrate import db_cli, upgrade
+from training.loader import ContentError, load_all
+from training.publishing import publish
+
+__all__ = ["content_cli", "db_cli", "setup_command"]
+
+
+def _content_dir() -> Path:
+    return Path(current_app.config["CONTENT_DIR"])
+
+
+@click.group("content", help="Check and publish the policy content in the content folder.")
+def content_cli() -> None:
+    pass
+
+
+@content_cli.command("check", help="Validate all content; print every problem with file and line.")
+@with_appcontext
+def check_command() -> None:
+    try:
+        policies = load_all(_content_dir())
+    except ContentError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException(f"{len(exc.problems)} problem(s) found; nothing was changed.")
+    for policy in policies:
+        click.echo(
+            f"{policy.slug}: '{policy.title}' version {policy.version}, "
+            f"{len(policy.modules)} modules, audiences: {', '.join(policy.audiences)}"
+        )
+    click.echo("Content is valid.")
+
+
+def publish_all() -> list[str]:
+    """Publish every policy; returns a line per policy saying what happened."""
+    policies = load_all(_content_dir())
+    lines = []
+    session = db.session
+    try:
+        for source in policies:
+            result = publish(session, source)
+            if result.created:
+                changed = ", ".join(result.changed_modules) or "none"
+                lines.append(
+                    f"{result.policy}: published version {result.version} "
+                    f"(new or changed modules: {changed})"
+                )
+            else:
+                lines.append(
+                    f"{result.policy}: version {result.version} is current; nothing changed"
+                )
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return lines
+
+
+@content_cli.command("publish", help="Record changed content as a new policy version.")
+@with_appcontext
+def publish_command() -> None:
+    try:
+        lines = publish_all()
+    except ContentError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException("Nothing was published.")
+    for line in lines:
+        click.echo(line)
+
+
+@click.command("setup", help="Migrate the database, publish content, and seed demo people if new.")
+@with_appcontext
+def setup_command() -> None:
+    from people.demo import seed_demo
+
+    upgrade()
+    try:
+        for line in publish_all():
+            click.echo(line)
+    except ContentError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        raise click.ClickException("The content has problems; fix them and run again.")
+    seed_demo(echo=click.echo)

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, StringField
+from wtforms.validators import DataRequired, Length
+
+
+class ReadForm(FlaskForm):
+    """ "I have read this module": CSRF only."""
+
+
+class AcknowledgeForm(FlaskForm):
+    confirm = BooleanField(
+        "I agree with the declaration above",
+        validators=[DataRequired("Tick the box to confirm the declaration.")],
+    )
+    full_name = StringField(
+        "Your full name",
+        validators=[DataRequired("Type your full name to sign."), Length(max=200)],
+        description="Typing your name is your signature.",
+    )
