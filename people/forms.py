@@ -3,6 +3,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import EmailField, PasswordField, SelectMultipleField, StringField, widgets
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length
 
 from people.roles import ROLES
@@ -51,7 +52,7 @@ class PersonForm(FlaskForm):
     email = EmailField("Email address", validators=[DataRequired("Enter an email address.")])
     roles = MultiCheckboxField(
         "Roles",
-        choices=list(ROLES.items()),
+        choices=[SelectChoice(code, label) for code, label in ROLES.items()],
         validators=[DataRequired("Choose at least one role.")],
     )
     schools = MultiCheckboxField(

@@ -216,7 +216,8 @@ def parse_import(text: str, federation: Federation) -> list[tuple[int, PersonDat
                     PersonData(get["name"], get["email"], tuple(roles), tuple(schools)), federation
                 )
             except PeopleError as exc:
-                problems.insert(0, str(exc))
+                if roles or not problems or "role" not in str(exc):  # else already said why
+                    problems.insert(0, str(exc))
                 data = None
             if data is not None:
                 if data.email in seen:

@@ -21,6 +21,7 @@ from flask import (
 )
 from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import func, or_, select
+from wtforms.fields.choices import SelectChoice
 
 from core.db import db
 from core.mail import send_mail, smtp_configured
@@ -223,7 +224,7 @@ def _person_or_404(person_id: int) -> Person:
 
 def _person_form(person: Person | None = None) -> PersonForm:
     form = PersonForm(obj=None)
-    form.schools.choices = [(s.code, s.name) for s in federation().schools]
+    form.schools.choices = [SelectChoice(s.code, s.name) for s in federation().schools]
     if person is not None and request.method == "GET":
         form.name.data, form.email.data = person.name, person.email
         form.roles.data, form.schools.data = person.roles, person.schools

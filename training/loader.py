@@ -116,6 +116,16 @@ def render_markdown(body: str) -> str:
 # --- YAML with line numbers -------------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that leaves dates as text, so a bad date gets our message rather than a crash."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 class _Doc:
     """A YAML mapping with the line of each key, so messages can point at the right line."""
 
@@ -126,10 +136,11 @@ class _Doc:
         self.data: dict[str, Any] = {}
         self.lines: dict[str, int] = {}
         try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
+            node = yaml.compose(text, Loader=_Loader)
+            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
+            # Where the broken construct began says more than where the parser gave up.
+            mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
             line = mark.line + 1 + self.offset if mark else None
             problems.append(Problem(path, line, f"not valid YAML: {getattr(exc, 'problem', exc)}"))
             return
@@ -274,6 +285,7 @@ def load_policy(folder: Path) -> PolicySource:
         refresher = 12
 
     modules: list[ModuleSource] = []
+    module_problems = len(problems)
     files = doc.data.get("modules")
     if not isinstance(files, list) or not files:
         doc.problem(
@@ -298,6 +310,7 @@ def load_policy(folder: Path) -> PolicySource:
             )
         seen[module.slug] = module.path
 
+    modules_ok = len(problems) == module_problems
     audiences: dict[str, tuple[str, ...]] = {}
     raw_audiences = doc.data.get("audiences")
     if not isinstance(raw_audiences, dict) or not raw_audiences:
@@ -317,7 +330,7 @@ def load_policy(folder: Path) -> PolicySource:
             doc.problem("audiences", f"role {role!r} needs 'all' or a list of module slugs")
             continue
         unknown = [str(s) for s in wanted if s not in seen]
-        if unknown:
+        if unknown and modules_ok:  # else a broken module is the cause
             doc.problem("audiences", f"role {role!r} names unknown modules: {', '.join(unknown)}")
         audiences[role] = tuple(m.slug for m in modules if m.slug in wanted)
 

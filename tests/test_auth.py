@@ -1,0 +1,162 @@
+"""Sign-in, CSRF, throttling, sign-out and password reset."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from app import create_app
+from core.db import db
+from people.auth import ThrottlePolicy, retry_after
+from tests.conftest import PASSWORD, Auth, csrf_token
+
+
+def test_sign_in_with_right_password_reaches_the_dashboard(auth, make_person):
+    make_person("staff", name="Sam Staff", email="sam@ladysmith.example")
+    response = auth.sign_in("SAM@ladysmith.example")
+    assert response.status_code == 302 and response.location == "/"
+    assert "Your training" in auth.client.get("/").get_data(as_text=True)
+
+
+def test_pages_need_sign_in(client):
+    for url in ("/", "/history", "/policies/social-media-policy/sign"):
+        response = client.get(url)
+        assert response.status_code == 302
+        assert response.location.startswith("/sign-in?next=")
+
+
+def test_wrong_password_and_unknown_email_get_the_same_answer(auth, make_person):
+    make_person("staff", email="known@ladysmith.example")
+    wrong = auth.sign_in("known@ladysmith.example", "wrong password")
+    unknown = auth.sign_in("unknown@ladysmith.example", "wrong password")
+    assert wrong.status_code == unknown.status_code == 400
+    for response in (wrong, unknown):
+        assert "The email address or password is not right." in response.get_data(as_text=True)
+
+
+def test_form_posted_without_csrf_token_is_refused_and_changes_nothing(auth, make_person, app):
+    make_person("staff", email="csrf@ladysmith.example")
+    response = auth.client.post(
+        "/sign-in", data={"email": "csrf@ladysmith.example", "password": PASSWORD}
+    )
+    assert response.status_code == 400
+    assert "This form has expired" in response.get_data(as_text=True)
+    assert auth.client.get("/").status_code == 302  # still signed out
+
+
+@pytest.mark.usefixtures("published")
+def test_state_changing_posts_need_the_csrf_token(auth, make_person):
+    auth.as_person(make_person("staff", "admin"))
+    for url in (
+        "/policies/social-media-policy/modules/scope/read",
+        "/policies/social-media-policy/sign",
+        "/admin/people/new",
+        "/admin/people/1/deactivate",
+        "/admin/people/1/invite",
+        "/sign-out",
+    ):
+        assert auth.client.post(url, data={}).status_code == 400, url
+
+
+def test_repeated_failures_are_throttled_across_workers(app, database_url, make_person):
+    make_person("staff", email="target@ladysmith.example")
+    # Two app instances on one database stand for two server workers.
+    other = create_app({**app.config, "DATABASE_URL": database_url})
+    first, second = Auth(app, app.test_client()), Auth(other, other.test_client())
+    for n in range(5):
+        worker = first if n % 2 else second
+        assert worker.sign_in("target@ladysmith.example", "bad guess").status_code == 400
+    blocked = first.sign_in("target@ladysmith.example")  # even the right password waits
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) > 0
+    assert "Too many attempts" in blocked.get_data(as_text=True)
+    assert second.sign_in("target@ladysmith.example").status_code == 429
+    with other.app_context():
+        db.engine.dispose()
+
+
+def test_throttle_waits_double_and_end_after_the_wait(app):
+    from core.db import utcnow
+    from people.auth import record_attempt
+
+    policy = ThrottlePolicy()
+    with app.app_context():
+        s = db.session
+        for _ in range(5):
+            record_attempt(s, "x@ladysmith.example", "10.0.0.1", False)
+        s.commit()
+        assert 29 <= retry_after(s, "x@ladysmith.example", "10.0.0.1", policy, utcnow()) <= 30
+        record_attempt(s, "x@ladysmith.example", "10.0.0.1", False)
+        s.commit()
+        now = utcnow()
+        assert 59 <= retry_after(s, "x@ladysmith.example", "10.0.0.1", policy, now) <= 60
+        assert (
+            retry_after(s, "x@ladysmith.example", "10.0.0.1", policy, now + timedelta(minutes=2))
+            == 0
+        )
+        assert retry_after(s, "other@ladysmith.example", "10.0.0.2", policy, now) == 0
+
+
+def test_sign_out_ends_the_session(auth, make_person):
+    auth.as_person(make_person("staff"))
+    token = csrf_token(auth.client, "/")
+    response = auth.client.post("/sign-out", data={"csrf_token": token})
+    assert response.status_code == 302
+    assert auth.client.get("/").status_code == 302
+
+
+def test_next_only_redirects_within_the_site(auth, make_person):
+    make_person("staff", email="n@ladysmith.example")
+    for target, expected in [
+        ("/history", "/history"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example", "/"),
+    ]:
+        token = csrf_token(auth.client, "/sign-in")
+        response = auth.client.post(
+            "/sign-in?next=" + target,
+            data={"email": "n@ladysmith.example", "password": PASSWORD, "csrf_token": token},
+        )
+        assert response.location == expected, target
+        auth.client.post("/sign-out", data={"csrf_token": csrf_token(auth.client, "/")})
+
+
+def test_session_cookie_is_httponly_and_samesite(auth, make_person):
+    make_person("staff", email="c@ladysmith.example")
+    response = auth.sign_in("c@ladysmith.example")
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+@pytest.mark.parametrize("app_config", [{"SECURE_COOKIES": True}])
+def test_session_cookie_is_secure_when_configured(app, auth, make_person):
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+
+
+def test_password_reset_link_works_once_and_ends_other_sessions(app, auth, make_person, caplog):
+    make_person("staff", email="r@ladysmith.example")
+    elsewhere = Auth(app, app.test_client())
+    elsewhere.sign_in("r@ladysmith.example")
+    assert elsewhere.client.get("/").status_code == 200
+    caplog.set_level("INFO")
+    token = csrf_token(auth.client, "/forgot-password")
+    sent = auth.client.post(
+        "/forgot-password", data={"email": "r@ladysmith.example", "csrf_token": token}
+    )
+    nobody = auth.client.post(
+        "/forgot-password", data={"email": "nobody@ladysmith.example", "csrf_token": token}
+    )
+    assert sent.status_code == nobody.status_code == 200
+    assert "Check your email" in nobody.get_data(as_text=True)
+    link = re.search(r"http://countersign\.test(/reset-password/\S+)", caplog.text).group(1)
+    form = csrf_token(auth.client, link)
+    done = auth.client.post(
+        link, data={"password": "a brand new one", "confirm": "a brand new one", "csrf_token": form}
+    )
+    assert done.status_code == 302
+    assert auth.sign_in("r@ladysmith.example", "a brand new one").status_code == 302
+    assert elsewhere.client.get("/").status_code == 302  # the old session no longer works
+    assert app.test_client().get(link).status_code == 400

@@ -1,0 +1,96 @@
+"""The database layer: schema from migrations, SQLite settings, transactions that survive concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select, text
+
+from core.db import Base, db
+from people.models import SignInAttempt
+
+
+def test_migrations_build_exactly_the_schema_the_models_describe(app):
+    with app.app_context(), db.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == [], "a model changed without a migration"
+
+
+def test_sqlite_runs_with_wal_foreign_keys_and_busy_timeout(app, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite settings")
+    with app.app_context():
+        conn = db.session.connection()
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+
+
+def test_foreign_keys_are_enforced(app):
+    from sqlalchemy.exc import IntegrityError
+
+    with app.app_context():
+        with pytest.raises(IntegrityError):
+            db.session.execute(
+                text("INSERT INTO person_role (person_id, role) VALUES (999, 'staff')")
+            )
+            db.session.flush()
+        db.session.rollback()
+
+
+def test_concurrent_read_then_write_transactions_all_succeed(app):
+    """Each worker reads a count then writes; on SQLite this needs BEGIN IMMEDIATE."""
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for _ in range(15):
+                with app.app_context():
+                    s = db.session
+                    seen = s.scalar(select(func.count()).select_from(SignInAttempt))
+                    s.add(
+                        SignInAttempt(
+                            email=f"w{n}-{seen}@x.example", ip="127.0.0.1", succeeded=False
+                        )
+                    )
+                    s.commit()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(SignInAttempt)) == 90
+
+
+def test_safe_requests_begin_deferred_and_writes_begin_immediate(
+    app, database_url, auth, make_person
+):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite transaction modes")
+    from sqlalchemy import event
+
+    begins: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def spy(conn, cursor, statement, *args):
+        if statement.startswith("BEGIN"):
+            begins.append(statement)
+
+    auth.as_person(make_person("staff"))
+    begins.clear()
+    auth.client.get("/history")
+    assert begins and set(begins) == {"BEGIN DEFERRED"}
+    begins.clear()
+    auth.client.post("/sign-in", data={})
+    assert "BEGIN IMMEDIATE" in begins
+    event.remove(engine, "before_cursor_execute", spy)

@@ -1,0 +1,258 @@
+"""People: CSV import, the administrator's pages, invitations, leavers."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from sqlalchemy import func, select
+
+from core.db import db
+from people.models import Person
+from people.service import ImportFailed, import_people
+from training.loader import Federation, School
+
+FED = Federation(
+    "Test Federation",
+    (School("infant", "Ladysmith Infant School"), School("junior", "Ladysmith Junior School")),
+)
+
+
+def people_count() -> int:
+    return db.session.scalar(select(func.count()).select_from(Person))
+
+
+def test_import_upserts_by_email_case_insensitively(app):
+    with app.app_context():
+        result = import_people(
+            db.session,
+            "name,email,roles,schools\n"
+            "Ann Able,Ann@Ladysmith.example,staff;slt,infant\n"
+            "Ben Best,ben@ladysmith.example,Governor,\n"
+            "Cat Cole,cat@ladysmith.example,parent/carer,Ladysmith Junior School;infant\n",
+            FED,
+        )
+        db.session.commit()
+        assert sorted(result.created) == [
+            "ann@ladysmith.example",
+            "ben@ladysmith.example",
+            "cat@ladysmith.example",
+        ]
+        again = import_people(
+            db.session,
+            "name,email,roles,schools\nAnn Able-Smith,ANN@ladysmith.example,staff,junior\n"
+            "Ben Best,ben@ladysmith.example,governor,\n",
+            FED,
+        )
+        db.session.commit()
+        assert again.updated == ["ann@ladysmith.example"]
+        assert again.unchanged == ["ben@ladysmith.example"]
+        ann = db.session.scalar(select(Person).where(Person.email == "ann@ladysmith.example"))
+        assert (ann.name, ann.roles, ann.schools) == ("Ann Able-Smith", ["staff"], ["junior"])
+        cat = db.session.scalar(select(Person).where(Person.email == "cat@ladysmith.example"))
+        assert cat.roles == ["parent"] and cat.schools == ["infant", "junior"]
+        assert people_count() == 3
+
+
+def test_import_with_any_bad_row_imports_nothing_and_reports_every_line(app):
+    text = (
+        "name,email,roles,schools\n"
+        "Good Person,good@ladysmith.example,staff,\n"
+        ",nobody@ladysmith.example,staff,\n"
+        "Bad Email,not-an-email,staff,\n"
+        "Bad Role,role@ladysmith.example,pupil,\n"
+        "Bad School,school@ladysmith.example,staff,secondary\n"
+        "No Role,norole@ladysmith.example,,\n"
+        "Twice,good@ladysmith.example,staff,\n"
+    )
+    with app.app_context():
+        with pytest.raises(ImportFailed) as caught:
+            import_people(db.session, text, FED)
+        db.session.rollback()
+        messages = [str(e) for e in caught.value.errors]
+        assert people_count() == 0
+    assert messages[0] == "line 3: Enter the person's full name."
+    assert messages[1].startswith("line 4: not-an-email is not a valid email address")
+    assert messages[2].startswith("line 5: ") and "unknown role 'pupil'" in messages[2]
+    assert messages[3].startswith("line 6: ") and "unknown school 'secondary'" in messages[3]
+    assert messages[4] == "line 7: Choose at least one role."
+    assert messages[5] == "line 8: good@ladysmith.example is also on line 2"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "line 1: the file is empty"),
+        ("full name,mail\nA,a@b.example\n", "line 1: the header must name the columns"),
+        ("name,email,roles,schools\n", "line 2: the file has a header but no people"),
+    ],
+)
+def test_import_rejects_files_without_people(app, text, message):
+    with app.app_context(), pytest.raises(ImportFailed) as caught:
+        import_people(db.session, text, FED)
+    assert str(caught.value.errors[0]).startswith(message)
+
+
+def test_import_command_reports_rows_and_exits_non_zero(runner, app, tmp_path):
+    bad = tmp_path / "people.csv"
+    bad.write_text("name,email,roles,schools\nA Person,a@ladysmith.example,wizard,\n")
+    result = runner.invoke(args=["people", "import", str(bad)])
+    assert result.exit_code != 0
+    assert f"{bad}:line 2: unknown role 'wizard'" in result.output
+    good = tmp_path / "good.csv"
+    good.write_text(
+        "\ufeffname,email,roles,schools\r\nA Person,a@ladysmith.example,staff,infant\r\n"
+    )
+    result = runner.invoke(args=["people", "import", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "1 added, 0 updated, 0 unchanged" in result.output
+
+
+# --- administrator pages ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def admin(auth, make_person):
+    auth.as_person(make_person("admin", name="Alex Admin"))
+    return auth
+
+
+def test_admin_adds_a_person_and_bad_input_reshows_the_form(app, admin):
+    response = admin.post(
+        "/admin/people/new", {"name": "", "email": "nope", "roles": []}, "/admin/people/new"
+    )
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "There is a problem" in page and "Enter the person&#39;s full name." in page
+    response = admin.post(
+        "/admin/people/new",
+        {"name": "Dee Dunn", "email": "Dee@Ladysmith.example", "roles": ["volunteer"],
+         "schools": ["junior"]},
+        "/admin/people/new",
+    )  # fmt: skip
+    assert response.status_code == 302
+    with app.app_context():
+        dee = db.session.scalar(select(Person).where(Person.email == "dee@ladysmith.example"))
+        assert dee.roles == ["volunteer"] and dee.schools == ["junior"]
+    duplicate = admin.post(
+        "/admin/people/new",
+        {"name": "Dee Again", "email": "DEE@ladysmith.example", "roles": ["staff"]},
+        "/admin/people/new",
+    )
+    assert duplicate.status_code == 400
+    assert "already exists" in duplicate.get_data(as_text=True)
+
+
+def test_admin_edits_and_deactivates_a_leaver_who_can_no_longer_sign_in(app, admin, make_person):
+    pid = make_person("staff", name="Eve Early", email="eve@ladysmith.example")
+    url = f"/admin/people/{pid}"
+    response = admin.post(url, {"name": "Eve Early-Late", "email": "eve@ladysmith.example",
+                                "roles": ["staff", "slt"]})  # fmt: skip
+    assert response.status_code == 302
+    response = admin.post(f"{url}/deactivate", form_url=url)
+    assert response.status_code == 302
+    with app.app_context():
+        eve = db.session.get(Person, pid)
+        assert not eve.active and eve.deactivated_at is not None
+        assert eve.roles == ["slt", "staff"] and eve.name == "Eve Early-Late"
+    other = app.test_client()
+    from tests.conftest import Auth
+
+    assert Auth(app, other).sign_in("eve@ladysmith.example").status_code == 400
+
+
+def test_people_list_filters_and_paginates(app, admin, make_person):
+    app.config["PAGE_SIZE"] = 2
+    for n in range(3):
+        make_person("parent", name=f"Parent {n}", schools=("infant",))
+    make_person("governor", name="Gov One")
+    page = admin.client.get("/admin/people?role=parent").get_data(as_text=True)
+    assert "3 people." in page and "Page 1 of 2" in page
+    page = admin.client.get("/admin/people?role=parent&page=2").get_data(as_text=True)
+    assert "Parent 2" in page and "Parent 0" not in page
+    page = admin.client.get("/admin/people?school=none&q=gov").get_data(as_text=True)
+    assert "1 person." in page and "Gov One" in page
+
+
+def test_import_upload_reports_errors_and_imports_good_files(app, admin):
+    bad = io.BytesIO(b"name,email,roles,schools\nX,x@ladysmith.example,nobody,\n")
+    response = admin.client.post(
+        "/admin/people/import",
+        data={"file": (bad, "people.csv"), "csrf_token": _token(admin, "/admin/people/import")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    assert "line 2: unknown role" in response.get_data(as_text=True)
+    wrong_type = io.BytesIO(b"\x89PNG")
+    response = admin.client.post(
+        "/admin/people/import",
+        data={
+            "file": (wrong_type, "photo.png"),
+            "csrf_token": _token(admin, "/admin/people/import"),
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    assert "Upload a .csv file." in response.get_data(as_text=True)
+    good = io.BytesIO(b"name,email,roles,schools\nX Y,x@ladysmith.example,staff,infant\n")
+    response = admin.client.post(
+        "/admin/people/import",
+        data={"file": (good, "people.csv"), "csrf_token": _token(admin, "/admin/people/import")},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(Person).where(Person.email == "x@ladysmith.example"))
+
+
+def _token(auth, url):
+    from tests.conftest import csrf_token
+
+    return csrf_token(auth.client, url)
+
+
+def test_invitation_link_is_shown_without_smtp_and_works_once(app, admin, make_person, caplog):
+    pid = make_person("volunteer", name="Val Vol", email="val@ladysmith.example", password=None)
+    caplog.set_level("INFO")
+    response = admin.post(f"/admin/people/{pid}/invite", form_url=f"/admin/people/{pid}")
+    page = admin.client.get(response.location).get_data(as_text=True)
+    link = re.search(r"http://countersign\.test(/invite/[^<\s]+)", page).group(1)
+    assert link in caplog.text  # logged for the administrator too
+    volunteer = app.test_client()
+    from tests.conftest import Auth, csrf_token
+
+    token = csrf_token(volunteer, link)
+    assert volunteer.get(link).status_code == 200
+    mismatch = volunteer.post(link, data={"password": "a long password", "confirm": "another one",
+                                          "csrf_token": token})  # fmt: skip
+    assert mismatch.status_code == 400
+    done = volunteer.post(link, data={"password": "a long password", "confirm": "a long password",
+                                      "csrf_token": token})  # fmt: skip
+    assert done.status_code == 302
+    assert (
+        Auth(app, volunteer).sign_in("val@ladysmith.example", "a long password").status_code == 302
+    )
+    reused = app.test_client().get(link)
+    assert reused.status_code == 400
+    assert "already been used" in reused.get_data(as_text=True)
+
+
+def test_invitation_link_expires(app, make_person):
+    from people.auth import INVITE, LinkError, make_link_token, person_for_token
+
+    pid = make_person("parent", password=None)
+    with app.app_context():
+        person = db.session.get(Person, pid)
+        token = make_link_token(app.config["SECRET_KEY"], INVITE, person)
+        assert person_for_token(db.session, app.config["SECRET_KEY"], INVITE, token, 60) == person
+        with pytest.raises(LinkError, match="expired"):
+            person_for_token(db.session, app.config["SECRET_KEY"], INVITE, token, -1)
+        with pytest.raises(LinkError, match="not valid"):
+            person_for_token(db.session, app.config["SECRET_KEY"], INVITE, token + "x", 60)
+
+
+def test_non_admins_cannot_reach_admin_pages(auth, make_person):
+    auth.as_person(make_person("staff", "slt", "governor"))
+    for url in ("/admin/people", "/admin/people/new", "/admin/people/import"):
+        assert auth.client.get(url).status_code == 403
