@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,18 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+def _configure_logging() -> None:
+    """Countersign's own messages (e.g. invitation links when there is no SMTP) go to stderr."""
+    logger = logging.getLogger("countersign")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def init_app(app: Flask) -> None:
+    _configure_logging()
     app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
     csrf.init_app(app)
     login_manager.init_app(app)

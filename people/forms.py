@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import EmailField, PasswordField, SelectMultipleField, StringField, widgets
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, Length
 
+from core.forms import Form
 from people.roles import ROLES
 from people.service import MIN_PASSWORD_LENGTH
 
@@ -15,16 +15,16 @@ class MultiCheckboxField(SelectMultipleField):
     option_widget = widgets.CheckboxInput()
 
 
-class SignInForm(FlaskForm):
+class SignInForm(Form):
     email = EmailField("Email address", validators=[DataRequired("Enter your email address.")])
     password = PasswordField("Password", validators=[DataRequired("Enter your password.")])
 
 
-class ForgotPasswordForm(FlaskForm):
+class ForgotPasswordForm(Form):
     email = EmailField("Email address", validators=[DataRequired("Enter your email address.")])
 
 
-class SetPasswordForm(FlaskForm):
+class SetPasswordForm(Form):
     password = PasswordField(
         "New password",
         validators=[
@@ -46,7 +46,7 @@ class SetPasswordForm(FlaskForm):
     )
 
 
-class PersonForm(FlaskForm):
+class PersonForm(Form):
     name = StringField("Full name", validators=[DataRequired("Enter the person's full name."),
                                                 Length(max=200)])  # fmt: skip
     email = EmailField("Email address", validators=[DataRequired("Enter an email address.")])
@@ -60,7 +60,7 @@ class PersonForm(FlaskForm):
     )
 
 
-class ImportForm(FlaskForm):
+class ImportForm(Form):
     file = FileField(
         "CSV file",
         validators=[
@@ -71,5 +71,5 @@ class ImportForm(FlaskForm):
     )
 
 
-class ConfirmForm(FlaskForm):
+class ConfirmForm(Form):
     """A button that changes something: CSRF protection and nothing else."""

@@ -60,7 +60,7 @@ from people.service import (
     update_person,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("countersign.people")
 auth_bp = Blueprint("auth", __name__, template_folder="templates")
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
 
@@ -241,7 +241,7 @@ def _data(form: PersonForm) -> PersonData:
 @admin_bp.route("/people")
 @roles_required("admin")
 def people() -> Any:
-    q = request.args.get("q", "").strip()[:100]
+    q = request.args.get("q", "").replace("\x00", "").strip()[:100]
     role = request.args.get("role", "")
     school = request.args.get("school", "")
     state = request.args.get("state", "active")

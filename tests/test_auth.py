@@ -160,3 +160,26 @@ def test_password_reset_link_works_once_and_ends_other_sessions(app, auth, make_
     assert auth.sign_in("r@ladysmith.example", "a brand new one").status_code == 302
     assert elsewhere.client.get("/").status_code == 302  # the old session no longer works
     assert app.test_client().get(link).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "nul\x00@ladysmith.example",
+        "a" * 5000 + "@x.example",
+        "<script>alert(1)</script>",
+        "\u202e@x",
+    ],
+)
+def test_odd_sign_in_input_gets_a_clear_message_not_an_error(auth, email):
+    response = auth.sign_in(email, "pass\x00word")
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "The email address or password is not right." in page
+    assert "<script>alert(1)" not in page
+
+
+def test_odd_query_strings_do_not_break_the_people_list(auth, make_person):
+    auth.as_person(make_person("admin"))
+    for query in ("q=%00", "page=-5", "page=abc", "page=99999999999", "role=x&role=y", "q=%ff%fe"):
+        assert auth.client.get(f"/admin/people?{query}").status_code == 200, query

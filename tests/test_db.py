@@ -94,3 +94,53 @@ def test_safe_requests_begin_deferred_and_writes_begin_immediate(
     auth.client.post("/sign-in", data={})
     assert "BEGIN IMMEDIATE" in begins
     event.remove(engine, "before_cursor_execute", spy)
+
+
+def test_creating_the_app_opens_no_database_connection(database_url, tmp_path):
+    """A server forks workers after importing the app: no connection may exist before that."""
+    from app import create_app
+
+    fresh = create_app({"DATABASE_URL": database_url, "SECRET_KEY": "x", "TESTING": True})
+    with fresh.app_context():
+        pool = db.engine.pool
+        assert pool.checkedin() == 0 and pool.checkedout() == 0
+
+
+@pytest.mark.usefixtures("published")
+def test_simultaneous_acknowledgements_record_exactly_one(app, make_person):
+    from people.models import Person
+    from training.models import Acknowledgement, Policy
+    from training.progress import AckRequest, AlreadySigned, acknowledge, record_read
+
+    pid = make_person("volunteer", name="Val Vol")
+    with app.app_context():
+        person = db.session.get(Person, pid)
+        policy = db.session.scalar(select(Policy))
+        for mv in policy.versions[-1].module_versions:
+            record_read(db.session, person, policy, mv)
+        db.session.commit()
+
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        with app.app_context():
+            s = db.session
+            barrier.wait()
+            try:
+                acknowledge(s, s.get(Person, pid), s.scalar(select(Policy)),
+                            AckRequest("Val Vol", "I agree", "127.0.0.1", "test"))  # fmt: skip
+                s.commit()
+                outcomes.append("signed")
+            except AlreadySigned:
+                s.rollback()
+                outcomes.append("already")
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(outcomes) == ["already"] * 3 + ["signed"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(Acknowledgement)) == 1

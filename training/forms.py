@@ -1,15 +1,16 @@
 from __future__ import annotations
 
-from flask_wtf import FlaskForm
 from wtforms import BooleanField, StringField
 from wtforms.validators import DataRequired, Length
 
+from core.forms import Form
 
-class ReadForm(FlaskForm):
+
+class ReadForm(Form):
     """ "I have read this module": CSRF only."""
 
 
-class AcknowledgeForm(FlaskForm):
+class AcknowledgeForm(Form):
     confirm = BooleanField(
         "I agree with the declaration above",
         validators=[DataRequired("Tick the box to confirm the declaration.")],

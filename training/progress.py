@@ -59,6 +59,15 @@ class AckRequest:
     user_agent: str
 
 
+def _lock_person(session: Session, person: Person) -> None:
+    """Serialise one person's writes: the rule is read and the evidence written as one step.
+
+    On PostgreSQL this row lock makes a second, simultaneous submit wait and then see the first
+    one's result; SQLite's BEGIN IMMEDIATE already serialises writers.
+    """
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
+
+
 def record_visit(session: Session, person: Person, module_version: ModuleVersion) -> None:
     """Remember that the person opened this module version (progress, updated in place)."""
     now = utcnow()
@@ -87,6 +96,7 @@ def record_read(
     session: Session, person: Person, policy: Policy, module_version: ModuleVersion
 ) -> bool:
     """Record "I have read this module"; False when it already counted (nothing recorded)."""
+    _lock_person(session, person)
     status = training_status(session, person, policy)
     entry = next((m for m in status.modules if m.module_version_id == module_version.id), None)
     if entry is not None and entry.complete:
@@ -125,6 +135,7 @@ def acknowledge(
 
     The typed name must match the person's name (ignoring case and spacing): it is their signature.
     """
+    _lock_person(session, person)
     status = training_status(session, person, policy, now)
     if status.trained:
         raise AlreadySigned(status)

@@ -15,6 +15,7 @@ from training.models import (
     Acknowledgement,
     Module,
     ModuleVersion,
+    ModuleVisit,
     Policy,
     PolicyVersion,
     ReadReceipt,
@@ -53,8 +54,28 @@ def _policies() -> list[tuple[Policy, PolicyVersion]]:
 
 
 def _resume_target(policy: Policy, status: Status) -> str | None:
-    """The first required module not yet complete: where the person left off."""
-    for module in status.modules:
+    """Where the person left off: the unfinished module they opened last, else the first one."""
+    unfinished = [m for m in status.modules if not m.complete]
+    if not unfinished:
+        return None
+    last_opened = db.session.scalar(
+        select(ModuleVisit.module_version_id)
+        .where(
+            ModuleVisit.person_id == status.person_id,
+            ModuleVisit.module_version_id.in_([m.module_version_id for m in unfinished]),
+        )
+        .order_by(ModuleVisit.last_at.desc())
+        .limit(1)
+    )
+    target = next((m for m in unfinished if m.module_version_id == last_opened), unfinished[0])
+    return url_for("training.module", slug=policy.slug, module_slug=target.slug)
+
+
+def _next_unfinished(policy: Policy, status: Status, after: int) -> str | None:
+    """The next unfinished module in reading order after ``after``, wrapping round."""
+    ids = [m.module_version_id for m in status.modules]
+    start = ids.index(after) + 1 if after in ids else 0
+    for module in status.modules[start:] + status.modules[:start]:
         if not module.complete:
             return url_for("training.module", slug=policy.slug, module_slug=module.slug)
     return None
@@ -64,10 +85,14 @@ def _resume_target(policy: Policy, status: Status) -> str | None:
 @login_required
 def dashboard() -> Any:
     items = []
+    summaries: dict[int, str] = {}
     for policy, version in _policies():
         status = training_status(db.session, current_user, policy)
         items.append((policy, version, status, _resume_target(policy, status)))
-    return render_template("training/dashboard.html", items=items, reasons=REASON_TEXT)
+        summaries.update((mv.id, mv.summary) for mv in version.module_versions)
+    return render_template(
+        "training/dashboard.html", items=items, reasons=REASON_TEXT, summaries=summaries
+    )
 
 
 @training_bp.route("/policies/<slug>/modules/<module_slug>")
@@ -122,7 +147,7 @@ def mark_read(slug: str, module_slug: str) -> Any:
     s.commit()
     status = training_status(s, current_user, policy)
     flash(f"“{module_version.title}” is marked as read.", "success")
-    following = _resume_target(policy, status)
+    following = _next_unfinished(policy, status, after=module_version.id)
     if following:
         return redirect(following)
     if status.ready_to_sign:
