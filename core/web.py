@@ -7,7 +7,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app, render_template, request
+from flask import Flask, abort, current_app, render_template, request, url_for
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
@@ -36,6 +36,11 @@ def format_date(value: date | datetime | None) -> str:
     return value.strftime("%-d %B %Y") if value else "—"
 
 
+def external_url(endpoint: str, **values: Any) -> str:
+    """An absolute link for emails and copy-paste, on the configured BASE_URL."""
+    return current_app.config["BASE_URL"].rstrip("/") + url_for(endpoint, **values)
+
+
 def client_ip() -> str:
     return request.remote_addr or "unknown"
 
@@ -53,7 +58,19 @@ def _configure_logging() -> None:
 def init_app(app: Flask) -> None:
     _configure_logging()
     app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
+    if app.config["PROXY_COUNT"]:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = int(app.config["PROXY_COUNT"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     csrf.init_app(app)
+
+    @app.before_request
+    def _refuse_nul_in_query() -> None:
+        # NUL can never match stored data (PostgreSQL cannot even compare it): refuse it plainly.
+        if any("\x00" in value for values in request.args.listvalues() for value in values):
+            abort(400)
+
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
     login_manager.login_message = "Sign in to continue."
@@ -112,7 +129,12 @@ def init_app(app: Flask) -> None:
             403: ("You do not have access", "Your role does not give you access to this page."),
             413: ("That file is too large", "Upload a smaller file."),
             405: ("That did not work", "This page cannot be used that way."),
+            400: ("That did not work", "The request could not be understood. Go back and try again."),
+            500: ("Something went wrong", "Nothing was saved. Try again; if it keeps happening, "
+                  "tell your administrator what you were doing."),
         }  # fmt: skip
+        if (error.code or 500) >= 500:
+            db.session.rollback()  # the page itself must be able to read the database
         title, message = titles.get(error.code or 500, (error.name, error.description))
         return render_template("error.html", code=error.code, title=title, message=message), (
             error.code or 500

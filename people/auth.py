@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -29,6 +29,16 @@ def _wait_after(failures: int, last: datetime, policy: ThrottlePolicy, free: int
     doublings = min(failures - free, 10)
     wait = min(policy.first_wait * (2**doublings), policy.max_wait)
     return last + wait
+
+
+def lock_sign_in(session: Session, email: str) -> None:
+    """Serialise sign-in attempts for one email so parallel guesses cannot overtake the count.
+
+    SQLite's BEGIN IMMEDIATE already serialises them; PostgreSQL takes a transaction-scoped
+    advisory lock keyed on the email.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:email))"), {"email": email})
 
 
 def retry_after(

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from flask import current_app, url_for
+from flask import current_app
 from flask.cli import with_appcontext
 
 from core.db import db
-from core.web import federation
+from core.web import external_url, federation
 from people.auth import INVITE, make_link_token
 from people.service import PeopleError, PersonData, create_person, find_by_email, import_people
 
@@ -51,9 +51,8 @@ def import_command(file: Path) -> None:
 @click.option(
     "--schools", default="", help="School codes separated by ';' (none: federation-wide)."
 )
-@click.option("--base-url", default="http://127.0.0.1:5000", show_default=True)
 @with_appcontext
-def add_command(name: str, email: str, roles: str, schools: str, base_url: str) -> None:
+def add_command(name: str, email: str, roles: str, schools: str) -> None:
     session = db.session
     split = lambda text: tuple(filter(None, (p.strip() for p in text.split(";"))))  # noqa: E731
     try:
@@ -67,6 +66,6 @@ def add_command(name: str, email: str, roles: str, schools: str, base_url: str) 
         session.rollback()
         raise click.ClickException(str(exc))
     token = make_link_token(current_app.config["SECRET_KEY"], INVITE, person)
-    with current_app.test_request_context(base_url=base_url):
-        link = url_for("auth.accept_invite", token=token, _external=True)
+    with current_app.test_request_context():
+        link = external_url("auth.accept_invite", token=token)
     click.echo(f"Added {person.name} <{person.email}>. Invitation link (single use):\n{link}")

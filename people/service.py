@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
@@ -50,6 +51,8 @@ def clean_person(data: PersonData, federation: Federation) -> PersonData:
     name = " ".join(data.name.split())
     if not name:
         raise PeopleError("Enter the person's full name.")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise PeopleError("The name contains control characters; type it again.")
     if len(name) > 200:
         raise PeopleError("The name must be 200 characters or fewer.")
     email = normalise_email(data.email)

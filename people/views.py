@@ -24,13 +24,14 @@ from sqlalchemy import func, or_, select
 from wtforms.fields.choices import SelectChoice
 
 from core.db import db
-from core.mail import send_mail, smtp_configured
-from core.web import client_ip, federation
+from core.mail import send_mail, send_mail_later, smtp_configured
+from core.web import client_ip, external_url, federation
 from people.auth import (
     INVITE,
     RESET,
     LinkError,
     ThrottlePolicy,
+    lock_sign_in,
     make_link_token,
     person_for_token,
     record_attempt,
@@ -101,6 +102,7 @@ def sign_in() -> Any:
         email = form.email.data.strip().lower()
         ip = client_ip()
         s = db.session
+        lock_sign_in(s, email)
         wait = retry_after(s, email, ip, ThrottlePolicy())
         if wait:
             minutes = max(1, round(wait / 60))
@@ -130,7 +132,10 @@ def sign_in() -> Any:
 
 @auth_bp.route("/sign-out", methods=["POST"])
 def sign_out() -> Any:
-    ConfirmForm()  # CSRF is checked globally; the form keeps the template uniform
+    if current_user.is_authenticated:
+        # Ends this person's sessions everywhere: a copied session cookie stops working too.
+        current_user.auth_version += 1
+        db.session.commit()
     logout_user()
     session.clear()
     flash("You have signed out.", "success")
@@ -146,6 +151,9 @@ def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) 
         f"Hello {person.name},\n\nUse this link to set your password:\n{link}\n\n"
         "The link works once. If you did not expect this email you can ignore it.\n"
     )
+    if smtp_configured(current_app.config) and not to_admin:
+        send_mail_later(current_app.config, person.email, subject, body)
+        return
     if smtp_configured(current_app.config):
         try:
             send_mail(current_app.config, person.email, subject, body)
@@ -168,7 +176,7 @@ def forgot_password() -> Any:
         person = find_by_email(db.session, form.email.data)
         if person is not None and person.active:
             token = make_link_token(current_app.config["SECRET_KEY"], RESET, person)
-            link = url_for("auth.reset_password", token=token, _external=True)
+            link = external_url("auth.reset_password", token=token)
             _send_or_show_link(person, RESET, link, to_admin=False)
         # The same answer whether or not the address is known.
         return render_template("people/reset_sent.html", email=form.email.data)
@@ -241,7 +249,7 @@ def _data(form: PersonForm) -> PersonData:
 @admin_bp.route("/people")
 @roles_required("admin")
 def people() -> Any:
-    q = request.args.get("q", "").replace("\x00", "").strip()[:100]
+    q = request.args.get("q", "").strip()[:100]
     role = request.args.get("role", "")
     school = request.args.get("school", "")
     state = request.args.get("state", "active")
@@ -294,7 +302,7 @@ def new_person() -> Any:
     )
 
 
-@admin_bp.route("/people/<int:person_id>", methods=["GET", "POST"])
+@admin_bp.route("/people/<int(max=2147483647):person_id>", methods=["GET", "POST"])
 @roles_required("admin")
 def person(person_id: int) -> Any:
     person = _person_or_404(person_id)
@@ -313,7 +321,7 @@ def person(person_id: int) -> Any:
                            confirm=ConfirmForm()), (400 if request.method == "POST" else 200)  # fmt: skip
 
 
-@admin_bp.route("/people/<int:person_id>/deactivate", methods=["POST"])
+@admin_bp.route("/people/<int(max=2147483647):person_id>/deactivate", methods=["POST"])
 @roles_required("admin")
 def deactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
@@ -326,7 +334,7 @@ def deactivate_person(person_id: int) -> Any:
     return redirect(url_for("admin.person", person_id=person.id))
 
 
-@admin_bp.route("/people/<int:person_id>/reactivate", methods=["POST"])
+@admin_bp.route("/people/<int(max=2147483647):person_id>/reactivate", methods=["POST"])
 @roles_required("admin")
 def reactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
@@ -336,7 +344,7 @@ def reactivate_person(person_id: int) -> Any:
     return redirect(url_for("admin.person", person_id=person.id))
 
 
-@admin_bp.route("/people/<int:person_id>/invite", methods=["POST"])
+@admin_bp.route("/people/<int(max=2147483647):person_id>/invite", methods=["POST"])
 @roles_required("admin")
 def invite_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
@@ -344,7 +352,7 @@ def invite_person(person_id: int) -> Any:
         flash("Reactivate this person before inviting them.", "error")
         return redirect(url_for("admin.person", person_id=person.id))
     token = make_link_token(current_app.config["SECRET_KEY"], INVITE, person)
-    link = url_for("auth.accept_invite", token=token, _external=True)
+    link = external_url("auth.accept_invite", token=token)
     _send_or_show_link(person, INVITE, link, to_admin=True)
     return redirect(url_for("admin.person", person_id=person.id))
 

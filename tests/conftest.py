@@ -101,6 +101,7 @@ def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) 
         "CONTENT_DIR": str(content_dir),
         "SECRET_KEY": "test-secret-key-not-for-production",
         "SERVER_NAME": "countersign.test",
+        "BASE_URL": "http://countersign.test",
         **app_config,
     }
     application = create_app(config)

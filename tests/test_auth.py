@@ -99,12 +99,16 @@ def test_throttle_waits_double_and_end_after_the_wait(app):
         assert retry_after(s, "other@ladysmith.example", "10.0.0.2", policy, now) == 0
 
 
-def test_sign_out_ends_the_session(auth, make_person):
+def test_sign_out_ends_the_session_even_for_a_copied_cookie(app, auth, make_person):
     auth.as_person(make_person("staff"))
+    copied = auth.client.get_cookie("countersign_session", domain="countersign.test").value
     token = csrf_token(auth.client, "/")
     response = auth.client.post("/sign-out", data={"csrf_token": token})
     assert response.status_code == 302
     assert auth.client.get("/").status_code == 302
+    replay = app.test_client()
+    replay.set_cookie("countersign_session", copied, domain="countersign.test")
+    assert replay.get("/").status_code == 302
 
 
 def test_next_only_redirects_within_the_site(auth, make_person):
@@ -181,5 +185,67 @@ def test_odd_sign_in_input_gets_a_clear_message_not_an_error(auth, email):
 
 def test_odd_query_strings_do_not_break_the_people_list(auth, make_person):
     auth.as_person(make_person("admin"))
-    for query in ("q=%00", "page=-5", "page=abc", "page=99999999999", "role=x&role=y", "q=%ff%fe"):
+    for query in ("page=-5", "page=abc", "page=99999999999", "role=x&role=y", "q=%ff%fe"):
         assert auth.client.get(f"/admin/people?{query}").status_code == 200, query
+
+
+@pytest.mark.parametrize("app_config", [{"SERVER_NAME": None}])
+def test_reset_links_ignore_the_host_the_request_claims(app, make_person, caplog):
+    make_person("staff", email="h@ladysmith.example")
+    caplog.set_level("INFO")
+    client = app.test_client()
+    evil = {"Host": "attacker.example"}
+    page = client.get("/forgot-password", headers=evil).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    response = client.post(
+        "/forgot-password",
+        data={"email": "h@ladysmith.example", "csrf_token": token},
+        headers=evil,
+    )
+    assert response.status_code == 200
+    assert "attacker.example" not in caplog.text
+    assert "http://countersign.test/reset-password/" in caplog.text
+
+
+def test_nul_in_a_query_string_is_refused_plainly(auth, make_person):
+    auth.as_person(make_person("admin"))
+    response = auth.client.get("/admin/people?school=%00")
+    assert response.status_code == 400
+    assert "That did not work" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("person_id", ["3000000000", "99999999999999999999999", "0"])
+def test_out_of_range_ids_are_not_found(auth, make_person, person_id):
+    auth.as_person(make_person("admin"))
+    assert auth.client.get(f"/admin/people/{person_id}").status_code == 404
+
+
+def test_parallel_guesses_cannot_overtake_the_throttle(app, make_person):
+    import threading
+
+    from sqlalchemy import func, select
+
+    from people.models import SignInAttempt
+
+    make_person("staff", email="p@ladysmith.example")
+    barrier = threading.Barrier(12)
+    statuses: list[int] = []
+
+    def guess() -> None:
+        client = app.test_client()
+        token = csrf_token(client, "/sign-in")
+        barrier.wait()
+        response = client.post(
+            "/sign-in", data={"email": "p@ladysmith.example", "password": "x", "csrf_token": token}
+        )
+        statuses.append(response.status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(statuses) == [400] * 5 + [429] * 7
+    with app.app_context():
+        checked = db.session.scalar(select(func.count()).select_from(SignInAttempt))
+        assert checked == 5

@@ -235,3 +235,99 @@ def test_a_second_policy_folder_works_without_code_changes(app, runner, editable
     assert "data-protection: published version 2026" in result.output
     with app.app_context():
         assert sorted(db.session.scalars(select(Policy.slug))) == ["data-protection", POLICY]
+
+
+def test_details_corrected_under_the_same_label_update_in_place(app, runner, editable_content):
+    app.config["CONTENT_DIR"] = str(editable_content)
+    runner.invoke(args=["content", "publish"])
+    folder = editable_content / POLICY
+    replace(folder / "policy.yaml", "owner: Senior Leadership Team", "owner: Head of School")
+    replace(folder / "08-tone.md", "summary: ", "summary: Revised. ")
+    result = runner.invoke(args=["content", "publish"])
+    assert result.exit_code == 0, result.output
+    assert "version 1.0 updated: owner, summary of tone" in result.output
+    with app.app_context():
+        assert count(PolicyVersion) == 1
+        assert db.session.scalar(select(PolicyVersion.owner)) == "Head of School"
+
+
+def test_a_new_label_on_unchanged_text_asks_only_for_a_fresh_signature(
+    app, runner, editable_content, make_person
+):
+    from people.models import Person
+
+    app.config["CONTENT_DIR"] = str(editable_content)
+    runner.invoke(args=["content", "publish"])
+    pid = make_person("volunteer", name="Val Vol")
+    with app.app_context():
+        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
+        for mv in policy.versions[-1].module_versions:
+            record_read(db.session, person, policy, mv)
+        acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
+        db.session.commit()
+    replace(editable_content / POLICY / "policy.yaml", 'version: "1.0"', 'version: "2026"')
+    assert (
+        "published version 2026 (new or changed modules: none)"
+        in runner.invoke(args=["content", "publish"]).output
+    )
+    with app.app_context():
+        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
+        status = training_status(db.session, person, policy)
+        assert [(m.module, m.reason) for m in status.missing] == [(None, "not_acknowledged")]
+        assert status.ready_to_sign
+
+
+def test_a_version_takes_over_only_from_its_effective_date(
+    app, runner, editable_content, make_person
+):
+    from datetime import UTC, datetime, timedelta
+
+    from people.models import Person
+
+    effective = (datetime.now(UTC) + timedelta(days=30)).date()
+
+    app.config["CONTENT_DIR"] = str(editable_content)
+    runner.invoke(args=["content", "publish"])
+    pid = make_person("volunteer", name="Val Vol")
+    with app.app_context():
+        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
+        for mv in policy.versions[-1].module_versions:
+            record_read(db.session, person, policy, mv)
+        acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
+        db.session.commit()
+    folder = editable_content / POLICY
+    replace(folder / "policy.yaml", 'version: "1.0"', 'version: "2.0"')
+    replace(folder / "policy.yaml", "effective: 2026-09-01", f"effective: {effective}")
+    replace(
+        folder / "policy.yaml",
+        "next_review: 2027-09-01",
+        f"next_review: {effective.year + 1}-12-31",
+    )
+    replace(folder / "08-tone.md", "- Engaging", "- Engaging and clear")
+    result = runner.invoke(args=["content", "publish"])
+    assert f"(new or changed modules: tone; takes effect on {effective})" in result.output
+    with app.app_context():
+        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
+        now = training_status(db.session, person, policy)
+        assert now.trained and now.version == "1.0"
+        later = training_status(
+            db.session, person, policy, datetime.combine(effective, datetime.min.time(), UTC)
+        )
+        assert later.version == "2.0" and not later.trained
+        assert [(m.module, m.reason) for m in later.missing][0] == ("tone", "outdated_version")
+
+
+def test_unusable_manifest_values_are_reported_not_crashed_on(editable_content):
+    folder = editable_content / POLICY
+    manifest = folder / "policy.yaml"
+    replace(manifest, 'version: "1.0"', "version: 1.10")
+    replace(manifest, "owner: Senior Leadership Team", "owner: " + "x" * 250)
+    replace(manifest, "  parent: [scope,", "  parent: [{scope: yes},")
+    replace(manifest, "  - 01-scope.md", "  - ../federation.yaml\n  - 01-scope.md")
+    (folder / "08-tone.md").write_bytes((folder / "08-tone.md").read_bytes() + b"\n\xff\xfe bad\n")
+    found = "\n".join(problems_for(editable_content))
+    assert 'write the version label in quotes, e.g. version: "1.1"' in found
+    assert "'owner' is 250 characters long; at most 200" in found
+    assert "role 'parent' needs 'all' or a list of module slugs" in found
+    assert "module file '../federation.yaml' does not exist" in found
+    assert f"{folder / '08-tone.md'}:" in found and "is not UTF-8 text" in found

@@ -175,41 +175,35 @@ def test_people_list_filters_and_paginates(app, admin, make_person):
     assert "1 person." in page and "Gov One" in page
 
 
-def test_import_upload_reports_errors_and_imports_good_files(app, admin):
-    bad = io.BytesIO(b"name,email,roles,schools\nX,x@ladysmith.example,nobody,\n")
-    response = admin.client.post(
+def upload(admin, content: bytes, filename: str):
+    from tests.conftest import csrf_token
+
+    return admin.client.post(
         "/admin/people/import",
-        data={"file": (bad, "people.csv"), "csrf_token": _token(admin, "/admin/people/import")},
+        data={"file": (io.BytesIO(content), filename),
+              "csrf_token": csrf_token(admin.client, "/admin/people/import")},
         content_type="multipart/form-data",
+    )  # fmt: skip
+
+
+def test_import_upload_reports_errors_and_imports_good_files(app, admin):
+    response = upload(
+        admin, b"name,email,roles,schools\nX,x@ladysmith.example,nobody,\n", "people.csv"
     )
     assert response.status_code == 400
     assert "line 2: unknown role" in response.get_data(as_text=True)
-    wrong_type = io.BytesIO(b"\x89PNG")
-    response = admin.client.post(
-        "/admin/people/import",
-        data={
-            "file": (wrong_type, "photo.png"),
-            "csrf_token": _token(admin, "/admin/people/import"),
-        },
-        content_type="multipart/form-data",
-    )
+    response = upload(admin, b"\x89PNG", "photo.png")
     assert response.status_code == 400
     assert "Upload a .csv file." in response.get_data(as_text=True)
-    good = io.BytesIO(b"name,email,roles,schools\nX Y,x@ladysmith.example,staff,infant\n")
-    response = admin.client.post(
-        "/admin/people/import",
-        data={"file": (good, "people.csv"), "csrf_token": _token(admin, "/admin/people/import")},
-        content_type="multipart/form-data",
+    response = upload(admin, b"name,email\n\xff\xfe,x\n", "latin.csv")
+    assert response.status_code == 400
+    assert "not UTF-8 text" in response.get_data(as_text=True)
+    response = upload(
+        admin, b"name,email,roles,schools\nX Y,x@ladysmith.example,staff,infant\n", "people.csv"
     )
     assert response.status_code == 302
     with app.app_context():
         assert db.session.scalar(select(Person).where(Person.email == "x@ladysmith.example"))
-
-
-def _token(auth, url):
-    from tests.conftest import csrf_token
-
-    return csrf_token(auth.client, url)
 
 
 def test_invitation_link_is_shown_without_smtp_and_works_once(app, admin, make_person, caplog):
@@ -256,3 +250,14 @@ def test_non_admins_cannot_reach_admin_pages(auth, make_person):
     auth.as_person(make_person("staff", "slt", "governor"))
     for url in ("/admin/people", "/admin/people/new", "/admin/people/import"):
         assert auth.client.get(url).status_code == 403
+
+
+def test_names_with_control_characters_are_refused_with_their_line(app):
+    with app.app_context(), pytest.raises(ImportFailed) as caught:
+        import_people(
+            db.session, "name,email,roles,schools\nNu\x00ll,n@ladysmith.example,staff,\n", FED
+        )
+    assert (
+        str(caught.value.errors[0])
+        == "line 2: The name contains control characters; type it again."
+    )

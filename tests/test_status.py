@@ -62,7 +62,7 @@ def test_nothing_done_lists_every_module_as_not_started_and_no_acknowledgement()
 
 
 def test_opened_but_unread_module_is_not_read():
-    result = status(Evidence(visited={21}))
+    result = status(Evidence(visited={21: T0}))
     assert ("tone", "not_read") in [(m.module, m.reason) for m in result.missing]
     assert [m.state for m in result.modules] == ["not_started", "in_progress", "not_started"]
 
@@ -232,3 +232,12 @@ def test_new_role_requires_more_modules(app, make_person):
         assert not after.trained
         assert len(after.modules) == 13
         assert after.missing[-1].reason == "not_acknowledged"
+
+
+def test_after_expiry_pages_opened_before_it_no_longer_count_as_in_progress():
+    later = add_months(T0, 12) + timedelta(days=3)
+    evidence = Evidence(
+        receipts=read_all(), acks=[signed()], visited={11: T0, 21: later - timedelta(days=1)}
+    )
+    result = status(evidence, now=later)
+    assert [m.state for m in result.modules] == ["not_started", "in_progress", "not_started"]

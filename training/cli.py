@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from core.db import db
+from core.db import db, utcnow
 from core.migrate import db_cli, upgrade
 from training.loader import ContentError, load_all
 from training.publishing import publish
@@ -49,17 +49,7 @@ def publish_all() -> list[str]:
     session = db.session
     try:
         for source in policies:
-            result = publish(session, source)
-            if result.created:
-                changed = ", ".join(result.changed_modules) or "none"
-                lines.append(
-                    f"{result.policy}: published version {result.version} "
-                    f"(new or changed modules: {changed})"
-                )
-            else:
-                lines.append(
-                    f"{result.policy}: version {result.version} is current; nothing changed"
-                )
+            lines.append(publish(session, source).describe(utcnow().date()))
         session.commit()
     except BaseException:
         session.rollback()

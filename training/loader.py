@@ -158,16 +158,20 @@ class _Doc:
         line = self.line(key) if key else self.offset + 1
         self.problems.append(Problem(self.path, line, message))
 
-    def text(self, key: str, required: bool = True) -> str:
+    def text(self, key: str, required: bool = True, max_length: int = 200) -> str:
         value = self.data.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):
             if required:
                 self.problem(key if key in self.lines else None, f"'{key}' is required")
             return ""
-        if not isinstance(value, str | int | float):
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
             self.problem(key, f"'{key}' must be text")
             return ""
-        return str(value).strip()
+        text = str(value).strip()
+        if len(text) > max_length:
+            self.problem(key, f"'{key}' is {len(text)} characters long; at most {max_length}")
+            return text[:max_length]
+        return text
 
     def date(self, key: str, required: bool = True) -> date | None:
         value = self.data.get(key)
@@ -187,6 +191,17 @@ class _Doc:
 # --- federation ----------------------------------------------------------------------------------
 
 
+def _read(path: Path, problems: list[Problem]) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        problems.append(Problem(path, line, "is not UTF-8 text; save it as UTF-8"))
+    except OSError as exc:
+        problems.append(Problem(path, None, f"cannot be read ({exc.strerror})"))
+    return None
+
+
 def load_federation(content_dir: Path) -> Federation:
     path = content_dir / FEDERATION
     problems: list[Problem] = []
@@ -194,7 +209,10 @@ def load_federation(content_dir: Path) -> Federation:
         raise ContentError(
             [Problem(path, None, "missing: it names the federation and its schools")]
         )
-    doc = _Doc(path, path.read_text(encoding="utf-8"), problems)
+    text = _read(path, problems)
+    if text is None:
+        raise ContentError(problems)
+    doc = _Doc(path, text, problems)
     name = doc.text("name")
     schools: list[School] = []
     raw = doc.data.get("schools", [])
@@ -261,21 +279,27 @@ def load_all(content_dir: Path) -> list[PolicySource]:
 def load_policy(folder: Path) -> PolicySource:
     path = folder / MANIFEST
     problems: list[Problem] = []
-    doc = _Doc(path, path.read_text(encoding="utf-8"), problems)
+    text = _read(path, problems)
+    if text is None:
+        raise ContentError(problems)
+    doc = _Doc(path, text, problems)
     if problems:
         raise ContentError(problems)
 
-    slug = doc.text("slug")
+    slug = doc.text("slug", max_length=80)
     if slug and not SLUG_RE.match(slug):
         doc.problem("slug", f"slug {slug!r} must be lower-case letters, digits and hyphens")
     title = doc.text("title")
-    version = doc.text("version")
+    version = doc.text("version", max_length=40)
+    if "version" in doc.data and not isinstance(doc.data["version"], str):
+        # Unquoted, 1.10 would silently become 1.1.
+        doc.problem("version", f'write the version label in quotes, e.g. version: "{version}"')
     effective = doc.date("effective")
     next_review = doc.date("next_review", required=False)
     if effective and next_review and next_review <= effective:
         doc.problem("next_review", "'next_review' must be after 'effective'")
     owner = doc.text("owner")
-    source = doc.text("source", required=False)
+    source = doc.text("source", required=False, max_length=300)
     refresher = doc.data.get("refresher_months")
     if not isinstance(refresher, int) or isinstance(refresher, bool) or not 1 <= refresher <= 120:
         doc.problem(
@@ -294,7 +318,7 @@ def load_policy(folder: Path) -> PolicySource:
         files = []
     for name in files:
         module_path = folder / str(name)
-        if not isinstance(name, str) or not module_path.is_file():
+        if not isinstance(name, str) or "/" in name or "\\" in name or not module_path.is_file():
             doc.problem("modules", f"module file {name!r} does not exist in {folder}")
             continue
         module = _load_module(module_path, problems)
@@ -326,7 +350,11 @@ def load_policy(folder: Path) -> PolicySource:
         if wanted == "all":
             audiences[role] = tuple(m.slug for m in modules)
             continue
-        if not isinstance(wanted, list) or not wanted:
+        if (
+            not isinstance(wanted, list)
+            or not wanted
+            or not all(isinstance(s, str) for s in wanted)
+        ):
             doc.problem("audiences", f"role {role!r} needs 'all' or a list of module slugs")
             continue
         unknown = [str(s) for s in wanted if s not in seen]
@@ -354,7 +382,9 @@ def load_policy(folder: Path) -> PolicySource:
 
 
 def _load_module(path: Path, problems: list[Problem]) -> ModuleSource | None:
-    text = path.read_text(encoding="utf-8")
+    text = _read(path, problems)
+    if text is None:
+        return None
     lines = text.replace("\r\n", "\n").split("\n")
     if not lines or lines[0].strip() != "---":
         problems.append(Problem(path, 1, "must start with front matter between '---' lines"))
@@ -369,10 +399,10 @@ def _load_module(path: Path, problems: list[Problem]) -> ModuleSource | None:
     if len(problems) > before:
         return None
     title = doc.text("title")
-    slug = doc.text("slug")
+    slug = doc.text("slug", max_length=80)
     if slug and not SLUG_RE.match(slug):
         doc.problem("slug", f"slug {slug!r} must be lower-case letters, digits and hyphens")
-    summary = doc.text("summary", required=False)
+    summary = doc.text("summary", required=False, max_length=500)
     body = "\n".join(lines[end + 1 :]).strip("\n")
     if not body.strip():
         problems.append(Problem(path, end + 2, "the module has no text after its front matter"))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import date
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -26,11 +27,29 @@ class PublishResult:
     policy: str
     version: str
     created: bool
-    changed_modules: tuple[str, ...]  # slugs whose text is new in this version
+    changed_modules: tuple[str, ...] = ()  # slugs whose text is new in this version
+    updated: tuple[str, ...] = ()  # details corrected in place on the current version
+    effective: date | None = None
+
+    def describe(self, today: date) -> str:
+        if self.created:
+            changed = ", ".join(self.changed_modules) or "none"
+            when = (
+                f"; takes effect on {self.effective.isoformat()}"
+                if self.effective and self.effective > today
+                else ""
+            )
+            return (
+                f"{self.policy}: published version {self.version} "
+                f"(new or changed modules: {changed}{when})"
+            )
+        if self.updated:
+            return f"{self.policy}: version {self.version} updated: {', '.join(self.updated)}"
+        return f"{self.policy}: version {self.version} is current; nothing changed"
 
 
 def fingerprint(source: PolicySource) -> str:
-    """What people must do: module texts in order, audiences, refresher period."""
+    """What people must do: module texts in order, audiences, refresher period, title."""
     data = {
         "modules": [[m.slug, m.text_hash] for m in source.modules],
         "audiences": {role: list(slugs) for role, slugs in sorted(source.audiences.items())},
@@ -40,7 +59,14 @@ def fingerprint(source: PolicySource) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def current_version(session: Session, policy: Policy) -> PolicyVersion | None:
+def _newest_first(query: Select) -> Select:
+    return query.order_by(
+        PolicyVersion.effective.desc(), PolicyVersion.published_at.desc(), PolicyVersion.id.desc()
+    )
+
+
+def latest_version(session: Session, policy: Policy) -> PolicyVersion | None:
+    """The version published last, whether or not it is in effect yet."""
     return session.scalar(
         select(PolicyVersion)
         .where(PolicyVersion.policy_id == policy.id)
@@ -49,9 +75,62 @@ def current_version(session: Session, policy: Policy) -> PolicyVersion | None:
     )
 
 
-def publish(session: Session, source: PolicySource) -> PublishResult:
-    """Publish ``source`` as a new version unless it is identical to the current one.
+def current_version(
+    session: Session, policy: Policy, today: date | None = None
+) -> PolicyVersion | None:
+    """The version in effect: the newest whose effective date has come.
 
+    A version published ahead of its effective date leaves the one in force alone until then, so
+    nobody stops being trained the moment a revision is published. When no version is in effect yet
+    (a first policy published early), the newest one is shown.
+    """
+    today = today or utcnow().date()
+    base = select(PolicyVersion).where(PolicyVersion.policy_id == policy.id)
+    in_effect = session.scalar(_newest_first(base.where(PolicyVersion.effective <= today)).limit(1))
+    return in_effect or session.scalar(_newest_first(base).limit(1))
+
+
+def upcoming_version(
+    session: Session, policy: Policy, today: date | None = None
+) -> PolicyVersion | None:
+    """A published version that takes effect after today, if any."""
+    today = today or utcnow().date()
+    current = current_version(session, policy, today)
+    upcoming = session.scalar(
+        _newest_first(
+            select(PolicyVersion).where(
+                PolicyVersion.policy_id == policy.id, PolicyVersion.effective > today
+            )
+        ).limit(1)
+    )
+    return upcoming if upcoming is not None and upcoming is not current else None
+
+
+def _update_details(session: Session, version: PolicyVersion, source: PolicySource) -> list[str]:
+    """Correct details that do not change what people must do, in place on the same version."""
+    updated = []
+    for attribute, value in (
+        ("effective", source.effective),
+        ("next_review", source.next_review),
+        ("owner", source.owner),
+        ("source", source.source),
+    ):
+        if getattr(version, attribute) != value:
+            setattr(version, attribute, value)
+            updated.append(attribute.replace("_", " "))
+    by_slug = {mv.module.slug: mv for mv in version.module_versions}
+    for module in source.modules:
+        module_version = by_slug.get(module.slug)
+        if module_version is not None and module_version.summary != module.summary:
+            module_version.summary = module.summary
+            updated.append(f"summary of {module.slug}")
+    return updated
+
+
+def publish(session: Session, source: PolicySource) -> PublishResult:
+    """Publish ``source`` as a new version unless it is the latest one already.
+
+    Details that do not change what people must do (dates, owner, summaries) are corrected in place.
     A changed text under an already-published version label is refused: the label is what people
     sign against, so two different texts must not share it.
     """
@@ -60,10 +139,12 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
         policy = Policy(slug=source.slug, title=source.title)
         session.add(policy)
         session.flush()
-    latest = current_version(session, policy)
+    latest = latest_version(session, policy)
     print_ = fingerprint(source)
-    if latest is not None and latest.fingerprint == print_:
-        return PublishResult(source.slug, latest.label, False, ())
+    if latest is not None and latest.fingerprint == print_ and latest.label == source.version:
+        updated = _update_details(session, latest, source)
+        session.flush()
+        return PublishResult(source.slug, latest.label, False, updated=tuple(updated))
     clash = session.scalar(
         select(PolicyVersion).where(
             PolicyVersion.policy_id == policy.id, PolicyVersion.label == source.version
@@ -134,4 +215,6 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
         for slug in slugs:
             version.requirements.append(RequiredModule(role=role, module_id=modules[slug].id))
     session.flush()
-    return PublishResult(source.slug, source.version, True, tuple(changed))
+    return PublishResult(
+        source.slug, source.version, True, tuple(changed), effective=source.effective
+    )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -98,7 +98,7 @@ class Ack:
 @dataclass
 class Evidence:
     receipts: list[Receipt] = field(default_factory=list)
-    visited: set[int] = field(default_factory=set)  # module version ids opened
+    visited: dict[int, datetime] = field(default_factory=dict)  # module version id -> last opened
     acks: list[Ack] = field(default_factory=list)
 
 
@@ -199,15 +199,16 @@ def evaluate(
         if current:
             modules.append(ModuleStatus(slug, title, mv_id, "completed", min(current), None))
             continue
+        opened = mv_id in evidence.visited and counts(evidence.visited[mv_id])
         if cycle_start is not None and mine:
             reason = EXPIRED
         elif any(r.module_version_id != mv_id for r in mine):
             reason = OUTDATED_VERSION
-        elif mv_id in evidence.visited:
+        elif opened:
             reason = NOT_READ
         else:
             reason = NOT_STARTED
-        state = "in_progress" if mv_id in evidence.visited else "not_started"
+        state = "in_progress" if opened else "not_started"
         modules.append(ModuleStatus(slug, title, mv_id, state, None, reason))
         missing.append(Missing(slug, reason))
 
@@ -281,13 +282,13 @@ def load_evidence(session: Session, person_ids: list[int], policy: Policy) -> di
         .where(Module.policy_id == policy.id, ReadReceipt.person_id.in_(person_ids))
     ):
         evidence[pid].receipts.append(Receipt(module_id, mv_id, at))
-    for pid, mv_id in session.execute(
-        select(ModuleVisit.person_id, ModuleVisit.module_version_id)
+    for pid, mv_id, last_at in session.execute(
+        select(ModuleVisit.person_id, ModuleVisit.module_version_id, ModuleVisit.last_at)
         .join(ModuleVersion, ModuleVersion.id == ModuleVisit.module_version_id)
         .join(Module, Module.id == ModuleVersion.module_id)
         .where(Module.policy_id == policy.id, ModuleVisit.person_id.in_(person_ids))
     ):
-        evidence[pid].visited.add(mv_id)
+        evidence[pid].visited[mv_id] = last_at
     acks = session.execute(
         select(
             Acknowledgement.id,
@@ -318,7 +319,8 @@ def training_status(
     session: Session, person: Person, policy: Policy, now: datetime | None = None
 ) -> Status:
     """Is ``person`` trained on ``policy`` now, and if not, what is missing?"""
-    version = current_version(session, policy)
+    now = now or utcnow()
+    version = current_version(session, policy, now.date())
     if version is None:
         raise LookupError(f"policy {policy.slug!r} has no published version")
     evidence = load_evidence(session, [person.id], policy)[person.id]
@@ -328,9 +330,5 @@ def training_status(
         roles=person.roles,
         version=version_info(session, version),
         evidence=evidence,
-        now=now or utcnow(),
+        now=now,
     )
-
-
-def expiry_date(status: Status) -> date | None:
-    return status.valid_until.date() if status.valid_until else None

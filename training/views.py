@@ -30,7 +30,7 @@ from training.progress import (
     record_read,
     record_visit,
 )
-from training.publishing import current_version
+from training.publishing import current_version, upcoming_version
 from training.status import REASON_TEXT, Status, training_status
 
 training_bp = Blueprint("training", __name__, template_folder="templates")
@@ -88,7 +88,8 @@ def dashboard() -> Any:
     summaries: dict[int, str] = {}
     for policy, version in _policies():
         status = training_status(db.session, current_user, policy)
-        items.append((policy, version, status, _resume_target(policy, status)))
+        upcoming = upcoming_version(db.session, policy)
+        items.append((policy, version, status, _resume_target(policy, status), upcoming))
         summaries.update((mv.id, mv.summary) for mv in version.module_versions)
     return render_template(
         "training/dashboard.html", items=items, reasons=REASON_TEXT, summaries=summaries
