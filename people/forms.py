@@ -24,7 +24,8 @@ class ForgotPasswordForm(Form):
     email = EmailField("Email address", validators=[DataRequired("Enter your email address.")])
 
 
-class SetPasswordForm(Form):
+def _new_password_fields() -> tuple[PasswordField, PasswordField]:
+    """A new password and its confirmation; called in each form's body so field order follows."""
     password = PasswordField(
         "New password",
         validators=[
@@ -44,6 +45,18 @@ class SetPasswordForm(Form):
             EqualTo("password", "The two passwords are not the same."),
         ],
     )
+    return password, confirm
+
+
+class SetPasswordForm(Form):
+    password, confirm = _new_password_fields()
+
+
+class ChangePasswordForm(Form):
+    current = PasswordField(
+        "Current password", validators=[DataRequired("Enter your current password.")]
+    )
+    password, confirm = _new_password_fields()
 
 
 class PersonForm(Form):

@@ -38,6 +38,7 @@ from people.auth import (
     retry_after,
 )
 from people.forms import (
+    ChangePasswordForm,
     ConfirmForm,
     ForgotPasswordForm,
     ImportForm,
@@ -60,6 +61,8 @@ from people.service import (
     set_password,
     update_person,
 )
+from training.publishing import published_policies
+from training.status import REASON_TEXT, training_status
 
 log = logging.getLogger("countersign.people")
 auth_bp = Blueprint("auth", __name__, template_folder="templates")
@@ -140,6 +143,24 @@ def sign_out() -> Any:
     session.clear()
     flash("You have signed out.", "success")
     return redirect(url_for("auth.sign_in"))
+
+
+@auth_bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def change_password() -> Any:
+    form = ChangePasswordForm()
+    if form.validate_on_submit():
+        if not check_password(current_user, form.current.data):
+            form.current.errors = ["Your current password is not right."]
+        else:
+            set_password(current_user, form.password.data)  # ends every other session
+            db.session.commit()
+            login_user(current_user._get_current_object())  # this one carries on
+            flash("Your password is changed. You have been signed out everywhere else.", "success")
+            return redirect(url_for("training.dashboard"))
+    return render_template("people/change_password.html", form=form), (
+        400 if request.method == "POST" else 200
+    )
 
 
 def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) -> None:
@@ -317,8 +338,14 @@ def person(person_id: int) -> Any:
             db.session.commit()
             flash("Changes saved.", "success")
             return redirect(url_for("admin.person", person_id=person.id))
-    return render_template("people/person_form.html", form=form, person=person,
-                           confirm=ConfirmForm()), (400 if request.method == "POST" else 200)  # fmt: skip
+    statuses = [
+        (version, training_status(db.session, person, policy))
+        for policy, version in published_policies(db.session)
+    ]
+    return render_template(
+        "people/person_form.html", form=form, person=person, confirm=ConfirmForm(),
+        statuses=statuses, reasons=REASON_TEXT,
+    ), (400 if request.method == "POST" else 200)  # fmt: skip
 
 
 @admin_bp.route("/people/<int(max=2147483647):person_id>/deactivate", methods=["POST"])

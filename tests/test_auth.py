@@ -249,3 +249,23 @@ def test_parallel_guesses_cannot_overtake_the_throttle(app, make_person):
     with app.app_context():
         checked = db.session.scalar(select(func.count()).select_from(SignInAttempt))
         assert checked == 5
+
+
+def test_changing_password_keeps_this_session_and_ends_the_others(app, auth, make_person):
+    make_person("staff", email="cp@ladysmith.example")
+    elsewhere = Auth(app, app.test_client())
+    elsewhere.sign_in("cp@ladysmith.example")
+    auth.sign_in("cp@ladysmith.example")
+    wrong = auth.post("/account/password", {"current": "not it", "password": "a new password 1",
+                                            "confirm": "a new password 1"})  # fmt: skip
+    assert wrong.status_code == 400
+    assert "Your current password is not right." in wrong.get_data(as_text=True)
+    done = auth.post("/account/password", {"current": PASSWORD, "password": "a new password 1",
+                                           "confirm": "a new password 1"})  # fmt: skip
+    assert done.status_code == 302
+    assert auth.client.get("/").status_code == 200
+    assert elsewhere.client.get("/").status_code == 302
+    assert (
+        Auth(app, app.test_client()).sign_in("cp@ladysmith.example", "a new password 1").status_code
+        == 302
+    )

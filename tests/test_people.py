@@ -261,3 +261,12 @@ def test_names_with_control_characters_are_refused_with_their_line(app):
         str(caught.value.errors[0])
         == "line 2: The name contains control characters; type it again."
     )
+
+
+@pytest.mark.usefixtures("published")
+def test_person_page_shows_their_training_status_and_what_is_missing(admin, make_person):
+    pid = make_person("volunteer", name="Vera Vol")
+    page = admin.client.get(f"/admin/people/{pid}").get_data(as_text=True)
+    assert "not trained — 0 of 10 modules completed" in page
+    assert "Process for creating new accounts: not started" in page
+    assert "Signature: policy not yet signed" in page

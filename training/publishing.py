@@ -90,6 +90,16 @@ def current_version(
     return in_effect or session.scalar(_newest_first(base).limit(1))
 
 
+def published_policies(session: Session) -> list[tuple[Policy, PolicyVersion]]:
+    """Every policy with a version, paired with the version in effect, by title."""
+    result = []
+    for policy in session.scalars(select(Policy).order_by(Policy.title)):
+        version = current_version(session, policy)
+        if version is not None:
+            result.append((policy, version))
+    return result
+
+
 def upcoming_version(
     session: Session, policy: Policy, today: date | None = None
 ) -> PolicyVersion | None:

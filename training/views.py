@@ -30,7 +30,7 @@ from training.progress import (
     record_read,
     record_visit,
 )
-from training.publishing import current_version, upcoming_version
+from training.publishing import current_version, published_policies, upcoming_version
 from training.status import REASON_TEXT, Status, training_status
 
 training_bp = Blueprint("training", __name__, template_folder="templates")
@@ -42,15 +42,6 @@ def _policy_or_404(slug: str) -> tuple[Policy, PolicyVersion]:
     if policy is None or version is None:
         abort(404)
     return policy, version
-
-
-def _policies() -> list[tuple[Policy, PolicyVersion]]:
-    result = []
-    for policy in db.session.scalars(select(Policy).order_by(Policy.title)):
-        version = current_version(db.session, policy)
-        if version is not None:
-            result.append((policy, version))
-    return result
 
 
 def _resume_target(policy: Policy, status: Status) -> str | None:
@@ -86,7 +77,7 @@ def _next_unfinished(policy: Policy, status: Status, after: int) -> str | None:
 def dashboard() -> Any:
     items = []
     summaries: dict[int, str] = {}
-    for policy, version in _policies():
+    for policy, version in published_policies(db.session):
         status = training_status(db.session, current_user, policy)
         upcoming = upcoming_version(db.session, policy)
         items.append((policy, version, status, _resume_target(policy, status), upcoming))
@@ -223,5 +214,7 @@ def history() -> Any:
         .where(Acknowledgement.person_id == current_user.id)
         .order_by(Acknowledgement.at.desc())
     ).all()
-    statuses = [(p, v, training_status(s, current_user, p)) for p, v in _policies()]
+    statuses = [
+        (p, v, training_status(s, current_user, p)) for p, v in published_policies(db.session)
+    ]
     return render_template("training/history.html", reads=reads, acks=acks, statuses=statuses)
