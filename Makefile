@@ -10,7 +10,7 @@ export FLASK_APP := app
 
 # Debian packages: WeasyPrint's Pango/HarfBuzz, fonts, poppler-utils (PDF checks), Chromium (browser tests).
 DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 shared-mime-info \
-	fonts-dejavu-core fonts-liberation2 poppler-utils chromium
+	fonts-dejavu-core fonts-liberation2 poppler-utils chromium tzdata
 
 .PHONY: run test setup deps venv lint format clean
 

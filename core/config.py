@@ -33,6 +33,7 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "SMTP_FROM": "",
         "SMTP_STARTTLS": True,
         "PAGE_SIZE": 50,
+        "TIMEZONE": "Europe/London",  # how times are shown; they are stored in UTC
         # Links in emails and on screen are built from this, never from the request's Host header.
         "BASE_URL": "http://127.0.0.1:5000",
         # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.

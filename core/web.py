@@ -6,6 +6,7 @@ import logging
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Flask, abort, current_app, render_template, request, url_for
 from flask_login import LoginManager
@@ -28,11 +29,18 @@ def federation() -> Federation:
     return current_app.extensions["countersign.federation"]
 
 
+def _local(value: datetime) -> datetime:
+    return value.astimezone(ZoneInfo(current_app.config["TIMEZONE"]))
+
+
 def format_datetime(value: datetime | None) -> str:
-    return value.strftime("%-d %b %Y, %H:%M UTC") if value else "—"
+    """Times are stored in UTC and shown in the federation's time zone, naming it."""
+    return _local(value).strftime("%-d %b %Y, %H:%M %Z") if value else "—"
 
 
 def format_date(value: date | datetime | None) -> str:
+    if isinstance(value, datetime):
+        value = _local(value)
     return value.strftime("%-d %B %Y") if value else "—"
 
 

@@ -32,9 +32,9 @@ def seed_demo(echo: Callable[[str], None]) -> bool:
     Returns False when people already exist (nothing is changed).
     """
     session = db.session
-    notes = Path(current_app.instance_path) / "demo-people.txt"
+    notes = _notes_path()
     if session.scalar(select(func.count()).select_from(Person)):
-        if notes.exists():
+        if notes is not None and notes.exists():
             echo(f"Demo sign-in details: {notes}")
         return False
     schools = [s.code for s in current_app.extensions["countersign.federation"].schools]
@@ -52,7 +52,18 @@ def seed_demo(echo: Callable[[str], None]) -> bool:
         lines.append(f"  {ROLES[role]:<24} {person.email:<34} {password}")
     session.commit()
     text = "Demo people (role, email, password):\n" + "\n".join(lines) + "\n"
-    notes.write_text(text)
-    notes.chmod(0o600)
-    echo(text + f"(also saved in {notes})")
+    if notes is None:
+        echo(text)
+    else:
+        notes.write_text(text)
+        notes.chmod(0o600)
+        echo(text + f"(also saved in {notes})")
     return True
+
+
+def _notes_path() -> Path | None:
+    """Beside an SQLite database file, so the details always match the database they are for."""
+    url = db.engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        return Path(url.database).with_name("demo-people.txt")
+    return None

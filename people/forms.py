@@ -3,7 +3,7 @@ from __future__ import annotations
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import EmailField, PasswordField, SelectMultipleField, StringField, widgets
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, EqualTo, Length
+from wtforms.validators import DataRequired, Email, EqualTo, Length
 
 from core.forms import Form
 from people.roles import ROLES
@@ -21,7 +21,13 @@ class SignInForm(Form):
 
 
 class ForgotPasswordForm(Form):
-    email = EmailField("Email address", validators=[DataRequired("Enter your email address.")])
+    email = EmailField(
+        "Email address",
+        validators=[
+            DataRequired("Enter your email address."),
+            Email("Enter an email address like name@school.org.uk.", check_deliverability=False),
+        ],
+    )
 
 
 def _new_password_fields() -> tuple[PasswordField, PasswordField]:

@@ -49,6 +49,7 @@ from people.forms import (
 from people.models import Person, PersonRole, PersonSchool
 from people.roles import ROLES
 from people.service import (
+    IMPORT_COLUMNS,
     ImportFailed,
     PeopleError,
     PersonData,
@@ -62,7 +63,7 @@ from people.service import (
     update_person,
 )
 from training.publishing import published_policies
-from training.status import REASON_TEXT, training_status
+from training.status import REASON_TEXT, statuses_for, training_status
 
 log = logging.getLogger("countersign.people")
 auth_bp = Blueprint("auth", __name__, template_folder="templates")
@@ -163,7 +164,7 @@ def change_password() -> Any:
     )
 
 
-def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) -> None:
+def _link_message(person: Person, purpose: str, link: str) -> tuple[str, str]:
     subject = {
         INVITE: f"Set up your {federation().name} training account",
         RESET: f"Reset your {federation().name} training password",
@@ -172,6 +173,11 @@ def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) 
         f"Hello {person.name},\n\nUse this link to set your password:\n{link}\n\n"
         "The link works once. If you did not expect this email you can ignore it.\n"
     )
+    return subject, body
+
+
+def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) -> None:
+    subject, body = _link_message(person, purpose, link)
     if smtp_configured(current_app.config) and not to_admin:
         send_mail_later(current_app.config, person.email, subject, body)
         return
@@ -200,7 +206,11 @@ def forgot_password() -> Any:
             link = external_url("auth.reset_password", token=token)
             _send_or_show_link(person, RESET, link, to_admin=False)
         # The same answer whether or not the address is known.
-        return render_template("people/reset_sent.html", email=form.email.data)
+        return render_template(
+            "people/reset_sent.html",
+            email=form.email.data,
+            emailed=smtp_configured(current_app.config),
+        )
     return render_template("people/forgot_password.html", form=form), (
         400 if request.method == "POST" else 200
     )
@@ -212,8 +222,7 @@ def _set_password_page(purpose: str, token: str) -> Any:
     try:
         person = person_for_token(s, current_app.config["SECRET_KEY"], purpose, token, max_age)
     except LinkError as exc:
-        return render_template("error.html", code=400, title="This link does not work",
-                               message=str(exc)), 400  # fmt: skip
+        return render_template("people/link_error.html", message=str(exc)), 400
     form = SetPasswordForm()
     if form.validate_on_submit():
         try:
@@ -222,10 +231,12 @@ def _set_password_page(purpose: str, token: str) -> Any:
             form.password.errors = [str(exc)]
         else:
             s.commit()
-            logout_user()
+            # The link proved who they are: sign them straight in, in a fresh session.
             session.clear()
-            flash("Your password is set. Sign in with it now.", "success")
-            return redirect(url_for("auth.sign_in"))
+            session.permanent = True
+            login_user(person)
+            flash("Your password is set and you are signed in.", "success")
+            return redirect(url_for("training.dashboard"))
     return render_template("people/set_password.html", form=form, person=person, purpose=purpose), (
         400 if request.method == "POST" else 200
     )
@@ -299,10 +310,46 @@ def people() -> Any:
         query.order_by(func.lower(Person.name), Person.id).limit(size).offset((page - 1) * size)
     ).all()
     pages = max(1, (total + size - 1) // size)
+    policies = [
+        (version, statuses_for(s, list(rows), policy)) for policy, version in published_policies(s)
+    ]
+    uninvited = s.scalar(
+        select(func.count()).where(Person.active.is_(True), Person.password_hash.is_(None))
+    )
     return render_template(
         "people/people.html", people=rows, total=total, page=page, pages=pages,
         q=q, role=role, school=school, state=state, roles=ROLES, form=ConfirmForm(),
+        policies=policies, uninvited=uninvited,
     )  # fmt: skip
+
+
+@admin_bp.route("/people/invite-all", methods=["POST"])
+@roles_required("admin")
+def invite_all() -> Any:
+    """Invitations for every active person who has no password yet (e.g. after an import)."""
+    s = db.session
+    waiting = s.scalars(
+        select(Person)
+        .where(Person.active.is_(True), Person.password_hash.is_(None))
+        .order_by(func.lower(Person.name))
+    ).all()
+    if not waiting:
+        flash("Everyone active already has a password.", "info")
+        return redirect(url_for("admin.people"))
+    links = [
+        (p, external_url("auth.accept_invite",
+                         token=make_link_token(current_app.config["SECRET_KEY"], INVITE, p)))
+        for p in waiting
+    ]  # fmt: skip
+    if smtp_configured(current_app.config):
+        for person, link in links:
+            subject, body = _link_message(person, INVITE, link)
+            send_mail_later(current_app.config, person.email, subject, body)
+        flash(f"Invitations are being emailed to {len(links)} people.", "success")
+        return redirect(url_for("admin.people"))
+    for person, link in links:
+        log.info("invite link for %s: %s", person.email, link)
+    return render_template("people/invitation_links.html", links=links)
 
 
 @admin_bp.route("/people/new", methods=["GET", "POST"])
@@ -329,15 +376,20 @@ def person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     form = _person_form(person)
     if form.validate_on_submit():
-        try:
-            update_person(db.session, person, _data(form), federation())
-        except PeopleError as exc:
-            db.session.rollback()
-            form.form_errors.append(str(exc))
+        if person.id == current_user.id and "admin" not in form.roles.data:
+            form.roles.errors = [
+                "You cannot remove your own administrator role. Ask another administrator."
+            ]
         else:
-            db.session.commit()
-            flash("Changes saved.", "success")
-            return redirect(url_for("admin.person", person_id=person.id))
+            try:
+                update_person(db.session, person, _data(form), federation())
+            except PeopleError as exc:
+                db.session.rollback()
+                form.form_errors.append(str(exc))
+            else:
+                db.session.commit()
+                flash("Changes saved.", "success")
+                return redirect(url_for("admin.person", person_id=person.id))
     statuses = [
         (version, training_status(db.session, person, policy))
         for policy, version in published_policies(db.session)
@@ -348,12 +400,16 @@ def person(person_id: int) -> Any:
     ), (400 if request.method == "POST" else 200)  # fmt: skip
 
 
-@admin_bp.route("/people/<int(max=2147483647):person_id>/deactivate", methods=["POST"])
+@admin_bp.route("/people/<int(max=2147483647):person_id>/deactivate", methods=["GET", "POST"])
 @roles_required("admin")
 def deactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     if person.id == current_user.id:
         flash("You cannot deactivate yourself. Ask another administrator.", "error")
+    elif request.method == "GET":
+        if not person.active:
+            return redirect(url_for("admin.person", person_id=person.id))
+        return render_template("people/deactivate.html", person=person, form=ConfirmForm())
     else:
         deactivate(person)
         db.session.commit()
@@ -382,6 +438,23 @@ def invite_person(person_id: int) -> Any:
     link = external_url("auth.accept_invite", token=token)
     _send_or_show_link(person, INVITE, link, to_admin=True)
     return redirect(url_for("admin.person", person_id=person.id))
+
+
+@admin_bp.route("/people/import/template.csv")
+@roles_required("admin")
+def import_template() -> Any:
+    schools = [s.code for s in federation().schools]
+    lines = [
+        ",".join(IMPORT_COLUMNS),
+        f"Sam Example,sam.example@school.example,staff,{schools[0] if schools else ''}",
+        f"Pat Example,pat.example@school.example,parent;volunteer,{';'.join(schools[:2])}",
+        "Gwen Example,gwen.example@school.example,governor,",
+    ]
+    return current_app.response_class(
+        "\r\n".join(lines) + "\r\n",
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="people-template.csv"'},
+    )
 
 
 @admin_bp.route("/people/import", methods=["GET", "POST"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import func, select
 
@@ -147,9 +149,11 @@ def test_history_lists_reads_and_acknowledgements_and_prints(auth, make_person):
     token = csrf_token(client, f"{BASE}/sign")
     client.post(f"{BASE}/sign", data={"csrf_token": token, "confirm": "y", "full_name": "Val Vol"})
     page = client.get("/history").get_data(as_text=True)
-    assert page.count("<tr>") == 1 + 1 + 1 + 10  # two header rows, one signature, ten reads
-    assert "Social Media Policy 1.0" in page
+    assert page.count("<tr>") == 1 + 10  # a header row and ten reads
+    assert "Social Media Policy, version 1.0" in page
+    assert "I confirm that I have read and understood the Social Media Policy (version 1.0)" in page
     assert "trained, valid until" in page
+    assert "Record produced on" in page
     assert "data-print" in page
 
 
@@ -172,3 +176,30 @@ def test_pages_send_security_headers_and_no_store(auth, make_person):
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_the_whole_policy_reads_and_prints_on_one_page(auth, make_person):
+    client = auth.as_person(make_person("parent"))
+    page = client.get(f"{BASE}/full").get_data(as_text=True)
+    assert page.count('<section id="module-') == 13
+    # module headings sit one level under the module titles
+    assert re.search(r'<h3 id="[a-z-]+">Roles &amp; Responsibilities</h3>', page)
+    assert "Staff are not permitted to follow or engage with current or prior pupils" in page
+
+
+def test_signature_name_ignores_accents_punctuation_and_case():
+    from training.progress import normalise_name
+
+    assert normalise_name("Zoë  O'Brien-Smith") == normalise_name("zoe o brien smith")
+    assert normalise_name("Zoë Smith") != normalise_name("Zoe Smyth")
+
+
+def test_times_are_shown_in_the_federations_time_zone(app):
+    from datetime import UTC, datetime
+
+    from core.web import format_date, format_datetime
+
+    with app.app_context():
+        assert format_datetime(datetime(2026, 7, 1, 20, 30, tzinfo=UTC)) == "1 Jul 2026, 21:30 BST"
+        assert format_datetime(datetime(2026, 12, 1, 20, 30, tzinfo=UTC)) == "1 Dec 2026, 20:30 GMT"
+        assert format_date(datetime(2026, 6, 30, 23, 30, tzinfo=UTC)) == "1 July 2026"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -150,7 +151,9 @@ def test_admin_edits_and_deactivates_a_leaver_who_can_no_longer_sign_in(app, adm
     response = admin.post(url, {"name": "Eve Early-Late", "email": "eve@ladysmith.example",
                                 "roles": ["staff", "slt"]})  # fmt: skip
     assert response.status_code == 302
-    response = admin.post(f"{url}/deactivate", form_url=url)
+    confirm = admin.client.get(f"{url}/deactivate")
+    assert "They are signed out everywhere" in confirm.get_data(as_text=True)
+    response = admin.post(f"{url}/deactivate")
     assert response.status_code == 302
     with app.app_context():
         eve = db.session.get(Person, pid)
@@ -223,13 +226,16 @@ def test_invitation_link_is_shown_without_smtp_and_works_once(app, admin, make_p
     assert mismatch.status_code == 400
     done = volunteer.post(link, data={"password": "a long password", "confirm": "a long password",
                                       "csrf_token": token})  # fmt: skip
-    assert done.status_code == 302
+    assert done.status_code == 302 and done.location == "/"
+    assert volunteer.get("/").status_code == 200  # signed straight in
     assert (
-        Auth(app, volunteer).sign_in("val@ladysmith.example", "a long password").status_code == 302
+        Auth(app, app.test_client()).sign_in("val@ladysmith.example", "a long password").status_code
+        == 302
     )
     reused = app.test_client().get(link)
     assert reused.status_code == 400
     assert "already been used" in reused.get_data(as_text=True)
+    assert 'href="/forgot-password"' in reused.get_data(as_text=True)
 
 
 def test_invitation_link_expires(app, make_person):
@@ -270,3 +276,62 @@ def test_person_page_shows_their_training_status_and_what_is_missing(admin, make
     assert "not trained — 0 of 10 modules completed" in page
     assert "Process for creating new accounts: not started" in page
     assert "Signature: policy not yet signed" in page
+
+
+def test_an_administrator_cannot_lock_themselves_out(app, auth, make_person):
+    me = make_person("admin", "staff", name="Alex Admin", email="alex@ladysmith.example")
+    auth.as_person(me)
+    data = {"name": "Alex Admin", "email": "alex@ladysmith.example", "roles": ["staff"]}
+    response = auth.post(f"/admin/people/{me}", data)
+    assert response.status_code == 400
+    assert "cannot remove your own administrator role" in response.get_data(as_text=True)
+    response = auth.post(f"/admin/people/{me}/deactivate", form_url=f"/admin/people/{me}")
+    with app.app_context():
+        person = db.session.get(Person, me)
+        assert person.active and person.roles == ["admin", "staff"]
+
+
+@pytest.mark.usefixtures("published")
+def test_people_list_shows_training_and_account_state(admin, make_person):
+    make_person("volunteer", name="Newly Imported", password=None)
+    page = admin.client.get("/admin/people").get_data(as_text=True)
+    row = page[page.index("Newly Imported") :].split("</tr>")[0]
+    assert "Not trained</strong> 0 of 10 modules" in row
+    assert "No password yet" in row
+    assert "1 active person has no password yet." in page
+
+
+def test_invite_all_gives_a_link_to_everyone_without_a_password(app, admin, make_person):
+    for n in range(3):
+        make_person("parent", name=f"Parent {n}", password=None)
+    make_person("staff", name="Has Password")
+    make_person("staff", name="Gone", password=None, active=False)
+    response = admin.post("/admin/people/invite-all", form_url="/admin/people")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200
+    links = re.findall(r"http://countersign\.test/invite/[^<\s]+", page)
+    assert len(links) == 3
+    assert "Has Password" not in page and "Gone" not in page
+    volunteer = app.test_client()
+    assert volunteer.get(links[0].removeprefix("http://countersign.test")).status_code == 200
+
+
+def test_import_template_downloads_and_imports_cleanly(app, admin):
+    response = admin.client.get("/admin/people/import/template.csv")
+    assert response.mimetype == "text/csv"
+    with app.app_context():
+        result = import_people(db.session, response.get_data(as_text=True), FED)
+    assert len(result.created) == 3
+
+
+def test_demo_people_are_seeded_once_with_details_beside_the_database(app, runner, database_url):
+    first = runner.invoke(args=["setup"])
+    assert first.exit_code == 0, first.output
+    assert first.output.count("@demo.ladysmith.example") == 6
+    second = runner.invoke(args=["setup"])
+    assert "@demo.ladysmith.example" not in second.output
+    with app.app_context():
+        assert people_count() == 6
+    if database_url.startswith("sqlite"):
+        notes = Path(database_url.removeprefix("sqlite:///")).with_name("demo-people.txt")
+        assert "admin@demo.ladysmith.example" in notes.read_text()

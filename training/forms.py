@@ -18,5 +18,6 @@ class AcknowledgeForm(Form):
     full_name = StringField(
         "Your full name",
         validators=[DataRequired("Type your full name to sign."), Length(max=200)],
-        description="Typing your name is your signature.",
+        description="Typing your name is your signature. If the name shown is wrong, ask your "
+        "administrator to correct it.",
     )

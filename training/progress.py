@@ -121,7 +121,10 @@ def record_read(
 
 
 def normalise_name(name: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", name).split()).casefold()
+    """Compare names as people type them: ignoring case, spacing, accents and punctuation."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    kept = "".join(c if c.isalnum() else " " for c in decomposed if not unicodedata.combining(c))
+    return " ".join(kept.split()).casefold()
 
 
 def acknowledge(

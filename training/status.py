@@ -315,6 +315,29 @@ def load_evidence(session: Session, person_ids: list[int], policy: Policy) -> di
     return evidence
 
 
+def statuses_for(
+    session: Session, people: list[Person], policy: Policy, now: datetime | None = None
+) -> dict[int, Status]:
+    """The rule for many people at once, in a fixed number of queries."""
+    now = now or utcnow()
+    version = current_version(session, policy, now.date())
+    if version is None:
+        raise LookupError(f"policy {policy.slug!r} has no published version")
+    info = version_info(session, version)
+    evidence = load_evidence(session, [p.id for p in people], policy)
+    return {
+        p.id: evaluate(
+            person_id=p.id,
+            active=p.active,
+            roles=p.roles,
+            version=info,
+            evidence=evidence[p.id],
+            now=now,
+        )  # fmt: skip
+        for p in people
+    }
+
+
 def training_status(
     session: Session, person: Person, policy: Policy, now: datetime | None = None
 ) -> Status:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
-from core.db import db, writing
+from core.db import db, utcnow, writing
 from core.web import client_ip, federation
 from training.forms import AcknowledgeForm, ReadForm
 from training.models import (
@@ -34,6 +35,11 @@ from training.publishing import current_version, published_policies, upcoming_ve
 from training.status import REASON_TEXT, Status, training_status
 
 training_bp = Blueprint("training", __name__, template_folder="templates")
+
+
+def demote_headings(html: str) -> str:
+    """Module headings one level down, for a page where each module is itself a section."""
+    return re.sub(r"<(/?)h([2-5])\b", lambda m: f"<{m[1]}h{int(m[2]) + 1}", html)
 
 
 def _policy_or_404(slug: str) -> tuple[Policy, PolicyVersion]:
@@ -197,6 +203,15 @@ def signed(slug: str) -> Any:
     return render_template("training/signed.html", policy=policy, version=version, status=status)
 
 
+@training_bp.route("/policies/<slug>/full")
+@login_required
+def full_policy(slug: str) -> Any:
+    """The whole policy on one page, to read straight through or print."""
+    policy, version = _policy_or_404(slug)
+    sections = [(mv, demote_headings(mv.html)) for mv in version.module_versions]
+    return render_template("training/full.html", policy=policy, version=version, sections=sections)
+
+
 @training_bp.route("/history")
 @login_required
 def history() -> Any:
@@ -217,4 +232,6 @@ def history() -> Any:
     statuses = [
         (p, v, training_status(s, current_user, p)) for p, v in published_policies(db.session)
     ]
-    return render_template("training/history.html", reads=reads, acks=acks, statuses=statuses)
+    return render_template(
+        "training/history.html", reads=reads, acks=acks, statuses=statuses, now=utcnow()
+    )
