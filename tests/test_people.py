@@ -296,7 +296,7 @@ def test_people_list_shows_training_and_account_state(admin, make_person):
     make_person("volunteer", name="Newly Imported", password=None)
     page = admin.client.get("/admin/people").get_data(as_text=True)
     row = page[page.index("Newly Imported") :].split("</tr>")[0]
-    assert "Not trained</strong> 0 of 10 modules" in row
+    assert "Not trained</strong><br>0 of 10 modules" in row
     assert "No password yet" in row
     assert "1 active person has no password yet." in page
 
