@@ -23,15 +23,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
+    from quizzes.cli import quiz_cli
+    from quizzes.views import quiz_bp
     from training.cli import content_cli, db_cli, setup_command
     from training.views import training_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(training_bp)
+    app.register_blueprint(quiz_bp)
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)
     app.cli.add_command(people_cli)
+    app.cli.add_command(quiz_cli)
     app.cli.add_command(setup_command)
     return app
 

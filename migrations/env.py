@@ -3,6 +3,7 @@
 from alembic import context
 
 import people.models  # noqa: F401  (registers tables on the metadata)
+import quizzes.models  # noqa: F401
 import training.models  # noqa: F401
 from core.db import Base
 

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import db
+from tests.conftest import complete_modules
 from training.loader import ContentError, load_all, render_markdown
 from training.models import ModuleVersion, Policy, PolicyVersion, ReadReceipt
-from training.progress import AckRequest, acknowledge, record_read
+from training.progress import AckRequest, acknowledge
 from training.status import training_status
 
 POLICY = "social-media-policy"
@@ -191,8 +192,7 @@ def test_only_changed_modules_must_be_redone_after_a_new_version(
 
         person = db.session.get(Person, pid)
         policy = db.session.scalar(select(Policy))
-        for mv in policy.versions[-1].module_versions:
-            record_read(db.session, person, policy, mv)
+        complete_modules(db.session, person, policy)
         acknowledge(db.session, person, policy, AckRequest("Grace Hopper", "d", "ip", "ua"))
         db.session.commit()
         assert training_status(db.session, person, policy).trained
@@ -210,10 +210,7 @@ def test_only_changed_modules_must_be_redone_after_a_new_version(
             ("use-of-images", "outdated_version"),
             (None, "not_acknowledged"),
         ]
-        changed = next(
-            mv for mv in policy.versions[-1].module_versions if mv.module.slug == "use-of-images"
-        )
-        record_read(db.session, person, policy, changed)
+        complete_modules(db.session, person, policy, only={"use-of-images"})
         acknowledge(db.session, person, policy, AckRequest("Grace Hopper", "d", "ip", "ua"))
         db.session.commit()
         assert training_status(db.session, person, policy).trained
@@ -261,8 +258,7 @@ def test_a_new_label_on_unchanged_text_asks_only_for_a_fresh_signature(
     pid = make_person("volunteer", name="Val Vol")
     with app.app_context():
         person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
-        for mv in policy.versions[-1].module_versions:
-            record_read(db.session, person, policy, mv)
+        complete_modules(db.session, person, policy)
         acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
         db.session.commit()
     replace(editable_content / POLICY / "policy.yaml", 'version: "1.0"', 'version: "2026"')
@@ -291,8 +287,7 @@ def test_a_version_takes_over_only_from_its_effective_date(
     pid = make_person("volunteer", name="Val Vol")
     with app.app_context():
         person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
-        for mv in policy.versions[-1].module_versions:
-            record_read(db.session, person, policy, mv)
+        complete_modules(db.session, person, policy)
         acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
         db.session.commit()
     folder = editable_content / POLICY

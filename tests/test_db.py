@@ -109,15 +109,15 @@ def test_creating_the_app_opens_no_database_connection(database_url, tmp_path):
 @pytest.mark.usefixtures("published")
 def test_simultaneous_acknowledgements_record_exactly_one(app, make_person):
     from people.models import Person
+    from tests.conftest import complete_modules
     from training.models import Acknowledgement, Policy
-    from training.progress import AckRequest, AlreadySigned, acknowledge, record_read
+    from training.progress import AckRequest, AlreadySigned, acknowledge
 
     pid = make_person("volunteer", name="Val Vol")
     with app.app_context():
         person = db.session.get(Person, pid)
         policy = db.session.scalar(select(Policy))
-        for mv in policy.versions[-1].module_versions:
-            record_read(db.session, person, policy, mv)
+        complete_modules(db.session, person, policy)
         db.session.commit()
 
     barrier = threading.Barrier(4)

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import csrf_token
-from tests.test_journey import VOLUNTEER_MODULES, read_modules
+from tests.test_journey import VOLUNTEER_MODULES, complete_modules
 
 NASTY = st.sampled_from(
     [
@@ -98,7 +98,7 @@ def test_acknowledgement_form_never_errors(auth, make_person, full_name, confirm
     url = "/policies/social-media-policy/sign"
     if not getattr(auth, "_signed_in", False):
         auth.as_person(make_person("volunteer", name="Val Vol"))
-        read_modules(auth.client, VOLUNTEER_MODULES)
+        complete_modules(auth.app, auth.client, VOLUNTEER_MODULES)
         auth._signed_in = True
     response = auth.post(url, {"full_name": full_name, "confirm": confirm})
     assert_safe(response)

@@ -12,11 +12,13 @@ from sqlalchemy import select
 from core.db import db
 from people.models import Person, PersonRole
 from people.service import deactivate
+from tests.conftest import complete_modules
 from training.models import Policy, ReadReceipt
-from training.progress import AckRequest, acknowledge, record_read, record_visit
+from training.progress import AckRequest, acknowledge, record_visit
 from training.status import (
     Ack,
     Evidence,
+    ModuleInfo,
     Receipt,
     VersionInfo,
     add_months,
@@ -30,7 +32,11 @@ VERSION = VersionInfo(
     id=1,
     label="1.0",
     refresher_months=12,
-    modules=((1, 11, "scope", "Scope"), (2, 21, "tone", "Tone"), (3, 31, "images", "Images")),
+    modules=(
+        ModuleInfo(1, 11, "scope", "Scope"),
+        ModuleInfo(2, 21, "tone", "Tone"),
+        ModuleInfo(3, 31, "images", "Images", has_quiz=True),
+    ),
     required={"staff": frozenset({1, 2, 3}), "parent": frozenset({1, 3})},
 )
 
@@ -67,20 +73,40 @@ def test_opened_but_unread_module_is_not_read():
     assert [m.state for m in result.modules] == ["not_started", "in_progress", "not_started"]
 
 
-def test_all_read_but_unsigned_is_ready_to_sign_not_trained():
+def test_a_read_module_with_a_quiz_waits_for_a_pass():
     result = status(Evidence(receipts=read_all()))
+    assert [(m.module, m.reason) for m in result.missing] == [
+        ("images", "quiz_not_passed"),
+        (None, "not_acknowledged"),
+    ]
+    assert result.modules[2].state == "in_progress" and not result.ready_to_sign
+
+
+def test_a_pass_before_expiry_does_not_count_after_it():
+    later = add_months(T0, 12) + timedelta(days=3)
+    evidence = Evidence(
+        receipts=read_all(at=T0) + read_all(at=later), passes=[(31, T0)], acks=[signed()]
+    )
+    result = status(evidence, now=later + timedelta(hours=1))
+    assert ("images", "quiz_not_passed") in [(m.module, m.reason) for m in result.missing]
+
+
+def test_all_read_but_unsigned_is_ready_to_sign_not_trained():
+    result = status(Evidence(receipts=read_all(), passes=[(31, T0)]))
     assert not result.trained and result.ready_to_sign
     assert [(m.module, m.reason) for m in result.missing] == [(None, "not_acknowledged")]
 
 
 def test_read_and_signed_is_trained_until_refresher_period_ends():
-    result = status(Evidence(receipts=read_all(), acks=[signed()]))
+    result = status(Evidence(receipts=read_all(), passes=[(31, T0)], acks=[signed()]))
     assert result.trained and not result.missing
     assert result.valid_until == datetime(2027, 1, 10, 9, 0, tzinfo=UTC)
 
 
 def test_roles_decide_the_modules_required():
-    evidence = Evidence(receipts=read_all(mvs=((1, 11), (3, 31))), acks=[signed(mvs=(11, 31))])
+    evidence = Evidence(
+        receipts=read_all(mvs=((1, 11), (3, 31))), passes=[(31, T0)], acks=[signed(mvs=(11, 31))]
+    )
     assert status(evidence, roles=("parent",)).trained
     staff = status(evidence, roles=("staff",))
     assert not staff.trained
@@ -97,7 +123,7 @@ def test_person_with_no_required_modules_is_not_trained():
 
 
 def test_inactive_person_is_never_trained():
-    result = status(Evidence(receipts=read_all(), acks=[signed()]), active=False)
+    result = status(Evidence(receipts=read_all(), passes=[(31, T0)], acks=[signed()]), active=False)
     assert not result.trained
     assert result.valid_until is None
 
@@ -106,10 +132,11 @@ def test_changed_module_text_needs_redoing_and_a_fresh_acknowledgement():
     # Version 2 changed "tone" (new module version 22); the others are shared with version 1.
     v2 = VersionInfo(
         id=2, label="2.0", refresher_months=12,
-        modules=((1, 11, "scope", "Scope"), (2, 22, "tone", "Tone"), (3, 31, "images", "Images")),
+        modules=(ModuleInfo(1, 11, "scope", "Scope"), ModuleInfo(2, 22, "tone", "Tone"),
+                 ModuleInfo(3, 31, "images", "Images", has_quiz=True)),
         required=VERSION.required,
     )  # fmt: skip
-    evidence = Evidence(receipts=read_all(), acks=[signed(version_id=1)])
+    evidence = Evidence(receipts=read_all(), passes=[(31, T0)], acks=[signed(version_id=1)])
     result = evaluate(
         person_id=7, active=True, roles=("staff",), version=v2, evidence=evidence,
         now=T0 + timedelta(days=30),
@@ -122,7 +149,7 @@ def test_changed_module_text_needs_redoing_and_a_fresh_acknowledgement():
 
 
 def test_expired_training_must_be_done_again():
-    evidence = Evidence(receipts=read_all(), acks=[signed()])
+    evidence = Evidence(receipts=read_all(), passes=[(31, T0)], acks=[signed()])
     later = add_months(T0, 12) + timedelta(seconds=1)
     result = status(evidence, now=later)
     assert not result.trained
@@ -136,6 +163,7 @@ def test_refresher_done_after_expiry_restores_trained():
     renewal = T0 + timedelta(days=400)
     evidence = Evidence(
         receipts=read_all(at=T0) + read_all(at=renewal),
+        passes=[(31, T0), (31, renewal)],
         acks=[first, Ack(2, 1, 12, renewal + timedelta(minutes=5), frozenset({11, 21, 31}))],
     )
     result = status(evidence, now=renewal + timedelta(days=1))
@@ -145,7 +173,11 @@ def test_refresher_done_after_expiry_restores_trained():
 
 def test_reading_again_after_expiry_without_signing_still_needs_signature():
     renewal = T0 + timedelta(days=400)
-    evidence = Evidence(receipts=read_all(at=T0) + read_all(at=renewal), acks=[signed(at=T0)])
+    evidence = Evidence(
+        receipts=read_all(at=T0) + read_all(at=renewal),
+        passes=[(31, T0), (31, renewal)],
+        acks=[signed(at=T0)],
+    )
     result = status(evidence, now=renewal + timedelta(days=1))
     assert [(m.module, m.reason) for m in result.missing] == [(None, "expired")]
     assert result.ready_to_sign
@@ -172,10 +204,7 @@ def _setup(app, make_person, *roles):
 
 
 def _read_everything(person, policy):
-    status = training_status(db.session, person, policy)
-    versions = {mv.id: mv for mv in policy.versions[-1].module_versions}
-    for module in status.modules:
-        record_read(db.session, person, policy, versions[module.module_version_id])
+    complete_modules(db.session, person, policy)
 
 
 def _sign(person, policy, now=None):

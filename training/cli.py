@@ -35,9 +35,12 @@ def check_command() -> None:
             click.echo(str(problem), err=True)
         raise click.ClickException(f"{len(exc.problems)} problem(s) found; nothing was changed.")
     for policy in policies:
+        questions = sum(len(m.bank.questions) for m in policy.modules if m.bank)
+        quizzes = sum(1 for m in policy.modules if m.bank)
         click.echo(
             f"{policy.slug}: '{policy.title}' version {policy.version}, "
-            f"{len(policy.modules)} modules, audiences: {', '.join(policy.audiences)}"
+            f"{len(policy.modules)} modules ({quizzes} with quizzes, {questions} questions), "
+            f"audiences: {', '.join(policy.audiences)}"
         )
     click.echo("Content is valid.")
 

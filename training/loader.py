@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import markdown
 import nh3
-import yaml
 
+from core.yamldoc import ContentError, Doc, Problem, read_text
 from people.roles import ROLES
+from quizzes.bank import BANK_SUFFIX, Bank, QuizRules, bank_path, load_bank, load_rules
+
+__all__ = ["ContentError", "Problem"]  # re-exported: the content pipeline's errors
 
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 MANIFEST = "policy.yaml"
@@ -28,25 +30,6 @@ ALLOWED_TAGS = {
     "p", "pre", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "abbr": {"title"}, "*": {"id"}}
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: Path
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}:{self.line}" if self.line else str(self.path)
-        return f"{where}: {self.message}"
-
-
-class ContentError(Exception):
-    """Content that cannot be used; carries every problem found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass(frozen=True)
@@ -72,6 +55,7 @@ class ModuleSource:
     body: str
     html: str
     path: Path
+    bank: Bank | None = None  # the module's quiz, when it has one
 
     @property
     def text_hash(self) -> str:
@@ -113,93 +97,7 @@ def render_markdown(body: str) -> str:
     )
 
 
-# --- YAML with line numbers -------------------------------------------------------------------
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that leaves dates as text, so a bad date gets our message rather than a crash."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-class _Doc:
-    """A YAML mapping with the line of each key, so messages can point at the right line."""
-
-    def __init__(self, path: Path, text: str, problems: list[Problem], first_line: int = 1):
-        self.path = path
-        self.problems = problems
-        self.offset = first_line - 1
-        self.data: dict[str, Any] = {}
-        self.lines: dict[str, int] = {}
-        try:
-            node = yaml.compose(text, Loader=_Loader)
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
-        except yaml.YAMLError as exc:
-            # Where the broken construct began says more than where the parser gave up.
-            mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
-            line = mark.line + 1 + self.offset if mark else None
-            problems.append(Problem(path, line, f"not valid YAML: {getattr(exc, 'problem', exc)}"))
-            return
-        if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
-            problems.append(Problem(path, first_line, "expected a mapping of keys to values"))
-            return
-        self.data = data
-        for key_node, _value in node.value:
-            self.lines[str(key_node.value)] = key_node.start_mark.line + 1 + self.offset
-
-    def line(self, key: str) -> int | None:
-        return self.lines.get(key, self.offset + 1)
-
-    def problem(self, key: str | None, message: str) -> None:
-        line = self.line(key) if key else self.offset + 1
-        self.problems.append(Problem(self.path, line, message))
-
-    def text(self, key: str, required: bool = True, max_length: int = 200) -> str:
-        value = self.data.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            if required:
-                self.problem(key if key in self.lines else None, f"'{key}' is required")
-            return ""
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            self.problem(key, f"'{key}' must be text")
-            return ""
-        text = str(value).strip()
-        if len(text) > max_length:
-            self.problem(key, f"'{key}' is {len(text)} characters long; at most {max_length}")
-            return text[:max_length]
-        return text
-
-    def date(self, key: str, required: bool = True) -> date | None:
-        value = self.data.get(key)
-        if value is None:
-            if required:
-                self.problem(None, f"'{key}' is required (a date like 2026-09-01)")
-            return None
-        if isinstance(value, date):
-            return value
-        try:
-            return date.fromisoformat(str(value))
-        except ValueError:
-            self.problem(key, f"'{key}' must be a date like 2026-09-01, not {value!r}")
-            return None
-
-
 # --- federation ----------------------------------------------------------------------------------
-
-
-def _read(path: Path, problems: list[Problem]) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        problems.append(Problem(path, line, "is not UTF-8 text; save it as UTF-8"))
-    except OSError as exc:
-        problems.append(Problem(path, None, f"cannot be read ({exc.strerror})"))
-    return None
 
 
 def load_federation(content_dir: Path) -> Federation:
@@ -209,10 +107,10 @@ def load_federation(content_dir: Path) -> Federation:
         raise ContentError(
             [Problem(path, None, "missing: it names the federation and its schools")]
         )
-    text = _read(path, problems)
+    text = read_text(path, problems)
     if text is None:
         raise ContentError(problems)
-    doc = _Doc(path, text, problems)
+    doc = Doc(path, text, problems)
     name = doc.text("name")
     schools: list[School] = []
     raw = doc.data.get("schools", [])
@@ -279,10 +177,10 @@ def load_all(content_dir: Path) -> list[PolicySource]:
 def load_policy(folder: Path) -> PolicySource:
     path = folder / MANIFEST
     problems: list[Problem] = []
-    text = _read(path, problems)
+    text = read_text(path, problems)
     if text is None:
         raise ContentError(problems)
-    doc = _Doc(path, text, problems)
+    doc = Doc(path, text, problems)
     if problems:
         raise ContentError(problems)
 
@@ -334,6 +232,7 @@ def load_policy(folder: Path) -> PolicySource:
             )
         seen[module.slug] = module.path
 
+    modules = _attach_banks(doc, folder, modules, problems)
     modules_ok = len(problems) == module_problems
     audiences: dict[str, tuple[str, ...]] = {}
     raw_audiences = doc.data.get("audiences")
@@ -381,8 +280,43 @@ def load_policy(folder: Path) -> PolicySource:
     )
 
 
+def _attach_banks(
+    doc: Doc, folder: Path, modules: list[ModuleSource], problems: list[Problem]
+) -> list[ModuleSource]:
+    """Each module's question bank, run by the manifest's quiz rules (``quiz`` and, per module
+    slug, ``quiz_overrides``)."""
+    base = load_rules(doc, "quiz", QuizRules())
+    overrides = doc.data.get("quiz_overrides") or {}
+    override_node = doc.child("quiz_overrides")
+    if not isinstance(overrides, dict) or (overrides and override_node is None):
+        doc.problem("quiz_overrides", "'quiz_overrides' must map module slugs to quiz rules")
+        overrides = {}
+    slugs = {m.slug for m in modules}
+    for slug in overrides:
+        if slug not in slugs:
+            doc.problem("quiz_overrides", f"quiz_overrides names unknown module {slug!r}")
+    nested = Doc.nested(doc, override_node, overrides) if override_node is not None else None
+    result = []
+    for module in modules:
+        path = bank_path(module.path)
+        if not path.is_file():
+            result.append(module)
+            continue
+        rules = (
+            load_rules(nested, module.slug, base) if nested and module.slug in overrides else base
+        )
+        result.append(replace(module, bank=load_bank(path, module.body, rules, problems)))
+    listed = {bank_path(m.path).name for m in modules}
+    for stray in sorted(folder.glob(f"*{BANK_SUFFIX}")):
+        if stray.name not in listed:
+            problems.append(
+                Problem(stray, None, "no module in the manifest's 'modules' matches this quiz file")
+            )
+    return result
+
+
 def _load_module(path: Path, problems: list[Problem]) -> ModuleSource | None:
-    text = _read(path, problems)
+    text = read_text(path, problems)
     if text is None:
         return None
     lines = text.replace("\r\n", "\n").split("\n")
@@ -395,7 +329,7 @@ def _load_module(path: Path, problems: list[Problem]) -> ModuleSource | None:
         problems.append(Problem(path, 1, "front matter is not closed with a '---' line"))
         return None
     before = len(problems)
-    doc = _Doc(path, "\n".join(lines[1:end]), problems, first_line=2)
+    doc = Doc(path, "\n".join(lines[1:end]), problems, first_line=2)
     if len(problems) > before:
         return None
     title = doc.text("title")

@@ -97,6 +97,8 @@ class PolicyVersionModule(Base):
         ForeignKey("module_version.id"), primary_key=True
     )
     position: Mapped[int]
+    # The module's question bank in this version; a corrected bank replaces it in place.
+    bank_id: Mapped[int | None] = mapped_column(ForeignKey("quiz_bank.id"))
 
     module_version: Mapped[ModuleVersion] = relationship(lazy="joined")
 

@@ -23,7 +23,7 @@ from training.models import (
     Policy,
     ReadReceipt,
 )
-from training.status import Status, training_status
+from training.status import QUIZ_NOT_PASSED, Status, training_status
 
 DECLARATION = (
     "I confirm that I have read and understood the {title} (version {version}) of the {federation}, "
@@ -99,8 +99,8 @@ def record_read(
     _lock_person(session, person)
     status = training_status(session, person, policy)
     entry = next((m for m in status.modules if m.module_version_id == module_version.id), None)
-    if entry is not None and entry.complete:
-        return False
+    if entry is not None and (entry.complete or entry.reason == QUIZ_NOT_PASSED):
+        return False  # already read in this cycle
     seq = session.scalar(
         select(func.count())
         .select_from(ReadReceipt)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
-from training.loader import ContentError, PolicySource, Problem
+from quizzes.models import Question as QuizQuestion
+from quizzes.models import QuizBank
+from training.loader import ContentError, ModuleSource, PolicySource, Problem
 from training.models import (
     Module,
     ModuleVersion,
@@ -90,6 +92,20 @@ def current_version(
     return in_effect or session.scalar(_newest_first(base).limit(1))
 
 
+def find_module(
+    session: Session, slug: str, module_slug: str
+) -> tuple[Policy, PolicyVersion, PolicyVersionModule] | None:
+    """A module of the version in effect, by the slugs in its address."""
+    policy = session.scalar(select(Policy).where(Policy.slug == slug))
+    version = current_version(session, policy) if policy else None
+    if policy is None or version is None:
+        return None
+    link = next(
+        (lk for lk in version.module_links if lk.module_version.module.slug == module_slug), None
+    )
+    return (policy, version, link) if link else None
+
+
 def published_policies(session: Session) -> list[tuple[Policy, PolicyVersion]]:
     """Every policy with a version, paired with the version in effect, by title."""
     result = []
@@ -116,6 +132,36 @@ def upcoming_version(
     return upcoming if upcoming is not None and upcoming is not current else None
 
 
+def _bank_id(session: Session, module: Module, source: ModuleSource) -> int | None:
+    """The published bank for this module's questions and rules, published now if new."""
+    if source.bank is None:
+        return None
+    bank_hash = source.bank.bank_hash
+    existing = session.scalar(
+        select(QuizBank.id).where(QuizBank.module_id == module.id, QuizBank.bank_hash == bank_hash)
+    )
+    if existing is not None:
+        return existing
+    bank = QuizBank(module_id=module.id, bank_hash=bank_hash, rules=asdict(source.bank.rules))
+    for position, q in enumerate(source.bank.questions):
+        data = q.as_data()
+        bank.questions.append(
+            QuizQuestion(
+                key=q.id,
+                position=position,
+                type=q.type,
+                prompt=q.prompt,
+                scenario=q.scenario,
+                options=data["options"],
+                explanation=q.explanation,
+                clause=q.clause,
+            )  # fmt: skip
+        )
+    session.add(bank)
+    session.flush()
+    return bank.id
+
+
 def _update_details(session: Session, version: PolicyVersion, source: PolicySource) -> list[str]:
     """Correct details that do not change what people must do, in place on the same version."""
     updated = []
@@ -128,12 +174,20 @@ def _update_details(session: Session, version: PolicyVersion, source: PolicySour
         if getattr(version, attribute) != value:
             setattr(version, attribute, value)
             updated.append(attribute.replace("_", " "))
-    by_slug = {mv.module.slug: mv for mv in version.module_versions}
+    links = {link.module_version.module.slug: link for link in version.module_links}
     for module in source.modules:
-        module_version = by_slug.get(module.slug)
-        if module_version is not None and module_version.summary != module.summary:
+        link = links.get(module.slug)
+        if link is None:
+            continue
+        module_version = link.module_version
+        if module_version.summary != module.summary:
             module_version.summary = module.summary
             updated.append(f"summary of {module.slug}")
+        # A corrected question bank takes over at once; passes already earned stand.
+        bank_id = _bank_id(session, module_version.module, module)
+        if link.bank_id != bank_id:
+            link.bank_id = bank_id
+            updated.append(f"quiz of {module.slug}")
     return updated
 
 
@@ -219,7 +273,11 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
             session.add(module_version)
             changed.append(module_source.slug)
         version.module_links.append(
-            PolicyVersionModule(module_version=module_version, position=position)
+            PolicyVersionModule(
+                module_version=module_version,
+                position=position,
+                bank_id=_bank_id(session, module, module_source),
+            )
         )
     for role, slugs in source.audiences.items():
         for slug in slugs:

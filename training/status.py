@@ -18,12 +18,14 @@ import calendar
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from people.models import Person
+from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
     Acknowledgement,
     AcknowledgementModule,
@@ -68,6 +70,14 @@ def add_months(moment: datetime, months: int) -> datetime:
 # --- evidence: plain data the rule reads ------------------------------------------------------
 
 
+class ModuleInfo(NamedTuple):
+    module_id: int
+    module_version_id: int
+    slug: str
+    title: str
+    has_quiz: bool = False
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """The parts of a published policy version the rule needs."""
@@ -75,7 +85,7 @@ class VersionInfo:
     id: int
     label: str
     refresher_months: int
-    modules: tuple[tuple[int, int, str, str], ...]  # (module_id, module_version_id, slug, title)
+    modules: tuple[ModuleInfo, ...]  # in reading order
     required: dict[str, frozenset[int]]  # role -> module ids
 
 
@@ -100,6 +110,7 @@ class Evidence:
     receipts: list[Receipt] = field(default_factory=list)
     visited: dict[int, datetime] = field(default_factory=dict)  # module version id -> last opened
     acks: list[Ack] = field(default_factory=list)
+    passes: list[tuple[int, datetime]] = field(default_factory=list)  # (module version id, when)
 
 
 # --- the answer ----------------------------------------------------------------------------------
@@ -191,13 +202,19 @@ def evaluate(
 
     modules: list[ModuleStatus] = []
     missing: list[Missing] = []
-    for module_id, mv_id, slug, title in version.modules:
+    for module_id, mv_id, slug, title, has_quiz in version.modules:
         if module_id not in required_ids:
             continue
         mine = [r for r in evidence.receipts if r.module_id == module_id]
-        current = [r.at for r in mine if r.module_version_id == mv_id and counts(r.at)]
-        if current:
-            modules.append(ModuleStatus(slug, title, mv_id, "completed", min(current), None))
+        read = [r.at for r in mine if r.module_version_id == mv_id and counts(r.at)]
+        passed = [at for v, at in evidence.passes if v == mv_id and counts(at)]
+        if read and (passed or not has_quiz):
+            done = max(min(read), min(passed)) if passed else min(read)
+            modules.append(ModuleStatus(slug, title, mv_id, "completed", done, None))
+            continue
+        if read:  # read, quiz still to pass
+            modules.append(ModuleStatus(slug, title, mv_id, "in_progress", None, QUIZ_NOT_PASSED))
+            missing.append(Missing(slug, QUIZ_NOT_PASSED))
             continue
         opened = mv_id in evidence.visited and counts(evidence.visited[mv_id])
         if cycle_start is not None and mine:
@@ -243,7 +260,13 @@ def evaluate(
 
 def version_info(session: Session, version: PolicyVersion) -> VersionInfo:
     rows = session.execute(
-        select(Module.id, ModuleVersion.id, Module.slug, ModuleVersion.title)
+        select(
+            Module.id,
+            ModuleVersion.id,
+            Module.slug,
+            ModuleVersion.title,
+            PolicyVersionModule.bank_id.is_not(None),
+        )
         .join(ModuleVersion, ModuleVersion.module_id == Module.id)
         .join(PolicyVersionModule, PolicyVersionModule.module_version_id == ModuleVersion.id)
         .where(PolicyVersionModule.policy_version_id == version.id)
@@ -260,7 +283,7 @@ def version_info(session: Session, version: PolicyVersion) -> VersionInfo:
         id=version.id,
         label=version.label,
         refresher_months=version.refresher_months,
-        modules=tuple((r[0], r[1], r[2], r[3]) for r in rows),
+        modules=tuple(ModuleInfo(*row) for row in rows),
         required={role: frozenset(ids) for role, ids in required.items()},
     )
 
@@ -289,6 +312,18 @@ def load_evidence(session: Session, person_ids: list[int], policy: Policy) -> di
         .where(Module.policy_id == policy.id, ModuleVisit.person_id.in_(person_ids))
     ):
         evidence[pid].visited[mv_id] = last_at
+    for pid, mv_id, at in session.execute(
+        select(QuizAttempt.person_id, QuizAttempt.module_version_id, QuizSubmission.submitted_at)
+        .join(QuizSubmission, QuizSubmission.attempt_id == QuizAttempt.id)
+        .join(ModuleVersion, ModuleVersion.id == QuizAttempt.module_version_id)
+        .join(Module, Module.id == ModuleVersion.module_id)
+        .where(
+            Module.policy_id == policy.id,
+            QuizAttempt.person_id.in_(person_ids),
+            QuizSubmission.passed.is_(True),
+        )
+    ):
+        evidence[pid].passes.append((mv_id, at))
     acks = session.execute(
         select(
             Acknowledgement.id,

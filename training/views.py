@@ -32,7 +32,7 @@ from training.progress import (
     record_visit,
 )
 from training.publishing import current_version, published_policies, upcoming_version
-from training.status import REASON_TEXT, Status, training_status
+from training.status import QUIZ_NOT_PASSED, REASON_TEXT, Status, training_status
 
 training_bp = Blueprint("training", __name__, template_folder="templates")
 
@@ -107,6 +107,10 @@ def module(slug: str, module_slug: str) -> Any:
     if entry is not None and not entry.complete:
         with writing(db.session):
             record_visit(db.session, current_user, module_version)
+    has_quiz = (
+        next(lk.bank_id for lk in version.module_links if lk.module_version_id == module_version.id)
+        is not None
+    )
     required = [m for m in status.modules]
     position = next(
         (i for i, m in enumerate(required) if m.module_version_id == module_version.id), None
@@ -123,6 +127,7 @@ def module(slug: str, module_slug: str) -> Any:
         following=versions[index + 1] if index + 1 < len(versions) else None,
         form=ReadForm(),
         reasons=REASON_TEXT,
+        has_quiz=has_quiz,
     )
 
 
@@ -145,6 +150,9 @@ def mark_read(slug: str, module_slug: str) -> Any:
     s.commit()
     status = training_status(s, current_user, policy)
     flash(f"“{module_version.title}” is marked as read.", "success")
+    entry = next(m for m in status.modules if m.module_version_id == module_version.id)
+    if entry.reason == QUIZ_NOT_PASSED:
+        return redirect(url_for("quiz.intro", slug=slug, module_slug=module_slug))
     following = _next_unfinished(policy, status, after=module_version.id)
     if following:
         return redirect(following)

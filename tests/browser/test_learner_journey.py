@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+from tests.conftest import right_answers, wrong_answers
+
 CHROMIUM = os.environ.get("COUNTERSIGN_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--headless",
@@ -81,6 +83,26 @@ def phone(browser) -> Iterator[object]:
     context.close()
 
 
+def answer_quiz(page, app, choose) -> None:
+    """Answer the quiz on the page: the right (or wrong) options, looked up in the server's record
+    of this attempt, since the page itself never says which options are right."""
+    from sqlalchemy import select
+
+    from core.db import db
+    from quizzes.models import QuizAttempt
+
+    page.get_by_role("button", name="Submit answers").wait_for()
+    with app.app_context():
+        attempt = db.session.scalar(
+            select(QuizAttempt).where(QuizAttempt.public_id == page.url.rsplit("/", 1)[1])
+        )
+        answers = choose(attempt)
+    for key, option_ids in answers.items():
+        for option_id in option_ids:
+            page.locator(f'input[name="q-{key}"][value="{option_id}"]').check()
+    page.get_by_role("button", name="Submit answers").click()
+
+
 def check_accessibility(page, name: str) -> None:
     from axe_playwright_python.sync_playwright import Axe
 
@@ -91,7 +113,9 @@ def check_accessibility(page, name: str) -> None:
     assert not serious, f"{name}: " + results.generate_report()
 
 
-def test_staff_member_reads_every_module_signs_and_is_trained(phone, base_url, make_person):
+def test_staff_member_reads_every_module_passes_quizzes_signs_and_is_trained(
+    phone, base_url, make_person, app
+):
     make_person("staff", name="Sam Teaching-Assistant", email="sam@ladysmith.example")
     page = phone
     page.goto(base_url + "/")
@@ -114,6 +138,18 @@ def test_staff_member_reads_every_module_signs_and_is_trained(phone, base_url, m
         if number == 1:
             check_accessibility(page, "module")
         page.get_by_role("button", name="I have read this module").click()
+        page.get_by_role("button", name="Start the quiz").click()
+        if number == 1:  # get the first quiz wrong, then re-read and try again
+            check_accessibility(page, "quiz")
+            answer_quiz(page, app, wrong_answers)
+            page.get_by_role("heading", name="Not passed this time").wait_for()
+            check_accessibility(page, "quiz result")
+            page.get_by_role("link", name="Try again").click()
+            page.get_by_role("button", name="Try again").click()
+        answer_quiz(page, app, right_answers)
+        page.get_by_role("heading", name="You passed").wait_for()
+        next_step = "Check and sign the policy" if number == 13 else "Next:"
+        page.get_by_role("link", name=next_step).click()
 
     page.get_by_role("heading", name="Check and sign").wait_for()
     check_accessibility(page, "sign")
