@@ -74,6 +74,14 @@ def intro(slug: str, module_slug: str) -> Any:
     )  # fmt: skip
 
 
+def _my_attempt(public_id: str) -> QuizAttempt:
+    """The signed-in person's attempt; anyone else's is simply not found."""
+    try:
+        return find_attempt(db.session, current_user, public_id)
+    except AttemptNotFound:
+        abort(404)
+
+
 def _answers_from(form: Any) -> dict[str, list[str]]:
     """Only the question fields are answers; anything else a browser sends is ignored."""
     return {
@@ -87,10 +95,7 @@ def _answers_from(form: Any) -> dict[str, list[str]]:
 @login_required
 def attempt(public_id: str) -> Any:
     s = db.session
-    try:
-        attempt = find_attempt(s, current_user, public_id)
-    except AttemptNotFound:
-        abort(404)
+    attempt = _my_attempt(public_id)
     policy, module_version = _module_of(attempt)
     if attempt.submission is not None and request.method == "GET":
         return redirect(url_for("quiz.result", public_id=public_id))
@@ -128,10 +133,7 @@ def attempt(public_id: str) -> Any:
 @login_required
 def result(public_id: str) -> Any:
     s = db.session
-    try:
-        attempt = find_attempt(s, current_user, public_id)
-    except AttemptNotFound:
-        abort(404)
+    attempt = _my_attempt(public_id)
     if attempt.submission is None:
         return redirect(url_for("quiz.attempt", public_id=public_id))
     policy, module_version = _module_of(attempt)
