@@ -21,6 +21,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     web.init_app(app)
 
+    from api.admin import tokens_bp
+    from api.cli import tokens_cli
+    from api.views import api_bp
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -32,10 +35,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(admin_bp)
     app.register_blueprint(training_bp)
     app.register_blueprint(quiz_bp)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(tokens_bp)
+    web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)
     app.cli.add_command(people_cli)
     app.cli.add_command(quiz_cli)
+    app.cli.add_command(tokens_cli)
     app.cli.add_command(setup_command)
     return app
 

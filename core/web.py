@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, abort, current_app, render_template, request, url_for
+from flask import Flask, abort, current_app, jsonify, render_template, request, url_for
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
@@ -42,6 +42,26 @@ def format_date(value: date | datetime | None) -> str:
     if isinstance(value, datetime):
         value = _local(value)
     return value.strftime("%-d %B %Y") if value else "—"
+
+
+API_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+    429: "too_many_requests", 500: "internal_error",
+}  # fmt: skip
+
+
+def json_error(status: int, code: str, message: str) -> Any:
+    """The API's one error shape. The API never answers with an HTML page."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="countersign"'
+    return response
+
+
+def _is_api() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
 
 
 def external_url(endpoint: str, **values: Any) -> str:
@@ -118,6 +138,8 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(error: CSRFError) -> Any:
+        if _is_api():
+            return json_error(400, "bad_request", "This request needs a token, not a form.")
         return (
             render_template(
                 "error.html",
@@ -131,6 +153,17 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(error: HTTPException) -> Any:
+        if _is_api():
+            if (error.code or 500) >= 500:
+                db.session.rollback()
+            code = error.code or 500
+            message = {
+                404: "There is no such API address. See /api/v1/openapi.json.",
+                405: "This address does not accept that method.",
+                413: "The body is too large.",
+                500: "Something went wrong; nothing was changed.",
+            }.get(code, error.description or error.name)
+            return json_error(code, API_CODES.get(code, "error"), message)
         titles = {
             404: ("Page not found", "There is no page at this address. Check it, or start again "
                   "from your training page."),

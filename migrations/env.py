@@ -2,7 +2,8 @@
 
 from alembic import context
 
-import people.models  # noqa: F401  (registers tables on the metadata)
+import api.models  # noqa: F401  (registers tables on the metadata)
+import people.models  # noqa: F401
 import quizzes.models  # noqa: F401
 import training.models  # noqa: F401
 from core.db import Base

@@ -1,0 +1,70 @@
+"""Administrators' pages for API tokens (HTML; the API itself lives in api/views.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+from wtforms import StringField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length
+
+from api.models import ApiToken
+from api.tokens import SCOPES, TokenError, create_token, revoke
+from core.db import db
+from core.forms import Form
+from people.forms import MultiCheckboxField
+from people.views import roles_required
+
+tokens_bp = Blueprint("tokens", __name__, url_prefix="/admin/tokens", template_folder="templates")
+
+
+class TokenForm(Form):
+    name = StringField(
+        "Name",
+        validators=[DataRequired("Say who will use the token."), Length(max=100)],
+        description="Who or what uses it, e.g. 'Approvals workflow'.",
+    )
+    scopes = MultiCheckboxField(
+        "What it may do",
+        choices=[SelectChoice(code, label) for code, label in SCOPES.items()],
+        validators=[DataRequired("Choose at least one scope.")],
+    )
+
+
+@tokens_bp.route("/", methods=["GET", "POST"])
+@roles_required("admin")
+def tokens() -> Any:
+    form = TokenForm()
+    secret = None
+    if form.validate_on_submit():
+        try:
+            new = create_token(db.session, form.name.data, form.scopes.data, current_user.id)
+        except TokenError as exc:
+            form.form_errors.append(str(exc))
+        else:
+            db.session.commit()
+            secret = new.secret
+            form = TokenForm(formdata=None)
+    rows = db.session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    status = 400 if request.method == "POST" and secret is None else 200
+    return render_template(
+        "api/tokens.html", form=form, tokens=rows, secret=secret, scopes=SCOPES
+    ), status
+
+
+@tokens_bp.route("/<int(max=2147483647):token_id>/revoke", methods=["POST"])
+@roles_required("admin")
+def revoke_token(token_id: int) -> Any:
+    token = db.session.get(ApiToken, token_id)
+    if token is None:
+        abort(404)
+    Form()  # CSRF is checked globally
+    revoke(token)
+    db.session.commit()
+    flash(
+        f"The token {token.name!r} is revoked; systems using it are refused from now on.", "success"
+    )
+    return redirect(url_for("tokens.tokens"))

@@ -1,0 +1,320 @@
+"""The "is trained" API: authentication, status through the API, errors, and the OpenAPI contract."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from sqlalchemy import event, select
+
+from api.models import ApiToken
+from api.openapi import document
+from api.tokens import create_token
+from core.db import db, utcnow
+from people.models import Person
+from people.service import deactivate
+from tests.conftest import complete_modules
+from training.models import Policy
+from training.progress import AckRequest, acknowledge
+
+pytestmark = pytest.mark.usefixtures("published")
+SCHEMA = schemathesis.openapi.from_dict(document())
+STATUS_OP = SCHEMA["/api/v1/people/{ref}/training-status"]["GET"]
+CHECK_OP = SCHEMA["/api/v1/training-status/check"]["POST"]
+
+
+@pytest.fixture
+def token(app) -> str:
+    with app.app_context():
+        new = create_token(db.session, "Approvals workflow", ["training:read"])
+        db.session.commit()
+        return new.secret
+
+
+@pytest.fixture
+def api(client, token):
+    class Api:
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def get(self, url, **kw):
+            return client.get(url, headers=self.headers, **kw)
+
+        def post(self, url, **kw):
+            return client.post(url, headers=self.headers, **kw)
+
+    return Api()
+
+
+def train(app, pid, name):
+    with app.app_context():
+        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
+        complete_modules(db.session, person, policy)
+        acknowledge(db.session, person, policy, AckRequest(name, "d", "127.0.0.1", "test"))
+        db.session.commit()
+
+
+def test_status_of_a_new_person_lists_every_reason(api, make_person):
+    pid = make_person("volunteer", name="Val Vol", email="val@ladysmith.example")
+    response = api.get(f"/api/v1/people/{pid}/training-status")
+    assert response.status_code == 200
+    STATUS_OP.validate_response(response)
+    body = response.get_json()
+    assert body["person"] == {"id": pid, "name": "Val Vol", "email": "val@ladysmith.example",
+                              "roles": ["volunteer"], "active": True}  # fmt: skip
+    assert body["policy"] == {"slug": "social-media-policy", "version": "1.0"}
+    assert body["trained"] is False and body["valid_until"] is None
+    assert len(body["modules"]) == 10
+    assert body["missing"][0] == {"module": "scope", "reason": "not_started"}
+    assert body["missing"][-1] == {"module": None, "reason": "not_acknowledged"}
+
+
+def test_status_by_email_once_trained(app, api, make_person):
+    pid = make_person("volunteer", name="Val Vol", email="val@ladysmith.example")
+    train(app, pid, "Val Vol")
+    response = api.get(
+        "/api/v1/people/VAL@ladysmith.example/training-status?policy=social-media-policy"
+    )
+    STATUS_OP.validate_response(response)
+    body = response.get_json()
+    assert body["trained"] is True and body["missing"] == []
+    assert body["valid_until"].endswith("Z")
+    assert {m["status"] for m in body["modules"]} == {"completed"}
+
+
+def test_a_deactivated_person_is_reported_untrained(app, api, make_person):
+    pid = make_person("volunteer", name="Val Vol")
+    train(app, pid, "Val Vol")
+    with app.app_context():
+        deactivate(db.session.get(Person, pid))
+        db.session.commit()
+    body = api.get(f"/api/v1/people/{pid}/training-status").get_json()
+    assert body["trained"] is False and body["person"]["active"] is False
+
+
+@pytest.mark.parametrize(
+    ("url", "status", "code"),
+    [
+        ("/api/v1/people/999999/training-status", 404, "person_not_found"),
+        ("/api/v1/people/nobody@x.example/training-status", 404, "person_not_found"),
+        ("/api/v1/people/1/training-status?policy=nope", 404, "policy_not_found"),
+        ("/api/v1/people/1/training-status?colour=red", 400, "unknown_parameter"),
+        ("/api/v1/people/99999999999999999999/training-status", 404, "person_not_found"),
+        ("/api/v1/nothing-here", 404, "not_found"),
+        ("/api/nothing-here", 404, "not_found"),
+    ],
+)
+def test_errors_are_json_with_a_code_and_message(api, url, status, code):
+    response = api.get(url)
+    assert response.status_code == status
+    assert response.mimetype == "application/json"
+    assert response.get_json()["error"]["code"] == code
+    assert response.get_json()["error"]["message"]
+
+
+def test_wrong_method_is_json_405(api):
+    response = api.post("/api/v1/people/1/training-status")
+    assert (
+        response.status_code == 405 and response.get_json()["error"]["code"] == "method_not_allowed"
+    )
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer cs_not-a-real-token",
+        "Bearer " + "x" * 500,
+    ],
+)
+def test_requests_without_a_valid_token_are_401(client, make_person, header):
+    pid = make_person("staff")
+    headers = {"Authorization": header} if header is not None else {}
+    response = client.get(f"/api/v1/people/{pid}/training-status", headers=headers)
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    STATUS_OP.validate_response(response)
+
+
+def test_a_revoked_token_is_refused_and_a_token_without_the_scope_is_403(app, client, api, token):
+    with app.app_context():
+        other = create_token(db.session, "Other", ["training:read"])
+        other.token.scopes = ["reports:read"]
+        db.session.commit()
+    response = client.get("/api/v1/people/1/training-status",
+                          headers={"Authorization": f"Bearer {other.secret}"})  # fmt: skip
+    assert response.status_code == 403 and response.get_json()["error"]["code"] == "forbidden"
+    assert api.get("/api/v1/people/1/training-status").status_code in (200, 404)
+    with app.app_context():
+        db.session.scalar(
+            select(ApiToken).where(ApiToken.name == "Approvals workflow")
+        ).revoked_at = utcnow()
+        db.session.commit()
+    assert api.get("/api/v1/people/1/training-status").status_code == 401
+
+
+def test_token_use_is_recorded(app, api, make_person):
+    pid = make_person("staff")
+    api.get(f"/api/v1/people/{pid}/training-status")
+    with app.app_context():
+        token = db.session.scalar(select(ApiToken))
+        assert token.last_used_at is not None and token.token_hash != ""
+
+
+def test_tokens_command_prints_the_token_once_and_stores_a_hash(app, runner):
+    result = runner.invoke(args=["tokens", "create", "--name", "MIS", "--scope", "training:read"])
+    assert result.exit_code == 0, result.output
+    secret = result.output.strip().splitlines()[-1]
+    assert secret.startswith("cs_") and len(secret) >= 40
+    with app.app_context():
+        token = db.session.scalar(select(ApiToken))
+        assert secret not in (token.token_hash, token.prefix)
+    listed = runner.invoke(args=["tokens", "list"])
+    assert "MIS" in listed.output and secret not in listed.output
+    assert runner.invoke(args=["tokens", "revoke", str(token.id)]).exit_code == 0
+    assert "revoked" in runner.invoke(args=["tokens", "list"]).output
+
+
+def test_administrators_create_and_revoke_tokens_on_a_page(app, auth, make_person):
+    auth.as_person(make_person("admin"))
+    response = auth.post("/admin/tokens/", {"name": "Approvals", "scopes": ["training:read"]})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "Copy the new token now" in page
+    secret = page.split('<code class="copyable">')[1].split("<")[0]
+    assert app.test_client().get(
+        "/api/v1/people/1/training-status", headers={"Authorization": f"Bearer {secret}"}
+    ).status_code in (200, 404)
+    with app.app_context():
+        token_id = db.session.scalar(select(ApiToken.id))
+    auth.post(f"/admin/tokens/{token_id}/revoke", form_url="/admin/tokens/")
+    assert (
+        app.test_client()
+        .get("/api/v1/people/1/training-status", headers={"Authorization": f"Bearer {secret}"})
+        .status_code
+        == 401
+    )
+    assert "Copy the new token now" not in auth.client.get("/admin/tokens/").get_data(as_text=True)
+
+
+# --- the batch check ---------------------------------------------------------------------------
+
+
+def test_check_answers_in_the_order_asked_with_not_found_entries(app, api, make_person):
+    trained = make_person("volunteer", name="Tess Trained", email="tess@ladysmith.example")
+    untrained = make_person("volunteer", name="Una Untrained")
+    train(app, trained, "Tess Trained")
+    refs = [untrained, "TESS@ladysmith.example", "ghost@x.example", 424242]
+    response = api.post("/api/v1/training-status/check", json={"people": refs})
+    CHECK_OP.validate_response(response)
+    body = response.get_json()
+    assert body["all_trained"] is False
+    assert [r.get("trained") for r in body["results"]] == [False, True, None, None]
+    assert body["results"][2] == {"ref": "ghost@x.example", "error": "not_found"}
+    assert body["results"][3] == {"ref": 424242, "error": "not_found"}
+    only = api.post("/api/v1/training-status/check", json={"people": [trained]}).get_json()
+    assert only["all_trained"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"people": []}, "invalid_people"),
+        ({"people": "val@x.example"}, "invalid_people"),
+        ({"people": [True]}, "invalid_people"),
+        ({"people": [1.5]}, "invalid_people"),
+        ({"people": [-3]}, "invalid_people"),
+        ({"people": [{"id": 1}]}, "invalid_people"),
+        ({"people": ["x" * 300]}, "invalid_people"),
+        ({"people": [1], "colour": "red"}, "unknown_field"),
+        ({"people": [1], "policy": 7}, "invalid_policy"),
+        ({"people": list(range(1, 1002))}, "too_many_people"),
+        ([1, 2], "invalid_body"),
+    ],
+)
+def test_check_refuses_bad_bodies_with_400(api, body, code):
+    response = api.post("/api/v1/training-status/check", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == code
+    CHECK_OP.validate_response(response)
+
+
+def test_check_refuses_malformed_json_other_types_and_huge_bodies(api):
+    bad = api.post("/api/v1/training-status/check", data="{nope", content_type="application/json")
+    assert bad.status_code == 400 and bad.get_json()["error"]["code"] == "invalid_json"
+    form = api.post("/api/v1/training-status/check", data={"people": "1"})
+    assert form.status_code == 415 and form.get_json()["error"]["code"] == "unsupported_media_type"
+    huge = api.post("/api/v1/training-status/check", data="[" + "1," * 2_000_000 + "1]",
+                    content_type="application/json")  # fmt: skip
+    assert huge.status_code == 413 and huge.get_json()["error"]["code"] == "payload_too_large"
+    latin = api.post("/api/v1/training-status/check", data=b'{"people": ["\xff"]}',
+                     content_type="application/json")  # fmt: skip
+    assert latin.status_code == 400
+
+
+def test_check_uses_the_same_number_of_queries_for_ten_or_a_thousand_people(app, api, make_person):
+    ids = [make_person("staff", password=None) for _ in range(12)]
+    with app.app_context():
+        engine = db.engine
+    counted: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        counted.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        api.post("/api/v1/training-status/check", json={"people": ids[:2]})
+        counted.clear()
+        api.post("/api/v1/training-status/check", json={"people": ids[:2]})
+        few = len(counted)
+        counted.clear()
+        refs = ids + [f"nobody{n}@x.example" for n in range(988)]
+        response = api.post("/api/v1/training-status/check", json={"people": refs})
+        many = len(counted)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert response.status_code == 200 and len(response.get_json()["results"]) == 1000
+    assert many == few
+
+
+def test_the_openapi_document_is_served_without_a_token(client):
+    response = client.get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    assert response.get_json()["openapi"] == "3.1.0"
+
+
+# --- schemathesis over the whole API ----------------------------------------------------------------
+
+
+@pytest.fixture
+def api_schema(app, make_person):
+    for role in ("staff", "volunteer"):
+        make_person(role, email=f"{role}@ladysmith.example")
+    return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
+
+
+def test_generated_requests_never_fail_or_leave_the_spec(api_schema, token):
+    """Schemathesis generates requests for every operation (valid and invalid) and checks each
+    response: never a 5xx, always the documented status, content type and schema."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    labels = {op.label for op in operations}
+    assert {
+        "GET /api/v1/people/{ref}/training-status",
+        "POST /api/v1/training-status/check",
+    } <= labels
+    for operation in operations:
+        check_operation(operation, token)
+
+
+def check_operation(operation, token) -> None:
+    @given(case=operation.as_strategy())
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    def run(case):
+        case.call_and_validate(headers={"Authorization": f"Bearer {token}"})
+
+    run()
