@@ -24,6 +24,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api.admin import tokens_bp
     from api.cli import tokens_cli
     from api.views import api_bp
+    from approvals.views import approvals_bp
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -37,6 +38,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(quiz_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(tokens_bp)
+    app.register_blueprint(approvals_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)

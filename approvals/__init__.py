@@ -1,0 +1,1 @@
+"""Social-media account applications, SLT decisions gated on training, the account register."""
