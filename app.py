@@ -21,8 +21,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     web.init_app(app)
 
-    from api.admin import tokens_bp
-    from api.cli import tokens_cli
+    from api import webhooks
+    from api.admin import tokens_bp, webhooks_bp
+    from api.cli import tokens_cli, webhooks_cli
     from api.views import api_bp
     from approvals.views import approvals_bp
     from people.cli import people_cli
@@ -38,6 +39,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(quiz_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(tokens_bp)
+    app.register_blueprint(webhooks_bp)
     app.register_blueprint(approvals_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
@@ -45,6 +47,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(people_cli)
     app.cli.add_command(quiz_cli)
     app.cli.add_command(tokens_cli)
+    app.cli.add_command(webhooks_cli)
+    webhooks.init_app(app)
     app.cli.add_command(setup_command)
     return app
 

@@ -11,8 +11,9 @@ from wtforms import StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
-from api.models import ApiToken
+from api.models import ApiToken, Webhook, WebhookDelivery
 from api.tokens import SCOPES, TokenError, create_token, revoke
+from api.webhooks import create_webhook
 from core.db import db
 from core.forms import Form
 from people.forms import MultiCheckboxField
@@ -68,3 +69,52 @@ def revoke_token(token_id: int) -> Any:
         f"The token {token.name!r} is revoked; systems using it are refused from now on.", "success"
     )
     return redirect(url_for("tokens.tokens"))
+
+
+webhooks_bp = Blueprint(
+    "webhooks", __name__, url_prefix="/admin/webhooks", template_folder="templates"
+)
+
+
+class WebhookForm(Form):
+    url = StringField(
+        "Address that receives events",
+        validators=[DataRequired("Give the address."), Length(max=500)],
+        description="Countersign POSTs a signed JSON event here when someone's trained status changes.",
+    )
+
+
+@webhooks_bp.route("/", methods=["GET", "POST"])
+@roles_required("admin")
+def webhooks() -> Any:
+    form = WebhookForm()
+    created = None
+    if form.validate_on_submit():
+        try:
+            created = create_webhook(db.session, form.url.data, current_user.id)
+        except ValueError as exc:
+            form.url.errors = [str(exc)]
+        else:
+            db.session.commit()
+            form = WebhookForm(formdata=None)
+    hooks = db.session.scalars(select(Webhook).order_by(Webhook.id.desc())).all()
+    deliveries = db.session.scalars(
+        select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(50)
+    ).all()
+    status = 400 if request.method == "POST" and created is None else 200
+    return render_template(
+        "api/webhooks.html", form=form, hooks=hooks, deliveries=deliveries, created=created
+    ), status
+
+
+@webhooks_bp.route("/<int(max=2147483647):webhook_id>/stop", methods=["POST"])
+@roles_required("admin")
+def stop_webhook(webhook_id: int) -> Any:
+    hook = db.session.get(Webhook, webhook_id)
+    if hook is None:
+        abort(404)
+    Form()
+    hook.active = False
+    db.session.commit()
+    flash("The webhook is stopped; no more events are sent to it.", "success")
+    return redirect(url_for("webhooks.webhooks"))

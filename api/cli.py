@@ -8,7 +8,8 @@ from sqlalchemy import select
 
 from api.models import ApiToken
 from api.tokens import SCOPES, TokenError, create_token, revoke
-from core.db import db
+from api.webhooks import create_webhook, deliver_due, detect_changes
+from core.db import db, writing
 
 
 @click.group("tokens", help="API tokens for other systems.")
@@ -52,3 +53,31 @@ def revoke_command(token_id: int) -> None:
     revoke(token)
     db.session.commit()
     click.echo(f"Token {token_id} ({token.name}) is revoked.")
+
+
+@click.group("webhooks", help="Webhooks: events for other systems when trained status changes.")
+def webhooks_cli() -> None:
+    pass
+
+
+@webhooks_cli.command("add", help="Register a URL; prints the secret that signs its events.")
+@click.argument("url")
+@with_appcontext
+def add_webhook(url: str) -> None:
+    try:
+        hook = create_webhook(db.session, url, None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    db.session.commit()
+    click.echo(f"Webhook {hook.id} → {hook.url}\nSigning secret (HMAC-SHA256): {hook.secret}")
+
+
+@webhooks_cli.command(
+    "run", help="Notice changes (expiries too) and deliver what is due. Run from cron."
+)
+@with_appcontext
+def run_webhooks() -> None:
+    with writing(db.session):
+        queued = detect_changes(db.session, None)
+    delivered = deliver_due(db.session)
+    click.echo(f"{queued} new events queued, {delivered} deliveries made.")

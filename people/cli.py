@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from core.db import db
+from core.events import statuses_changed
 from core.web import external_url, federation
 from people.auth import INVITE, make_link_token
 from people.service import PeopleError, PersonData, create_person, find_by_email, import_people
@@ -33,6 +34,7 @@ def import_command(file: Path) -> None:
     try:
         result = import_people(session, text, federation())
         session.commit()
+        statuses_changed(None)
     except PeopleError as exc:
         session.rollback()
         for error in getattr(exc, "errors", [exc]):

@@ -24,6 +24,7 @@ from sqlalchemy import func, or_, select
 from wtforms.fields.choices import SelectChoice
 
 from core.db import db
+from core.events import statuses_changed
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.web import client_ip, external_url, federation
 from people.auth import (
@@ -388,6 +389,7 @@ def person(person_id: int) -> Any:
                 form.form_errors.append(str(exc))
             else:
                 db.session.commit()
+                statuses_changed([person.id])
                 flash("Changes saved.", "success")
                 return redirect(url_for("admin.person", person_id=person.id))
     statuses = [
@@ -413,6 +415,7 @@ def deactivate_person(person_id: int) -> Any:
     else:
         deactivate(person)
         db.session.commit()
+        statuses_changed([person.id])
         flash(f"{person.name} is deactivated. Their records are kept.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
@@ -423,6 +426,7 @@ def reactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     reactivate(person)
     db.session.commit()
+    statuses_changed([person.id])
     flash(f"{person.name} is active again.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
@@ -478,6 +482,7 @@ def import_page() -> Any:
                 errors = [str(e) for e in exc.errors]
             else:
                 db.session.commit()
+                statuses_changed(None)
                 flash(
                     f"Imported: {len(result.created)} added, {len(result.updated)} updated, "
                     f"{len(result.unchanged)} unchanged.",

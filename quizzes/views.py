@@ -8,6 +8,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from core.db import db, utcnow
+from core.events import statuses_changed
 from core.forms import Form
 from people.views import roles_required
 from quizzes.attempts import (
@@ -107,8 +108,10 @@ def attempt(public_id: str) -> Any:
             abort(400)
         selected = _answers_from(request.form)
         try:
-            submit_attempt(s, current_user, public_id, selected)
+            submission = submit_attempt(s, current_user, public_id, selected)
             s.commit()
+            if submission.passed:
+                statuses_changed([current_user.id])
             return redirect(url_for("quiz.result", public_id=public_id))
         except AlreadySubmitted as exc:
             s.rollback()

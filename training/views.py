@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 from sqlalchemy import select
 
 from core.db import db, utcnow, writing
+from core.events import statuses_changed
 from core.web import client_ip, federation
 from training.forms import AcknowledgeForm, ReadForm
 from training.models import (
@@ -184,6 +185,7 @@ def sign(slug: str) -> Any:
         try:
             acknowledge(s, current_user, policy, request_data)
             s.commit()
+            statuses_changed([current_user.id])
         except AlreadySigned:
             s.rollback()
             return redirect(url_for("training.signed", slug=slug))
