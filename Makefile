@@ -12,7 +12,7 @@ export FLASK_APP := app
 DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 shared-mime-info \
 	fonts-dejavu-core fonts-liberation2 poppler-utils chromium tzdata
 
-.PHONY: run test setup deps venv lint format clean
+.PHONY: run test setup deps venv lint format clean bench
 
 run: setup
 	@echo
@@ -46,6 +46,11 @@ deps:
 	  if [ "$$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi; \
 	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# Benchmarks: figures to record in the README, never timed assertions.
+bench: deps venv
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/api_status.py
 
 lint: venv
 	$(BIN)/ruff check .
