@@ -70,11 +70,21 @@ class RunnerStatus:
             return ["no policy has been published"]
         if not self.status.required:
             return ["their roles require no training, so they cannot be counted as trained"]
+        # One line per reason, so a runner who has not begun reads as one line, not thirteen.
         titles = {m.slug: m.title for m in self.status.modules}
-        return [
-            f"{titles.get(m.module, 'Signature') if m.module else 'Signature'}: {REASON_TEXT[m.reason]}"
-            for m in self.status.missing
+        by_reason: dict[str, list[str]] = {}
+        for m in self.status.missing:
+            if m.module is not None:
+                by_reason.setdefault(m.reason, []).append(titles[m.module])
+        lines = []
+        for reason, names in by_reason.items():
+            every = len(names) == len(self.status.modules) and len(names) > 1
+            which = f"all {len(names)} modules" if every else ", ".join(names)
+            lines.append(f"{REASON_TEXT[reason].capitalize()}: {which}")
+        lines += [
+            f"Signature: {REASON_TEXT[m.reason]}" for m in self.status.missing if m.module is None
         ]
+        return lines
 
 
 def _policies(session: Session) -> list[Policy]:

@@ -90,7 +90,8 @@ def test_approval_is_refused_while_a_runner_is_untrained_and_says_who(app, peopl
     application_id = int(created.location.rsplit("/", 1)[1])
     page = sign_in(app, people["sue"]).get(created.location).get_data(as_text=True)
     assert "This account cannot be approved yet" in page
-    assert "Vic Volunteer" in page and "Scope: not started" in page
+    assert "Vic Volunteer" in page and "Not started: all 10 modules" in page
+    assert "Signature: policy not yet signed" in page
     response = decide(app, people["sue"], application_id, "approve")
     assert response.status_code == 409
     assert "cannot be approved while these runners are not trained: Vic Volunteer" in (
