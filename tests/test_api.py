@@ -13,9 +13,7 @@ from api.tokens import create_token
 from core.db import db, utcnow
 from people.models import Person
 from people.service import deactivate
-from tests.conftest import complete_modules
-from training.models import Policy
-from training.progress import AckRequest, acknowledge
+from tests.conftest import train_people
 
 pytestmark = pytest.mark.usefixtures("published")
 SCHEMA = schemathesis.openapi.from_dict(document())
@@ -45,14 +43,6 @@ def api(client, token):
     return Api()
 
 
-def train(app, pid, name):
-    with app.app_context():
-        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
-        complete_modules(db.session, person, policy)
-        acknowledge(db.session, person, policy, AckRequest(name, "d", "127.0.0.1", "test"))
-        db.session.commit()
-
-
 def test_status_of_a_new_person_lists_every_reason(api, make_person):
     pid = make_person("volunteer", name="Val Vol", email="val@ladysmith.example")
     response = api.get(f"/api/v1/people/{pid}/training-status")
@@ -70,7 +60,7 @@ def test_status_of_a_new_person_lists_every_reason(api, make_person):
 
 def test_status_by_email_once_trained(app, api, make_person):
     pid = make_person("volunteer", name="Val Vol", email="val@ladysmith.example")
-    train(app, pid, "Val Vol")
+    train_people(app, pid)
     response = api.get(
         "/api/v1/people/VAL@ladysmith.example/training-status?policy=social-media-policy"
     )
@@ -83,7 +73,7 @@ def test_status_by_email_once_trained(app, api, make_person):
 
 def test_a_deactivated_person_is_reported_untrained(app, api, make_person):
     pid = make_person("volunteer", name="Val Vol")
-    train(app, pid, "Val Vol")
+    train_people(app, pid)
     with app.app_context():
         deactivate(db.session.get(Person, pid))
         db.session.commit()
@@ -208,7 +198,7 @@ def test_administrators_create_and_revoke_tokens_on_a_page(app, auth, make_perso
 def test_check_answers_in_the_order_asked_with_not_found_entries(app, api, make_person):
     trained = make_person("volunteer", name="Tess Trained", email="tess@ladysmith.example")
     untrained = make_person("volunteer", name="Una Untrained")
-    train(app, trained, "Tess Trained")
+    train_people(app, trained)
     refs = [untrained, "TESS@ladysmith.example", "ghost@x.example", 424242]
     response = api.post("/api/v1/training-status/check", json={"people": refs})
     CHECK_OP.validate_response(response)

@@ -12,22 +12,10 @@ from approvals.rules import register
 from core.db import db, utcnow
 from people.models import Person
 from people.service import deactivate
-from tests.conftest import Auth, complete_modules
-from training.models import Policy
-from training.progress import AckRequest, acknowledge
+from tests.conftest import Auth, train_people
 from training.status import add_months
 
 pytestmark = pytest.mark.usefixtures("published")
-
-
-def train(app, *pids):
-    with app.app_context():
-        policy = db.session.scalar(select(Policy))
-        for pid in pids:
-            person = db.session.get(Person, pid)
-            complete_modules(db.session, person, policy)
-            acknowledge(db.session, person, policy, AckRequest(person.name, "d", "ip", "ua"))
-        db.session.commit()
 
 
 @pytest.fixture
@@ -85,7 +73,7 @@ def decide(app, pid, application_id, decision, reason=""):
 
 
 def test_approval_is_refused_while_a_runner_is_untrained_and_says_who(app, people):
-    train(app, people["ann"], people["bob"])
+    train_people(app, people["ann"], people["bob"])
     created = apply(app, people, ["ann", "bob", "vic"])
     application_id = int(created.location.rsplit("/", 1)[1])
     page = sign_in(app, people["sue"]).get(created.location).get_data(as_text=True)
@@ -102,7 +90,7 @@ def test_approval_is_refused_while_a_runner_is_untrained_and_says_who(app, peopl
 
 
 def test_approval_when_everyone_is_trained_records_the_decision_and_a_snapshot(app, people):
-    train(app, people["ann"], people["bob"], people["vic"])
+    train_people(app, people["ann"], people["bob"], people["vic"])
     created = apply(app, people, ["ann", "bob", "vic"])
     application_id = int(created.location.rsplit("/", 1)[1])
     response = decide(app, people["sue"], application_id, "approve", "Good plan.")
@@ -139,7 +127,7 @@ def test_only_slt_decide_governors_read_and_others_cannot_see(app, people, make_
 
 
 def approved_account(app, people, runners=("ann", "bob")):
-    train(app, *[people[r] for r in runners])
+    train_people(app, *[people[r] for r in runners])
     created = apply(app, people, list(runners))
     application_id = int(created.location.rsplit("/", 1)[1])
     decide(app, people["sue"], application_id, "approve")
@@ -186,7 +174,7 @@ def test_hand_over_to_trained_runners_or_close(app, people):
     )
     assert refused.status_code == 409
     assert "not trained: Ada Admin" in refused.get_data(as_text=True)
-    train(app, people["ada"])
+    train_people(app, people["ada"])
     moved = admin.post(
         url, {"action": "transfer", "transfer-runners": [people["ann"], people["ada"]]}
     )

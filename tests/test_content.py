@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.db import db
-from tests.conftest import complete_modules
+from tests.conftest import complete_modules, train_people
 from training.loader import ContentError, load_all, render_markdown
 from training.models import ModuleVersion, Policy, PolicyVersion, ReadReceipt
 from training.progress import AckRequest, acknowledge
@@ -187,14 +187,12 @@ def test_only_changed_modules_must_be_redone_after_a_new_version(
     app.config["CONTENT_DIR"] = str(editable_content)
     runner.invoke(args=["content", "publish"])
     pid = make_person("staff", name="Grace Hopper")
+    train_people(app, pid)
     with app.app_context():
         from people.models import Person
 
         person = db.session.get(Person, pid)
         policy = db.session.scalar(select(Policy))
-        complete_modules(db.session, person, policy)
-        acknowledge(db.session, person, policy, AckRequest("Grace Hopper", "d", "ip", "ua"))
-        db.session.commit()
         assert training_status(db.session, person, policy).trained
 
     folder = editable_content / POLICY
@@ -256,11 +254,7 @@ def test_a_new_label_on_unchanged_text_asks_only_for_a_fresh_signature(
     app.config["CONTENT_DIR"] = str(editable_content)
     runner.invoke(args=["content", "publish"])
     pid = make_person("volunteer", name="Val Vol")
-    with app.app_context():
-        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
-        complete_modules(db.session, person, policy)
-        acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
-        db.session.commit()
+    train_people(app, pid)
     replace(editable_content / POLICY / "policy.yaml", 'version: "1.0"', 'version: "2026"')
     assert (
         "published version 2026 (new or changed modules: none)"
@@ -285,11 +279,7 @@ def test_a_version_takes_over_only_from_its_effective_date(
     app.config["CONTENT_DIR"] = str(editable_content)
     runner.invoke(args=["content", "publish"])
     pid = make_person("volunteer", name="Val Vol")
-    with app.app_context():
-        person, policy = db.session.get(Person, pid), db.session.scalar(select(Policy))
-        complete_modules(db.session, person, policy)
-        acknowledge(db.session, person, policy, AckRequest("Val Vol", "d", "ip", "ua"))
-        db.session.commit()
+    train_people(app, pid)
     folder = editable_content / POLICY
     replace(folder / "policy.yaml", 'version: "1.0"', 'version: "2.0"')
     replace(folder / "policy.yaml", "effective: 2026-09-01", f"effective: {effective}")
