@@ -21,7 +21,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     web.init_app(app)
 
-    from api import webhooks
+    from api import answers, webhooks
     from api.admin import tokens_bp, webhooks_bp
     from api.cli import tokens_cli, webhooks_cli
     from api.views import api_bp
@@ -49,6 +49,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(tokens_cli)
     app.cli.add_command(webhooks_cli)
     webhooks.init_app(app)
+    answers.init_app(app)
     app.cli.add_command(setup_command)
     return app
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.db import Base, UTCDateTime, utcnow
@@ -64,3 +64,28 @@ class StatusSnapshot(Base):
     policy_id: Mapped[int] = mapped_column(ForeignKey("policy.id"), primary_key=True)
     trained: Mapped[bool]
     at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class PrecomputedStatus(Base):
+    """A person's API answer for a policy, kept so lookups need not re-run the rule.
+
+    Derived and rebuilt at will. A row counts only while both revisions it was computed at are
+    still the person's and the policy's (triggers bump them on every change of evidence, roles,
+    personal details or content) and until ``fresh_until``, when time alone changes the answer
+    (training expires, or a new version takes effect).
+    """
+
+    __tablename__ = "precomputed_status"
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), primary_key=True
+    )
+    policy_id: Mapped[int] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    person_rev: Mapped[int]
+    policy_rev: Mapped[int]
+    trained: Mapped[bool]
+    body: Mapped[str] = mapped_column(Text)  # the API's JSON for this person and policy
+    fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from api.models import ApiToken
-from core.db import utcnow, writing
+from core.db import Sql, db, utcnow, writing
 
 SCOPES = {"training:read": "Read people's training status"}
 TOKEN_PREFIX = "cs_"
@@ -56,23 +55,45 @@ def create_token(
     return NewToken(token, secret)
 
 
-def authenticate(session: Session, secret: str, now: datetime | None = None) -> ApiToken | None:
-    """The live token for ``secret``, or None. Marks it used (at most once a minute)."""
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling the API: the token's id and what it may do."""
+
+    token_id: int
+    scopes: frozenset[str]
+
+
+_FIND = Sql(
+    """
+    SELECT id, scopes, revoked_at IS NOT NULL,
+           last_used_at IS NULL OR last_used_at < :used_before
+    FROM api_token WHERE token_hash = :digest
+    """
+)
+
+
+def authenticate(secret: str, now: datetime | None = None) -> Caller | None:
+    """The caller for a live token ``secret``, or None. Marks it used (at most once a minute).
+
+    Runs on every API request, so it reads with :attr:`db.reader`.
+    """
     if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
         return None
-    digest = _hash(secret)
-    token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
-    if token is None or token.revoked_at is not None:
-        return None
-    if not hmac.compare_digest(token.token_hash, digest):
-        return None
     now = now or utcnow()
-    if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+    reader = db.reader
+    rows = reader.all(_FIND, digest=_hash(secret), used_before=now - LAST_USED_RESOLUTION)
+    if not rows:
+        return None
+    token_id, scopes, revoked, unrecorded = rows[0]
+    if revoked:
+        return None
+    if unrecorded:
+        session = db.session
         with writing(session):
             session.execute(
-                update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now)
+                update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
             )
-    return token
+    return Caller(token_id, frozenset(reader.json(scopes)))
 
 
 def revoke(token: ApiToken) -> None:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
+import os
+import re
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +24,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, configure_mappers, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -68,6 +72,9 @@ _sqlite_begin: contextvars.ContextVar[str] = contextvars.ContextVar(
 )
 
 
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+
+
 def normalise_url(url: str) -> str:
     """Accept the URL spellings hosting providers hand out and use psycopg 3 for PostgreSQL."""
     for prefix in ("postgres://", "postgresql://"):
@@ -95,6 +102,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Read through a memory map rather than a read() per page: lookups touch many pages.
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -112,6 +121,8 @@ class Database:
     def init_app(self, app: Flask) -> None:
         engine = make_engine(app.config["DATABASE_URL"])
         app.extensions["countersign.db"] = sessionmaker(bind=engine, expire_on_commit=False)
+        app.extensions["countersign.readers"] = Readers(engine)
+        configure_mappers()  # now, rather than in the middle of the first request that needs it
         app.teardown_appcontext(self._remove_session)
 
         @app.before_request
@@ -134,6 +145,11 @@ class Database:
             g.db_session = current_app.extensions["countersign.db"]()
         return g.db_session
 
+    @property
+    def reader(self) -> Reader:
+        """Plain reads for hot paths, on this thread's own connection (see :class:`Reader`)."""
+        return current_app.extensions["countersign.readers"].get()
+
     @staticmethod
     def _remove_session(_exc: BaseException | None) -> None:
         session = g.pop("db_session", None)
@@ -142,6 +158,126 @@ class Database:
 
 
 db = Database()
+
+
+class Sql:
+    """A hand-written read, adapted to each backend.
+
+    Write ``:name`` for a value and ``{in :name}`` for membership of a list (passed as a list).
+    Timestamps are passed as aware datetimes and compared as stored (naive UTC).
+    """
+
+    _PARAM = re.compile(r"(?<![:\w]):([a-z_]+)")
+    _IN = re.compile(r"\{in :([a-z_]+) (\w+)\}")
+
+    def __init__(self, template: str) -> None:
+        self.template = " ".join(template.split())
+        # SQLite takes ``:name`` itself, and a list as JSON; PostgreSQL takes a list as an array.
+        self.sqlite = self._IN.sub(r"IN (SELECT value FROM json_each(:\1))", self.template)
+        postgresql = self._IN.sub(r"= ANY(CAST(:\1 AS \2[]))", self.template)
+        self.postgresql = self._PARAM.sub(r"%(\1)s", postgresql)
+
+
+class Reader:
+    """Reads for hot paths, straight on a DBAPI connection that autocommits.
+
+    On a request that takes a millisecond, SQLAlchemy's statement machinery and even a pool checkout
+    cost more than the query itself; the API's per-request lookups (token, policy, stored answer)
+    run here instead. Each read sees what is committed; anything that writes uses the session.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.postgresql = engine.dialect.name == "postgresql"
+        self.pid = os.getpid()
+        self._fairy = engine.raw_connection()
+        self._fairy.detach()  # this thread's for good: never handed to a session
+        self._connection = self._fairy.dbapi_connection
+        if self.postgresql:
+            self._connection.autocommit = True  # no transaction left open between requests
+
+    def all(self, sql: Sql, **params: Any) -> list[tuple[Any, ...]]:
+        values = {name: self._adapt(value) for name, value in params.items()}
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(sql.postgresql if self.postgresql else sql.sqlite, values)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def _adapt(self, value: Any) -> Any:
+        if type(value) in (int, str):
+            return value
+        if isinstance(value, datetime):
+            naive = value.astimezone(UTC).replace(tzinfo=None)
+            # SQLAlchemy stores SQLite timestamps as text in this format; it sorts as time does.
+            return naive if self.postgresql else naive.isoformat(" ", "microseconds")
+        if isinstance(value, list | tuple) and not self.postgresql:
+            return json.dumps(list(value))
+        return value
+
+    def json(self, value: Any) -> Any:
+        """A JSON column's value: PostgreSQL hands it decoded, SQLite as text."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._connection.close()
+
+
+class Readers:
+    """One :class:`Reader` per thread and process, opened on first use (never before a server
+    forks its workers), reopened after an error, and closed when the engine is disposed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._local = threading.local()
+        self._open: list[Reader] = []
+        self._lock = threading.Lock()
+        event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+
+    def get(self) -> Reader:
+        reader: Reader | None = getattr(self._local, "reader", None)
+        if reader is None or reader.pid != os.getpid():
+            reader = self._local.reader = _Guarded(self.engine, self)
+            with self._lock:
+                self._open.append(reader)
+        return reader
+
+    def discard(self, reader: Reader) -> None:
+        reader.close()
+        if getattr(self._local, "reader", None) is reader:
+            del self._local.reader
+        with self._lock:
+            if reader in self._open:
+                self._open.remove(reader)
+
+    def close_all(self) -> None:
+        with self._lock:
+            readers, self._open = self._open, []
+        for reader in readers:
+            reader.close()
+        self._local = threading.local()
+
+
+class _Guarded(Reader):
+    """A reader whose connection is dropped after any error, so the next use opens a fresh one."""
+
+    def __init__(self, engine: Engine, owner: Readers) -> None:
+        super().__init__(engine)
+        self._owner = owner
+
+    def all(self, sql: Sql, **params: Any) -> list[tuple[Any, ...]]:
+        try:
+            return super().all(sql, **params)
+        except Exception:
+            self._owner.discard(self)
+            raise
+
+
+def reads_only() -> None:
+    """Declare that this request only reads (writes go through :func:`writing`), whatever its
+    method: on SQLite its transaction then begins deferred and never waits for writers."""
+    _sqlite_begin.set("DEFERRED")
 
 
 @contextlib.contextmanager

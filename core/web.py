@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, abort, current_app, jsonify, render_template, request, url_for
+from flask import Flask, Request, abort, current_app, jsonify, render_template, request, url_for
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
@@ -22,6 +23,12 @@ csrf = CSRFProtect()
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
 )
 
 
@@ -61,7 +68,21 @@ def json_error(status: int, code: str, message: str) -> Any:
 
 
 def _is_api() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
+    return _is_api_path(request.path)
+
+
+def _is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Browser sessions for the pages; none for the API, which is stateless (bearer tokens):
+    its requests neither read nor set the session cookie."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if _is_api_path(request.path):
+            return self.make_null_session(app)
+        return super().open_session(app, request)
 
 
 def external_url(endpoint: str, **values: Any) -> str:
@@ -91,6 +112,7 @@ def init_app(app: Flask) -> None:
 
         n = int(app.config["PROXY_COUNT"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+    app.session_interface = SessionInterface()
     csrf.init_app(app)
 
     @app.before_request
@@ -127,13 +149,14 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Any) -> Any:
-        response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        if request.endpoint != "static":
+        headers = response.headers
+        present = {name.lower() for name, _ in headers}
+        for name, value in SECURITY_HEADERS:
+            if name.lower() not in present:
+                headers.add(name, value)
+        if "cache-control" not in present and request.endpoint != "static":
             # Pages show personal records: never keep them in shared caches or the back button.
-            response.headers.setdefault("Cache-Control", "no-store")
+            headers.add("Cache-Control", "no-store")
         return response
 
     @app.errorhandler(CSRFError)

@@ -22,6 +22,8 @@ class Policy(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(80), unique=True)
     title: Mapped[str] = mapped_column(String(200))
+    # Bumped by database triggers when a version, its modules or its audiences change.
+    status_rev: Mapped[int] = mapped_column(default=0, server_default="0")
 
     versions: Mapped[list[PolicyVersion]] = relationship(
         back_populates="policy", order_by="PolicyVersion.id"

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
@@ -130,6 +130,17 @@ def upcoming_version(
         ).limit(1)
     )
     return upcoming if upcoming is not None and upcoming is not current else None
+
+
+def next_takeover(session: Session, policy: Policy, today: date | None = None) -> date | None:
+    """The next date on which another version may take effect: until then the version in effect
+    cannot change except by publishing."""
+    today = today or utcnow().date()
+    return session.scalar(
+        select(func.min(PolicyVersion.effective)).where(
+            PolicyVersion.policy_id == policy.id, PolicyVersion.effective > today
+        )
+    )
 
 
 def _bank_id(session: Session, module: Module, source: ModuleSource) -> int | None:

@@ -152,6 +152,7 @@ class Status:
     missing: tuple[Missing, ...]
     acknowledged_at: datetime | None  # the acknowledgement that counts now, if any
     expired_at: datetime | None  # when the last training ran out, if it has
+    changes_at: datetime | None = None  # when time alone next changes this answer (an expiry)
 
     @property
     def required(self) -> bool:
@@ -192,10 +193,13 @@ def evaluate(
     latest_ack = max(evidence.acks, key=lambda a: a.at, default=None)
     cycle_start: datetime | None = None
     expired_at: datetime | None = None
+    changes_at: datetime | None = None
     if latest_ack is not None:
         ends = add_months(latest_ack.at, latest_ack.refresher_months)
         if ends <= now:
             cycle_start, expired_at = latest_ack.at, ends
+        else:
+            changes_at = ends
 
     def counts(moment: datetime) -> bool:
         return cycle_start is None or moment > cycle_start
@@ -252,6 +256,7 @@ def evaluate(
         missing=tuple(missing),
         acknowledged_at=signed.at if signed else None,
         expired_at=expired_at,
+        changes_at=changes_at,
     )
 
 

@@ -147,8 +147,9 @@ def mark_read(slug: str, module_slug: str) -> Any:
     if not any(m.module_version_id == module_version.id for m in status.modules):
         flash("This module is not part of your training, so there is nothing to record.", "info")
         return redirect(url_for("training.module", slug=slug, module_slug=module_slug))
-    record_read(s, current_user, policy, module_version)
-    s.commit()
+    if record_read(s, current_user, policy, module_version):
+        s.commit()
+        statuses_changed([current_user.id])
     status = training_status(s, current_user, policy)
     flash(f"“{module_version.title}” is marked as read.", "success")
     entry = next(m for m in status.modules if m.module_version_id == module_version.id)
