@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 
-from core.db import Base, db
+from core.db import Base, Sql, db
 from people.models import SignInAttempt
 
 
@@ -144,3 +144,44 @@ def test_simultaneous_acknowledgements_record_exactly_one(app, make_person):
     assert sorted(outcomes) == ["already"] * 3 + ["signed"]
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Acknowledgement)) == 1
+
+
+def test_hand_written_reads_adapt_to_each_backend():
+    sql = Sql("SELECT id FROM person WHERE id {in :ids integer} AND created_at > :since")
+    assert sql.sqlite == (
+        "SELECT id FROM person WHERE id IN (SELECT value FROM json_each(:ids)) "
+        "AND created_at > :since"
+    )
+    assert sql.postgresql == (
+        "SELECT id FROM person WHERE id = ANY(CAST(%(ids)s AS integer[])) "
+        "AND created_at > %(since)s"
+    )
+
+
+def test_the_reader_sees_each_commit_and_compares_times_as_stored(app, make_person):
+    from datetime import timedelta
+
+    from core.db import utcnow
+
+    first = make_person("staff")
+    query = Sql("SELECT id FROM person WHERE id {in :ids integer} AND created_at > :since")
+    with app.app_context():
+        before = utcnow() - timedelta(minutes=1)
+        assert db.reader.all(query, ids=[first, 999], since=before) == [(first,)]
+        assert db.reader.all(query, ids=[first], since=utcnow() + timedelta(minutes=1)) == []
+        assert db.reader.all(query, ids=[], since=before) == []
+    second = make_person("staff")  # committed by another connection, after the reader's reads
+    with app.app_context():
+        assert sorted(db.reader.all(query, ids=[first, second], since=before)) == [(first,), (second,)]
+
+
+def test_the_reader_opens_a_fresh_connection_after_an_error(app, make_person):
+    pid = make_person("staff")
+    query = Sql("SELECT name FROM person WHERE id = :id")
+    with app.app_context():
+        broken = db.reader
+        broken._connection.close()  # as when the database server restarts
+        with pytest.raises(Exception):  # noqa: B017 (whatever the driver raises)
+            broken.all(query, id=pid)
+        assert db.reader is not broken
+        assert db.reader.all(query, id=pid) == [("Person 1",)]
