@@ -172,7 +172,10 @@ def test_the_reader_sees_each_commit_and_compares_times_as_stored(app, make_pers
         assert db.reader.all(query, ids=[], since=before) == []
     second = make_person("staff")  # committed by another connection, after the reader's reads
     with app.app_context():
-        assert sorted(db.reader.all(query, ids=[first, second], since=before)) == [(first,), (second,)]
+        assert sorted(db.reader.all(query, ids=[first, second], since=before)) == [
+            (first,),
+            (second,),
+        ]
 
 
 def test_the_reader_opens_a_fresh_connection_after_an_error(app, make_person):
