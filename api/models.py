@@ -86,6 +86,11 @@ class PrecomputedStatus(Base):
     person_rev: Mapped[int]
     policy_rev: Mapped[int]
     trained: Mapped[bool]
+    # For reports: Status.standing, the modules done of those required, and valid_until.
+    standing: Mapped[str] = mapped_column(String(20))
+    completed: Mapped[int]
+    required: Mapped[int]
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     body: Mapped[str] = mapped_column(Text)  # the API's JSON for this person and policy
     fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

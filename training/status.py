@@ -40,6 +40,9 @@ from training.models import (
 )
 from training.publishing import current_version
 
+STANDINGS = ("trained", "in_progress", "not_started", "expired", "outdated", "not_required",
+             "inactive")  # fmt: skip
+
 # Why a module, or the acknowledgement, stands between the person and "trained".
 NOT_STARTED = "not_started"
 NOT_READ = "not_read"
@@ -153,6 +156,7 @@ class Status:
     acknowledged_at: datetime | None  # the acknowledgement that counts now, if any
     expired_at: datetime | None  # when the last training ran out, if it has
     changes_at: datetime | None = None  # when time alone next changes this answer (an expiry)
+    acknowledgement_id: int | None = None  # the acknowledgement that counts now, if any
 
     @property
     def required(self) -> bool:
@@ -162,6 +166,23 @@ class Status:
     @property
     def completed_count(self) -> int:
         return sum(1 for m in self.modules if m.complete)
+
+    @property
+    def standing(self) -> str:
+        """One word for reports: where the person stands, most telling first."""
+        if not self.active:
+            return "inactive"
+        if not self.required:
+            return "not_required"
+        if self.trained:
+            return "trained"
+        if self.expired_at is not None:
+            return "expired"
+        if any(m.reason == OUTDATED_VERSION for m in self.missing):
+            return "outdated"
+        if any(m.state != "not_started" for m in self.modules) or self.acknowledged_at:
+            return "in_progress"
+        return "not_started"
 
     @property
     def ready_to_sign(self) -> bool:
@@ -257,6 +278,7 @@ def evaluate(
         acknowledged_at=signed.at if signed else None,
         expired_at=expired_at,
         changes_at=changes_at,
+        acknowledgement_id=signed.id if signed else None,
     )
 
 
