@@ -30,6 +30,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
     from quizzes.views import quiz_bp
+    from reports.views import reports_bp
     from training.cli import content_cli, db_cli, setup_command
     from training.views import training_bp
 
@@ -41,6 +42,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(tokens_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(approvals_bp)
+    app.register_blueprint(reports_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)

@@ -225,19 +225,38 @@ def _store(session: Session, rows: list[dict[str, Any]]) -> None:
         log.warning("could not store %d precomputed statuses", len(rows), exc_info=True)
 
 
-def refresh(person_ids: list[int] | None = None, batch: int = 1000) -> int:
+_OUT_OF_DATE = Sql(
+    """
+    SELECT p.id FROM person p
+    LEFT JOIN precomputed_status s
+      ON s.person_id = p.id AND s.policy_id = :policy_id
+     AND s.person_rev = p.status_rev AND s.policy_rev = :policy_rev
+     AND (s.fresh_until IS NULL OR s.fresh_until > :now)
+    WHERE s.person_id IS NULL
+    ORDER BY p.id
+    """
+)
+
+
+def refresh(
+    person_ids: list[int] | None = None, batch: int = 1000, now: datetime | None = None
+) -> int:
     """Make sure these people's answers (everyone's when None) are stored and valid.
 
-    Returns how many answers there are, whether they were stored already or computed now.
+    Returns how many answers were checked: those still valid are left as they are.
     """
-    if person_ids is None:
-        person_ids = list(db.session.scalars(select(Person.id).order_by(Person.id)))
+    now = now or utcnow()
     count = 0
     for policy in policies():
-        for start in range(0, len(person_ids), batch):
-            chunk = [str(i) for i in person_ids[start : start + batch]]
+        if person_ids is None:  # only those out of date: one query finds them
+            params = {"policy_id": policy.id, "policy_rev": policy.rev, "now": now}
+            wanted = [row[0] for row in db.reader.all(_OUT_OF_DATE, **params)]
+        else:
+            wanted = person_ids
+        for start in range(0, len(wanted), batch):
+            chunk = [str(i) for i in wanted[start : start + batch]]
             try:
-                count += len(find_answers(policy, chunk))
+                count += len(find_answers(policy, chunk, now))
             except LookupError:
                 break  # a policy without a version has nothing to answer
     return count
