@@ -51,6 +51,7 @@ deps:
 bench: deps venv
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/api_status.py
+	$(BIN)/python bench/reports.py
 
 lint: venv
 	$(BIN)/ruff check .

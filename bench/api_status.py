@@ -40,19 +40,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_database(url: str) -> tuple[str, list[int]]:
-    from sqlalchemy import insert, select
+def build_database(url: str, people_count: int | None = None) -> tuple[str, list[int]]:
+    """A migrated database of people with roles, schools and a spread of progress; a token."""
+    from sqlalchemy import func, insert, select
 
     from api.tokens import create_token
     from app import create_app
     from core.db import db, utcnow
     from core.migrate import upgrade
-    from people.models import Person, PersonRole
+    from people.models import Person, PersonRole, PersonSchool
     from people.roles import ROLES
     from training.cli import publish_all
     from training.models import Acknowledgement, AcknowledgementModule, Policy, ReadReceipt
     from training.publishing import current_version
 
+    count = people_count or PEOPLE
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench"})
     with app.app_context():
         upgrade()
@@ -61,12 +63,18 @@ def build_database(url: str) -> tuple[str, list[int]]:
         now = utcnow()
         rng = random.Random(1)
         people = [{"email": f"p{n}@bench.example", "name": f"Person {n}", "active": n % 50 != 0,
-                   "auth_version": 1, "created_at": now} for n in range(PEOPLE)]  # fmt: skip
+                   "auth_version": 1, "created_at": now} for n in range(count)]  # fmt: skip
         s.execute(insert(Person), people)
         ids = list(s.scalars(select(Person.id).order_by(Person.id)))
         s.execute(
             insert(PersonRole), [{"person_id": i, "role": rng.choice(list(ROLES))} for i in ids]
         )
+        schools = ["infant", "junior", None]
+        s.execute(
+            insert(PersonSchool),
+            [{"person_id": i, "school": school} for i in ids
+             if (school := rng.choice(schools)) is not None],
+        )  # fmt: skip
         version = current_version(s, s.scalar(select(Policy)))
         mvs = [mv.id for mv in version.module_versions]
         receipts, acks = [], []
@@ -76,18 +84,19 @@ def build_database(url: str) -> tuple[str, list[int]]:
                          for mv in mvs[:done]]  # fmt: skip
             if done == len(mvs) and rng.random() < 0.7:
                 acks.append(i)
-        s.execute(insert(ReadReceipt), receipts)
-        for i in acks:
-            ack = Acknowledgement(
-                person_id=i, policy_version_id=version.id, seq=0, declaration="d", typed_name="x",
-                at=now - timedelta(days=2), ip="127.0.0.1", user_agent="bench",
-            )  # fmt: skip
-            s.add(ack)
-            s.flush()
-            s.execute(
-                insert(AcknowledgementModule),
-                [{"acknowledgement_id": ack.id, "module_version_id": mv} for mv in mvs],
-            )
+        for start in range(0, len(receipts), 50_000):
+            s.execute(insert(ReadReceipt), receipts[start : start + 50_000])
+        first = (s.scalar(select(func.max(Acknowledgement.id))) or 0) + 1
+        s.execute(
+            insert(Acknowledgement),
+            [{"id": first + n, "person_id": i, "policy_version_id": version.id, "seq": 0,
+              "declaration": "d", "typed_name": "x", "at": now - timedelta(days=2),
+              "ip": "127.0.0.1", "user_agent": "bench"} for n, i in enumerate(acks)],
+        )  # fmt: skip
+        links = [{"acknowledgement_id": first + n, "module_version_id": mv}
+                 for n in range(len(acks)) for mv in mvs]  # fmt: skip
+        for start in range(0, len(links), 50_000):
+            s.execute(insert(AcknowledgementModule), links[start : start + 50_000])
         token = create_token(s, "bench", ["training:read"]).secret
         s.commit()
         db.engine.dispose()
