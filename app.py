@@ -26,6 +26,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api.cli import tokens_cli, webhooks_cli
     from api.views import api_bp
     from approvals.views import approvals_bp
+    from certificates import issuing as certificate_issuing
+    from certificates.cli import certificates_cli
+    from certificates.views import certificates_bp
+    from demo.cli import demo_command
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -42,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(tokens_bp)
     app.register_blueprint(webhooks_bp)
     app.register_blueprint(approvals_bp)
+    app.register_blueprint(certificates_bp)
     app.register_blueprint(reports_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
@@ -50,8 +55,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(quiz_cli)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(webhooks_cli)
+    app.cli.add_command(demo_command)
+    app.cli.add_command(certificates_cli)
     webhooks.init_app(app)
     answers.init_app(app)
+    certificate_issuing.init_app(app)
     app.cli.add_command(setup_command)
     return app
 

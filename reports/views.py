@@ -250,10 +250,8 @@ def person(person_id: int) -> Any:
 
 
 def _certificates(person_id: int) -> list[Any]:
-    try:
-        from certificates.models import Certificate
-    except ImportError:  # certificates are optional in a deployment without them
-        return []
+    from certificates.models import Certificate
+
     return list(
         db.session.scalars(
             select(Certificate)

@@ -9,6 +9,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 from sqlalchemy import select
 
+from certificates.downloads import certificates_of
 from core.db import db, utcnow, writing
 from core.events import statuses_changed
 from core.web import client_ip, federation
@@ -244,5 +245,6 @@ def history() -> Any:
         (p, v, training_status(s, current_user, p)) for p, v in published_policies(db.session)
     ]
     return render_template(
-        "training/history.html", reads=reads, acks=acks, statuses=statuses, now=utcnow()
-    )
+        "training/history.html", reads=reads, acks=acks, statuses=statuses, now=utcnow(),
+        certificates=certificates_of(s, current_user.id),
+    )  # fmt: skip

@@ -1,0 +1,137 @@
+"""Who may download which certificate, under what name, and a school's certificates as one ZIP.
+
+People download their own certificates; governors, the senior leadership team and administrators
+download anyone's, one by one or a school's at once for the governors' files. Stored PDFs are served
+as issued, byte for byte.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+from zipstream import ZIP_STORED, ZipStream
+
+from certificates.models import Certificate
+from people.models import Person, PersonSchool
+from training.loader import Federation
+
+VIEWER_ROLES = ("governor", "slt", "admin")
+
+
+def may_download(person: Person, certificate: Certificate) -> bool:
+    """The certificate's owner, or a governor, SLT member or administrator."""
+    return certificate.person_id == person.id or person.has_role(*VIEWER_ROLES)
+
+
+def certificates_of(session: Session, person_id: int) -> list[Certificate]:
+    """A person's certificates, newest first (without their PDFs)."""
+    return list(
+        session.scalars(
+            select(Certificate)
+            .where(Certificate.person_id == person_id)
+            .order_by(Certificate.issued_at.desc(), Certificate.id.desc())
+        )
+    )
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9.]+", "-", ascii_text.lower()).strip("-.") or "x"
+
+
+def pdf_filename(certificate: Certificate) -> str:
+    """e.g. ``certificate-social-media-policy-v1.0-grace-hopper.pdf``: plain ASCII, so it needs
+    no encoding in a Content-Disposition header or a ZIP directory."""
+    return (
+        f"certificate-{_slug(certificate.policy_title)}-v{_slug(certificate.version_label)}"
+        f"-{_slug(certificate.person_name)}.pdf"
+    )
+
+
+@dataclass(frozen=True)
+class SchoolSummary:
+    code: str
+    name: str
+    certificates: int
+    people: int
+
+
+def school_summaries(session: Session, federation: Federation) -> list[SchoolSummary]:
+    """Each school of the federation with how many certificates its people hold."""
+    counts = {
+        school: (certificates, people)
+        for school, certificates, people in session.execute(
+            select(
+                PersonSchool.school,
+                func.count(Certificate.id),
+                func.count(distinct(Certificate.person_id)),
+            )
+            .join(Certificate, Certificate.person_id == PersonSchool.person_id)
+            .group_by(PersonSchool.school)
+        )
+    }
+    return [SchoolSummary(s.code, s.name, *counts.get(s.code, (0, 0))) for s in federation.schools]
+
+
+def unrendered_in_school(session: Session, school: str) -> list[int]:
+    """Certificates of the school's people whose PDF is not stored yet (rendering failed)."""
+    return list(
+        session.scalars(
+            select(Certificate.id)
+            .join(PersonSchool, PersonSchool.person_id == Certificate.person_id)
+            .where(PersonSchool.school == school, Certificate.pdf.is_(None))
+            .order_by(Certificate.id)
+        )
+    )
+
+
+def school_archive(session: Session, school: str) -> ZipStream:
+    """Every certificate of the school's people, as a ZIP built while it is sent.
+
+    PDFs are already compressed, so they are stored as they are (ZIP_STORED); that makes the
+    archive's size known before a byte is sent, and each PDF is read from the database only when
+    its turn comes, one at a time, so memory stays flat however many there are. A certificate
+    whose PDF could not be rendered is named in ``not-included.txt`` rather than left out silently.
+    """
+    rows = session.execute(
+        select(
+            Certificate.id,
+            Certificate.person_name,
+            Certificate.policy_title,
+            Certificate.version_label,
+            Certificate.issued_at,
+            func.length(Certificate.pdf),
+        )
+        .join(PersonSchool, PersonSchool.person_id == Certificate.person_id)
+        .where(PersonSchool.school == school)
+        .order_by(Certificate.person_name, Certificate.issued_at, Certificate.id)
+    ).all()
+    archive = ZipStream(compress_type=ZIP_STORED, sized=True)
+    used: set[str] = set()
+    missing: list[str] = []
+    for certificate_id, person, title, label, issued_at, size in rows:
+        if size is None:
+            missing.append(f"{person}: {title}, version {label}, issued {issued_at:%Y-%m-%d}")
+            continue
+        stem = f"{_slug(person)}-{_slug(title)}-v{_slug(label)}-{issued_at:%Y-%m-%d}"
+        name, n = f"{stem}.pdf", 1
+        while name in used:  # two certificates, same person, policy, version and day
+            n += 1
+            name = f"{stem}-{n}.pdf"
+        used.add(name)
+        archive.add(_pdf_chunks(session, certificate_id), name, size=size)
+    if missing:
+        note = "These certificates could not be rendered; try again later:\n" + "".join(
+            f"- {line}\n" for line in missing
+        )
+        archive.add(note.encode(), "not-included.txt")
+    return archive
+
+
+def _pdf_chunks(session: Session, certificate_id: int) -> Iterator[bytes]:
+    yield session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))

@@ -1,0 +1,241 @@
+"""Issuing certificates: one for each acknowledgement that made a person trained.
+
+Whether someone is trained is asked of :mod:`training.status`, never decided here. A person who is
+trained now, on the strength of an acknowledgement that has no certificate yet, is due one. The
+unique acknowledgement on :class:`~certificates.models.Certificate` plus ``INSERT … ON CONFLICT DO
+NOTHING`` makes issuing idempotent: called twice, or by two workers at once, it issues one.
+
+The PDF is rendered straight after issuing, outside the issuing transaction (rendering takes far
+longer than the insert, and SQLite has one writer at a time). If rendering fails the certificate
+stands without its PDF, which is rendered on first download or by ``flask certificates issue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
+
+from flask import Flask
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, selectinload
+
+from certificates.models import Certificate
+from certificates.render import render
+from core.db import db, insert_ignoring_conflict, utcnow, writing
+from core.web import federation
+from people.models import Person
+from training.models import Policy, PolicyVersion
+from training.status import statuses_for
+
+log = logging.getLogger("countersign.certificates")
+
+BATCH = 500  # people whose status is worked out at once
+CODE_BYTES = 20  # 160 random bits
+
+
+def new_code() -> str:
+    return secrets.token_urlsafe(CODE_BYTES)
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def issue_due(
+    session: Session,
+    person_ids: Iterable[int] | None,
+    now: datetime | None = None,
+    *,
+    federation_name: str | None = None,
+) -> list[Certificate]:
+    """Issue a certificate to each of these people (everyone when None) who is trained now on a
+    policy through an acknowledgement that has no certificate yet. Returns those issued.
+
+    Runs in the caller's transaction; the caller commits. ``federation_name`` defaults to the
+    federation of the running app.
+    """
+    now = now or utcnow()
+    if federation_name is None:
+        federation_name = federation().name
+    if person_ids is None:
+        ids = list(session.scalars(select(Person.id).where(Person.active.is_(True))))
+    else:
+        ids = sorted(set(person_ids))
+    policies = list(session.scalars(select(Policy).order_by(Policy.id)))
+    codes: list[str] = []
+    for chunk in _chunks(ids, BATCH):
+        people = session.scalars(
+            select(Person)
+            .where(Person.id.in_(chunk), Person.active.is_(True))
+            .options(selectinload(Person.role_rows))
+            .execution_options(populate_existing=True)  # roles as committed, not as first loaded
+        ).all()
+        if not people:
+            continue
+        for policy in policies:
+            codes += _issue_for_policy(session, list(people), policy, now, federation_name)
+    issued: list[Certificate] = []
+    for chunk_codes in _chunks(codes, BATCH):
+        issued += session.scalars(
+            select(Certificate).where(Certificate.code.in_(chunk_codes)).order_by(Certificate.id)
+        ).all()
+    return issued
+
+
+def _issue_for_policy(
+    session: Session, people: list[Person], policy: Policy, now: datetime, federation_name: str
+) -> list[str]:
+    try:
+        statuses = statuses_for(session, people, policy, now)
+    except LookupError:
+        return []  # no version published: nobody can be trained on it
+    due = [s for s in statuses.values() if s.trained and s.acknowledgement_id is not None]
+    if not due:
+        return []
+    certified = set(
+        session.scalars(
+            select(Certificate.acknowledgement_id).where(
+                Certificate.acknowledgement_id.in_([s.acknowledgement_id for s in due])
+            )
+        )
+    )
+    names = {p.id: p.name for p in people}
+    versions: dict[int, PolicyVersion] = {}
+    codes = []
+    for status in due:
+        if status.acknowledgement_id in certified:
+            continue
+        version = versions.get(status.policy_version_id)
+        if version is None:
+            version = versions[status.policy_version_id] = session.get_one(
+                PolicyVersion, status.policy_version_id
+            )
+        values: dict[str, Any] = {
+            "person_id": status.person_id,
+            "policy_id": policy.id,
+            "policy_version_id": status.policy_version_id,
+            "acknowledgement_id": status.acknowledgement_id,
+            "issued_at": now,
+            "valid_until": status.valid_until,
+            "person_name": names[status.person_id],
+            "policy_title": version.title,
+            "version_label": status.version,
+            "module_titles": [m.title for m in status.modules],
+            "federation_name": federation_name,
+        }
+        for _ in range(3):  # a code already taken (never seen in practice) gets a fresh one
+            code = new_code()
+            if insert_ignoring_conflict(session, Certificate.__table__, {**values, "code": code}):
+                codes.append(code)
+                break
+            if session.scalar(
+                select(Certificate.id).where(
+                    Certificate.acknowledgement_id == status.acknowledgement_id
+                )
+            ):
+                break  # issued meanwhile by another worker
+    return codes
+
+
+def store_pdf(session: Session, certificate: Certificate) -> bytes:
+    """Render the certificate's PDF and store it, unless one is stored already; returns the
+    stored bytes. An issued PDF is never replaced: when two workers render at once, the first
+    stored wins and both serve it. Commits: it runs in transactions of its own."""
+    stored = stored_pdf(session, certificate.id)
+    # End the read, so that no transaction (on SQLite perhaps the write lock) is held while
+    # rendering.
+    session.commit()
+    if stored is not None:
+        return stored
+    rendered = render(certificate)
+    with writing(session):
+        session.execute(
+            update(Certificate)
+            .where(Certificate.id == certificate.id, Certificate.pdf.is_(None))
+            .values(pdf=rendered.pdf, pdf_sha256=rendered.sha256)
+        )
+    stored = stored_pdf(session, certificate.id)
+    session.commit()
+    if stored is None:
+        raise RuntimeError(f"certificate {certificate.id} has no stored PDF after storing one")
+    return stored
+
+
+def stored_pdf(session: Session, certificate_id: int) -> bytes | None:
+    return session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))
+
+
+def render_missing(
+    session: Session, certificate_ids: Iterable[int] | None = None
+) -> tuple[int, int]:
+    """Render and store every PDF not yet stored (of these certificates, or all).
+
+    Returns (rendered, failed); failures are logged and left for the next try.
+    """
+    query = select(Certificate.id).where(Certificate.pdf.is_(None)).order_by(Certificate.id)
+    if certificate_ids is not None:
+        query = query.where(Certificate.id.in_(list(certificate_ids)))
+    rendered = failed = 0
+    for certificate_id in list(session.scalars(query)):
+        try:
+            store_pdf(session, session.get_one(Certificate, certificate_id))
+            rendered += 1
+        except Exception:
+            session.rollback()
+            log.exception("could not render certificate %s", certificate_id)
+            failed += 1
+    return rendered, failed
+
+
+def issue_to_everyone(session: Session, batch: int = 200) -> int:
+    """Issue what is due to everyone, a batch of people per transaction, so that learners'
+    writes never wait long behind it. Returns how many certificates were issued."""
+    ids = list(
+        session.scalars(select(Person.id).where(Person.active.is_(True)).order_by(Person.id))
+    )
+    session.commit()
+    issued = 0
+    for chunk in _chunks(ids, batch):
+        with writing(session):
+            issued += len(issue_due(session, chunk))
+    return issued
+
+
+def issue_and_render(session: Session, person_ids: Iterable[int] | None) -> list[Certificate]:
+    """Issue what is due in its own transaction, then render each new certificate."""
+    with writing(session):
+        issued = issue_due(session, person_ids)
+    if issued:
+        log.info("issued %d certificate(s)", len(issued))
+        render_missing(session, [c.id for c in issued])
+    return issued
+
+
+def init_app(app: Flask) -> None:
+    """Issue certificates as soon as people become trained.
+
+    The change that made them trained is committed before the signal is sent, so nothing here can
+    lose it; and nothing here may fail the learner's request: errors are logged, and
+    ``flask certificates issue`` issues and renders whatever was missed.
+    """
+    from core.events import status_may_change
+
+    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
+        # Changes to everyone (publishing, imports) make nobody newly trained by a signature
+        # without a certificate: signing is what makes people trained, and it names the signer.
+        if sender is not app or person_ids is None:
+            return
+        try:
+            issue_and_render(db.session, person_ids)
+        except Exception:
+            db.session.rollback()
+            log.exception("could not issue certificates for people %s", person_ids)
+
+    status_may_change.connect(on_change, weak=False)

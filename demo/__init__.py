@@ -1,0 +1,1 @@
+"""A demonstration federation: realistic people and training records, made by ``flask demo``."""
