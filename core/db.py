@@ -16,6 +16,7 @@ import json
 import os
 import re
 import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -234,6 +235,8 @@ class Readers:
         self._open: list[Reader] = []
         self._lock = threading.Lock()
         event.listen(engine, "engine_disposed", lambda _engine: self.close_all())
+        # An app dropped without disposing its engine still closes its readers' connections.
+        weakref.finalize(self, _close_readers, self._open)
 
     def get(self) -> Reader:
         reader: Reader | None = getattr(self._local, "reader", None)
@@ -253,10 +256,15 @@ class Readers:
 
     def close_all(self) -> None:
         with self._lock:
-            readers, self._open = self._open, []
-        for reader in readers:
-            reader.close()
+            readers = list(self._open)
+            self._open.clear()
+        _close_readers(readers)
         self._local = threading.local()
+
+
+def _close_readers(readers: list[Reader]) -> None:
+    for reader in readers:
+        reader.close()
 
 
 class _Guarded(Reader):

@@ -2,58 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
+from tests.browser.conftest import ARTIFACTS, check_accessibility, watch_console
 from tests.conftest import right_answers, wrong_answers
 
-CHROMIUM = os.environ.get("COUNTERSIGN_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ARTIFACTS = Path(os.environ.get("COUNTERSIGN_TEST_ARTIFACTS", "test-artifacts"))
-
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("published")]
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-if not Path(CHROMIUM).exists():  # `make test` installs it; say so rather than fail obscurely
-    pytest.skip(
-        f"Chromium not found at {CHROMIUM} (make test installs it)", allow_module_level=True
-    )
-
-
-@pytest.fixture
-def app_config() -> dict:
-    return {"SERVER_NAME": None}
-
-
-@pytest.fixture
-def base_url(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -67,18 +23,7 @@ def phone(browser) -> Iterator[object]:
     )
     page = context.new_page()
     page.set_default_timeout(15000)
-    problems: list[str] = []
-    # Script errors and Content-Security-Policy refusals; HTTP statuses are checked by the tests.
-    page.on(
-        "console",
-        lambda m: (
-            problems.append(m.text)
-            if m.type == "error" and not m.text.startswith("Failed to load resource")
-            else None
-        ),
-    )
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.console_problems = problems
+    page.console_problems = watch_console(page)
     yield page
     context.close()
 
@@ -101,16 +46,6 @@ def answer_quiz(page, app, choose) -> None:
         for option_id in option_ids:
             page.locator(f'input[name="q-{key}"][value="{option_id}"]').check()
     page.get_by_role("button", name="Submit answers").click()
-
-
-def check_accessibility(page, name: str) -> None:
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page)
-    serious = [
-        v for v in results.response["violations"] if v.get("impact") in ("serious", "critical")
-    ]
-    assert not serious, f"{name}: " + results.generate_report()
 
 
 def test_staff_member_reads_every_module_passes_quizzes_signs_and_is_trained(
