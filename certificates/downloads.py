@@ -134,4 +134,6 @@ def school_archive(session: Session, school: str) -> ZipStream:
 
 
 def _pdf_chunks(session: Session, certificate_id: int) -> Iterator[bytes]:
-    yield session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))
+    pdf = session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))
+    session.commit()  # end the read: a long download holds no transaction open between files
+    yield pdf

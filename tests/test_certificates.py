@@ -532,8 +532,9 @@ def test_a_certificate_that_cannot_be_rendered_is_named_not_left_out(app, school
         )
         db.session.commit()
     monkeypatch.setattr(certificates.issuing, "render", broken)
-    response = client_for(app, schools["gus"]).get("/certificates/schools/junior.zip")
-    with zipfile.ZipFile(io.BytesIO(response.data)) as archive:
+    with client_for(app, schools["gus"]).get("/certificates/schools/junior.zip") as response:
+        body = response.data  # closed as a server closes it, ending the request
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
         assert sorted(n.split("-social")[0] for n in archive.namelist()) == [
             "bo-both", "not-included.txt"
         ]  # fmt: skip
