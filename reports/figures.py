@@ -70,14 +70,23 @@ class Completion:
         return 100.0 * self.trained / self.required if self.required else 0.0
 
 
-def _grouped(session: Session, policy_id: int, column: Any, join: Any) -> dict[str, dict]:
-    rows = session.execute(
+def _grouped(
+    session: Session, policy_id: int, column: Any, join: Any, school: str | None = None
+) -> dict[str, dict]:
+    query = (
         select(column, PrecomputedStatus.standing, func.count())
         .select_from(PrecomputedStatus)
         .outerjoin(join, join.c.person_id == PrecomputedStatus.person_id)
         .where(PrecomputedStatus.policy_id == policy_id)
         .group_by(column, PrecomputedStatus.standing)
-    ).all()
+    )
+    if school is not None:
+        query = query.where(
+            PrecomputedStatus.person_id.in_(
+                select(PersonSchool.person_id).where(PersonSchool.school == school)
+            )
+        )
+    rows = session.execute(query).all()
     out: dict[str, dict] = {}
     for key, standing, count in rows:
         out.setdefault(key or NO_SCHOOL, {})[standing] = count
@@ -92,9 +101,10 @@ def by_school(session: Session, policy_id: int, schools: dict[str, str]) -> list
     return [Completion(code, names.get(code, code), grouped.get(code, {})) for code in names]
 
 
-def by_role(session: Session, policy_id: int) -> list[Completion]:
+def by_role(session: Session, policy_id: int, school: str | None = None) -> list[Completion]:
+    """Completion per role (a person with two roles counts in both), optionally in one school."""
     table = PersonRole.__table__
-    grouped = _grouped(session, policy_id, table.c.role, table)
+    grouped = _grouped(session, policy_id, table.c.role, table, school)
     return [Completion(code, label, grouped.get(code, {})) for code, label in ROLES.items()]
 
 

@@ -278,7 +278,7 @@ def evidence_pack(school: str) -> Any:
     version = _version(policy)
     groups = figures.by_school(s, policy.id, names)
     here = next(g for g in groups if g.key == school)
-    by_role = _school_roles(s, policy.id, school)
+    by_role = [c for c in figures.by_role(s, policy.id, school) if c.required]
     overdue = figures.overdue_in_school(s, policy.id, school)
     html = render_template(
         "reports/pack.html", school=names[school], policy=policy, version=version, now=now,
@@ -293,18 +293,3 @@ def evidence_pack(school: str) -> Any:
         mimetype="application/pdf",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
-
-
-def _school_roles(s: Any, policy_id: int, school: str) -> list[figures.Completion]:
-    rows = figures.people_rows(s, policy_id, figures.PeopleFilter(school=school, status=""))
-    people = list(rows)
-    details = figures.roles_and_schools(s, [r.person_id for r in people])
-    out = []
-    for code, label in ROLES.items():
-        counts: dict[str, int] = {}
-        for r in people:
-            if code in details[r.person_id][0]:
-                counts[r.standing] = counts.get(r.standing, 0) + 1
-        if counts:
-            out.append(figures.Completion(code, label, counts))
-    return out

@@ -210,6 +210,7 @@ def test_the_evidence_pack_is_a_pdf_with_the_figures_and_the_register(
     )
     assert "Training evidence: Ladysmith Infant School" in words
     assert "Everyone at Ladysmith Infant School 4 3 75% 1" in words
+    assert "Staff 3 2 67% 1 Governor 1 1 100% 0" in words
     assert "Not trained (1)" in words and "Cat Cole" in words
     assert "Dan Dale" not in words  # another school
     assert "Register of approved social media accounts" in words
