@@ -26,6 +26,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api.cli import tokens_cli, webhooks_cli
     from api.views import api_bp
     from approvals.views import approvals_bp
+    from audit.cli import audit_cli
+    from audit.views import audit_bp
     from certificates import issuing as certificate_issuing
     from certificates.cli import certificates_cli
     from certificates.views import certificates_bp
@@ -48,6 +50,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(approvals_bp)
     app.register_blueprint(certificates_bp)
     app.register_blueprint(reports_bp)
+    app.register_blueprint(audit_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)
@@ -57,6 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(webhooks_cli)
     app.cli.add_command(demo_command)
     app.cli.add_command(certificates_cli)
+    app.cli.add_command(audit_cli)
     webhooks.init_app(app)
     answers.init_app(app)
     certificate_issuing.init_app(app)

@@ -63,7 +63,7 @@ def revoke_token(token_id: int) -> Any:
     if token is None:
         abort(404)
     Form()  # CSRF is checked globally
-    revoke(token)
+    revoke(token, current_user.id)
     db.session.commit()
     flash(
         f"The token {token.name!r} is revoked; systems using it are refused from now on.", "success"

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from api.models import ApiToken
+from audit.log import record
 from core.db import Sql, db, utcnow, writing
 
 SCOPES = {"training:read": "Read people's training status"}
@@ -52,6 +53,10 @@ def create_token(
     )
     session.add(token)
     session.flush()
+    record(
+        session, "token.created", actor_id=created_by_id, subject_type="api_token",
+        subject_id=token.id, detail={"scopes": " ".join(token.scopes)},
+    )  # fmt: skip
     return NewToken(token, secret)
 
 
@@ -96,6 +101,11 @@ def authenticate(secret: str, now: datetime | None = None) -> Caller | None:
     return Caller(token_id, frozenset(reader.json(scopes)))
 
 
-def revoke(token: ApiToken) -> None:
+def revoke(token: ApiToken, by_id: int | None = None) -> None:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
+        session = object_session(token)
+        assert session is not None, "revoke a token loaded from the database"
+        record(
+            session, "token.revoked", actor_id=by_id, subject_type="api_token", subject_id=token.id
+        )

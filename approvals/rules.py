@@ -22,6 +22,7 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
+from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from training.models import Policy
@@ -208,6 +209,10 @@ def decide(
     )
     if not inserted:
         raise ApprovalError("This application has already been decided.")
+    record(
+        session, "approval.decided", actor_id=decided_by.id, subject_type="account_application",
+        subject_id=application.id, detail={"approved": approve},
+    )  # fmt: skip
     session.expire(application, ["decision"])
     return application.decision
 

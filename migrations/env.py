@@ -4,6 +4,7 @@ from alembic import context
 
 import api.models  # noqa: F401  (registers tables on the metadata)
 import approvals.models  # noqa: F401
+import audit.models  # noqa: F401
 import certificates.models  # noqa: F401
 import people.models  # noqa: F401
 import quizzes.models  # noqa: F401

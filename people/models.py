@@ -23,6 +23,8 @@ class Person(Base):
     auth_version: Mapped[int] = mapped_column(default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     deactivated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Set when a leaver's personal data is erased after the retention period (people/privacy.py).
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Bumped by database triggers whenever anything that decides this person's training status
     # changes (see migration 0006); a precomputed status is trusted only at the same revision.
     status_rev: Mapped[int] = mapped_column(default=0, server_default="0")

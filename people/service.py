@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from audit.log import record
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
 from people.roles import ROLES, role_code
@@ -77,7 +78,9 @@ def _apply(person: Person, data: PersonData) -> None:
         person.school_rows = [PersonSchool(school=s) for s in data.schools]
 
 
-def create_person(session: Session, data: PersonData, federation: Federation) -> Person:
+def create_person(
+    session: Session, data: PersonData, federation: Federation, by_id: int | None = None
+) -> Person:
     data = clean_person(data, federation)
     if find_by_email(session, data.email):
         raise PeopleError(f"Someone with the email {data.email} already exists.")
@@ -85,33 +88,61 @@ def create_person(session: Session, data: PersonData, federation: Federation) ->
     _apply(person, data)
     session.add(person)
     session.flush()
+    record(
+        session, "person.created", actor_id=by_id, subject_type="person", subject_id=person.id,
+        detail={"roles": " ".join(data.roles)},
+    )  # fmt: skip
     return person
 
 
 def update_person(
-    session: Session, person: Person, data: PersonData, federation: Federation
+    session: Session,
+    person: Person,
+    data: PersonData,
+    federation: Federation,
+    by_id: int | None = None,
 ) -> Person:
     data = clean_person(data, federation)
     other = find_by_email(session, data.email)
     if other is not None and other.id != person.id:
         raise PeopleError(f"Someone else already has the email {data.email}.")
+    before = person.roles
     _apply(person, data)
     session.flush()
+    if before != list(data.roles):
+        record_roles_changed(session, person, before, by_id)
     return person
 
 
-def deactivate(person: Person) -> None:
+def record_roles_changed(
+    session: Session, person: Person, before: list[str], by_id: int | None
+) -> None:
+    record(
+        session, "person.roles_changed", actor_id=by_id, subject_type="person",
+        subject_id=person.id, detail={"from": " ".join(before), "to": " ".join(person.roles)},
+    )  # fmt: skip
+
+
+def deactivate(person: Person, by_id: int | None = None) -> None:
     """A leaver: they can no longer sign in and are never trained; every record is kept."""
     if person.active:
         person.active = False
         person.deactivated_at = utcnow()
         person.auth_version += 1
+        _record_on(person, "person.deactivated", by_id)
 
 
-def reactivate(person: Person) -> None:
+def reactivate(person: Person, by_id: int | None = None) -> None:
     if not person.active:
         person.active = True
         person.deactivated_at = None
+        _record_on(person, "person.reactivated", by_id)
+
+
+def _record_on(person: Person, event: str, by_id: int | None) -> None:
+    session = object_session(person)
+    if session is not None:  # a person not yet stored has no history to audit
+        record(session, event, actor_id=by_id, subject_type="person", subject_id=person.id)
 
 
 def set_password(person: Person, password: str) -> None:
@@ -239,7 +270,9 @@ def parse_import(text: str, federation: Federation) -> list[tuple[int, PersonDat
     return rows
 
 
-def import_people(session: Session, text: str, federation: Federation) -> ImportResult:
+def import_people(
+    session: Session, text: str, federation: Federation, by_id: int | None = None
+) -> ImportResult:
     """Upsert people by email. A file with any bad row imports nothing."""
     rows = parse_import(text, federation)
     result = ImportResult()
@@ -247,6 +280,7 @@ def import_people(session: Session, text: str, federation: Federation) -> Import
         p.email: p
         for p in session.scalars(select(Person).where(Person.email.in_([d.email for _, d in rows])))
     }
+    role_changes: list[tuple[Person, list[str]]] = []
     for _line, data in rows:
         person = existing.get(data.email)
         if person is None:
@@ -261,7 +295,16 @@ def import_people(session: Session, text: str, federation: Federation) -> Import
         ):
             result.unchanged.append(data.email)
         else:
+            if person.roles != list(data.roles):
+                role_changes.append((person, person.roles))
             _apply(person, data)
             result.updated.append(data.email)
     session.flush()
+    for person, before in role_changes:
+        record_roles_changed(session, person, before, by_id)
+    record(
+        session, "people.imported", actor_id=by_id,
+        detail={"created": len(result.created), "updated": len(result.updated),
+                "unchanged": len(result.unchanged)},
+    )  # fmt: skip
     return result

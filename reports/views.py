@@ -13,10 +13,12 @@ from flask import (
     request,
     stream_with_context,
 )
+from flask_login import current_user
 from sqlalchemy import select
 
 from api.answers import PolicyRef, policies
 from approvals.rules import register
+from audit.log import Head, record_separately
 from core.db import db, utcnow
 from core.web import federation, format_date
 from people.models import Person
@@ -181,6 +183,10 @@ def people_csv() -> Any:
                 batch = []
         yield from _csv_rows(s, batch, modules, school_names)
 
+    record_separately(
+        "export.people_csv", actor_id=current_user.id, subject_type="policy", subject_id=policy.id,
+        detail={"school": f.school, "role": f.role, "status": f.status},
+    )  # fmt: skip
     filename = f"{policy.slug}-people-{utcnow():%Y-%m-%d}.csv"
     return Response(
         stream_with_context(csv_stream(header, rows())),
@@ -280,11 +286,14 @@ def evidence_pack(school: str) -> Any:
     here = next(g for g in groups if g.key == school)
     by_role = [c for c in figures.by_role(s, policy.id, school) if c.required]
     overdue = figures.overdue_in_school(s, policy.id, school)
+    entry = record_separately(
+        "export.evidence_pack", actor_id=current_user.id, subject_type="school", subject_id=school
+    )
     html = render_template(
         "reports/pack.html", school=names[school], policy=policy, version=version, now=now,
         here=here, by_role=by_role, overdue=overdue, entries=register(s, now=now),
         standing_text=STANDING_TEXT, reason_text=REASON_TEXT,
-        generated=format_date(now),
+        generated=format_date(now), audit_head=Head(entry.seq, entry.hash),
     )  # fmt: skip
     pdf = HTML(string=html, base_url=request.host_url).write_pdf()
     filename = f"evidence-{school}-{now:%Y-%m-%d}.pdf"

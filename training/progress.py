@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from training.models import (
@@ -181,6 +182,10 @@ def acknowledge(
             )
         )
     session.flush()
+    record(
+        session, "acknowledgement.signed", actor_id=person.id, subject_type="acknowledgement",
+        subject_id=ack.id, detail={"policy_version": status.policy_version_id},
+    )  # fmt: skip
     return ack
 
 

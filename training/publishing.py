@@ -10,6 +10,7 @@ from datetime import date
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from audit.log import record
 from core.db import utcnow
 from quizzes.models import Question as QuizQuestion
 from quizzes.models import QuizBank
@@ -294,6 +295,10 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
         for slug in slugs:
             version.requirements.append(RequiredModule(role=role, module_id=modules[slug].id))
     session.flush()
+    record(
+        session, "content.published", subject_type="policy_version", subject_id=version.id,
+        detail={"policy": policy.slug, "version": source.version, "modules_changed": len(changed)},
+    )  # fmt: skip
     return PublishResult(
         source.slug, source.version, True, tuple(changed), effective=source.effective
     )

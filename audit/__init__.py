@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: security-relevant events, hash-chained and append-only."""

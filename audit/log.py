@@ -1,0 +1,267 @@
+"""Appending to the audit log and checking its chain.
+
+Each row's hash is ``HMAC-SHA256(key, canonical(row) + previous row's hash)``. The key is kept
+outside the database (``COUNTERSIGN_AUDIT_KEY``, or a file in the instance folder made on first
+use), so someone who can write to the database but not read the key cannot forge a row, re-hash a
+changed one, or stitch the chain back together after removing or reordering rows. Removing rows
+from the end leaves a valid chain; that is caught by comparing with a head printed earlier (the
+governors' evidence pack prints it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from audit.models import AuditEvent
+from core.db import db, utcnow, writing
+
+GENESIS = "0" * 64
+# Any fixed number: the PostgreSQL advisory lock that serialises appends to the chain.
+_CHAIN_LOCK = 0x6175646974  # "audit"
+
+DetailValue = int | str | bool | None
+
+# The events the log records, with the words the audit page shows for them.
+EVENTS: dict[str, str] = {
+    "sign_in.succeeded": "Signed in",
+    "sign_in.failed": "Sign-in failed",
+    "sign_out": "Signed out",
+    "password.changed": "Password changed",
+    "password.reset": "Password set from a link",
+    "acknowledgement.signed": "Policy acknowledged",
+    "quiz.passed": "Quiz passed",
+    "content.published": "Content published",
+    "approval.decided": "Account application decided",
+    "person.created": "Person added",
+    "person.roles_changed": "Roles changed",
+    "person.deactivated": "Person deactivated",
+    "person.reactivated": "Person reactivated",
+    "person.erased": "Personal data erased",
+    "people.imported": "People imported",
+    "token.created": "API token created",
+    "token.revoked": "API token revoked",
+    "export.people_csv": "People CSV exported",
+    "export.evidence_pack": "Evidence pack downloaded",
+    "export.certificates_zip": "School certificates downloaded",
+    "personal_data.exported": "Personal data downloaded",
+}
+
+
+def audit_key() -> bytes:
+    """The chain's key: configured, or a random one kept in the instance folder (never the database)."""
+    configured = current_app.config.get("AUDIT_KEY")
+    if configured:
+        return str(configured).encode()
+    cached = current_app.extensions.get("countersign.audit_key")
+    if cached:
+        return cached
+    path = Path(current_app.instance_path) / "audit_key"
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another worker made it first
+            key = path.read_text().strip()
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            key = path.read_text().strip()
+    current_app.extensions["countersign.audit_key"] = key.encode()
+    return key.encode()
+
+
+def canonical_detail(detail: Mapping[str, DetailValue] | None) -> str:
+    if detail:
+        for name, value in detail.items():
+            if not isinstance(value, int | str | bool | type(None)):
+                raise TypeError(f"audit detail {name!r} must be an id, code or flag")
+    return json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def row_hash(
+    key: bytes,
+    *,
+    seq: int,
+    at: datetime,
+    event: str,
+    actor_id: int | None,
+    subject_type: str | None,
+    subject_id: str | None,
+    detail: str,
+    prev_hash: str,
+) -> str:
+    content = [
+        seq, at.isoformat(timespec="microseconds"), event, actor_id, subject_type, subject_id,
+        detail, prev_hash,
+    ]  # fmt: skip
+    message = json.dumps(content, separators=(",", ":"), ensure_ascii=True).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _hash_of(key: bytes, row: AuditEvent) -> str:
+    return row_hash(
+        key,
+        seq=row.seq,
+        at=row.at,
+        event=row.event,
+        actor_id=row.actor_id,
+        subject_type=row.subject_type,
+        subject_id=row.subject_id,
+        detail=row.detail,
+        prev_hash=row.prev_hash,
+    )
+
+
+def _lock_chain(session: Session) -> None:
+    """Appends happen one at a time. SQLite's write transactions (BEGIN IMMEDIATE) already are; on
+    PostgreSQL a transaction-scoped advisory lock holds the head until this transaction ends."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
+
+
+def record_separately(event: str, **fields: Any) -> AuditEvent:
+    """Record an event that changes nothing else (a download served to a GET request) in a short
+    write transaction of its own."""
+    session = db.session
+    with writing(session):
+        row = record(session, event, **fields)
+    return row
+
+
+def record(
+    session: Session,
+    event: str,
+    *,
+    actor_id: int | None = None,
+    subject_type: str | None = None,
+    subject_id: int | str | None = None,
+    detail: Mapping[str, DetailValue] | None = None,
+) -> AuditEvent:
+    """Append an event in the caller's transaction: it commits, or is rolled back, with the change
+    it records. Call it last, just before committing, so the chain is held as briefly as possible.
+    ``detail`` holds ids and codes, never names or email addresses."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown audit event {event!r}")
+    _lock_chain(session)
+    session.flush()
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+    row = AuditEvent(
+        seq=seq,
+        at=utcnow(),
+        event=event,
+        actor_id=actor_id,
+        subject_type=subject_type,
+        subject_id=None if subject_id is None else str(subject_id),
+        detail=canonical_detail(detail),
+        prev_hash=prev_hash,
+    )
+    row.hash = _hash_of(audit_key(), row)
+    session.add(row)
+    session.flush()
+    return row
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, value: str) -> Head:
+        seq, _, digest = value.strip().partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise ValueError("a head is written SEQUENCE:HASH, as printed on the evidence pack")
+        return cls(int(seq), digest.lower())
+
+
+def head(session: Session) -> Head | None:
+    row = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    return Head(row[0], row[1]) if row else None
+
+
+@dataclass
+class Verification:
+    rows: int = 0
+    head: Head | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _rows(session: Session, batch: int = 2000) -> Iterator[AuditEvent]:
+    after = 0
+    while True:
+        page = session.scalars(
+            select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
+        ).all()
+        if not page:
+            return
+        yield from page
+        after = page[-1].seq
+        session.expunge_all()
+
+
+def verify(session: Session, expected_head: Head | None = None) -> Verification:
+    """Walk the chain from the first row, reporting every changed, removed or reordered row; with
+    ``expected_head`` (printed earlier), also rows removed from the end or a rewritten head."""
+    key = audit_key()
+    result = Verification()
+    expected_seq, prev_hash = 1, GENESIS
+    for row in _rows(session):
+        result.rows += 1
+        if row.seq != expected_seq:
+            missing = (
+                f"row {expected_seq}"
+                if row.seq == expected_seq + 1
+                else f"rows {expected_seq} to {row.seq - 1}"
+            )
+            result.problems.append(f"{missing} removed (the next row present is {row.seq})")
+        if _hash_of(key, row) != row.hash:
+            result.problems.append(f"row {row.seq} changed: its content does not match its hash")
+        elif row.prev_hash != prev_hash:
+            result.problems.append(
+                f"row {row.seq} is out of place: it does not follow the row before it "
+                "(rows removed, reordered or inserted)"
+            )
+        expected_seq, prev_hash = row.seq + 1, row.hash
+        result.head = Head(row.seq, row.hash)
+    if expected_head is not None:
+        if result.head is None or result.head.seq < expected_head.seq:
+            last = result.head.seq if result.head else 0
+            result.problems.append(
+                f"rows {last + 1} to {expected_head.seq} removed from the end "
+                f"(an earlier head was {expected_head.seq})"
+            )
+        else:
+            at = session.scalar(select(AuditEvent.hash).where(AuditEvent.seq == expected_head.seq))
+            if at != expected_head.hash:
+                result.problems.append(
+                    f"row {expected_head.seq} is not the row an earlier head recorded "
+                    "(the log was rewritten from there)"
+                )
+    return result
