@@ -11,6 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
@@ -26,6 +27,16 @@ VIEWER_ROLES = ("governor", "slt", "admin")
 def may_download(person: Person, certificate: Certificate) -> bool:
     """The certificate's owner, or a governor, SLT member or administrator."""
     return certificate.person_id == person.id or person.has_role(*VIEWER_ROLES)
+
+
+def withdrawn(session: Session, certificate: Certificate) -> bool:
+    """The holder's personal data was erased: the certificate's document is gone for good."""
+    erased_at = session.scalar(select(Person.erased_at).where(Person.id == certificate.person_id))
+    return erased_at is not None
+
+
+def _not_erased() -> Any:
+    return Certificate.person_id.not_in(select(Person.id).where(Person.erased_at.is_not(None)))
 
 
 def certificates_of(session: Session, person_id: int) -> list[Certificate]:
@@ -84,7 +95,7 @@ def unrendered_in_school(session: Session, school: str) -> list[int]:
         session.scalars(
             select(Certificate.id)
             .join(PersonSchool, PersonSchool.person_id == Certificate.person_id)
-            .where(PersonSchool.school == school, Certificate.pdf.is_(None))
+            .where(PersonSchool.school == school, Certificate.pdf.is_(None), _not_erased())
             .order_by(Certificate.id)
         )
     )
@@ -108,7 +119,7 @@ def school_archive(session: Session, school: str) -> ZipStream:
             func.length(Certificate.pdf),
         )
         .join(PersonSchool, PersonSchool.person_id == Certificate.person_id)
-        .where(PersonSchool.school == school)
+        .where(PersonSchool.school == school, _not_erased())
         .order_by(Certificate.person_name, Certificate.issued_at, Certificate.id)
     ).all()
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)

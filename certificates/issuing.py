@@ -179,7 +179,13 @@ def render_missing(
 
     Returns (rendered, failed); failures are logged and left for the next try.
     """
-    query = select(Certificate.id).where(Certificate.pdf.is_(None)).order_by(Certificate.id)
+    query = (
+        select(Certificate.id)
+        .where(Certificate.pdf.is_(None))
+        # An erased person's certificates are withdrawn: never render their documents again.
+        .where(Certificate.person_id.not_in(select(Person.id).where(Person.erased_at.is_not(None))))
+        .order_by(Certificate.id)
+    )
     if certificate_ids is not None:
         query = query.where(Certificate.id.in_(list(certificate_ids)))
     rendered = failed = 0

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from certificates.models import Certificate
 from core.db import utcnow
+from people.models import Person
 from training.models import Policy
 from training.publishing import current_version
 
@@ -25,6 +26,9 @@ CODE_RE = re.compile(r"[A-Za-z0-9_-]{27}")  # secrets.token_urlsafe(20)
 VALID = "valid"
 SUPERSEDED = "superseded"  # a newer version of the policy is in effect
 EXPIRED = "expired"  # the refresher period has run out
+# The person's personal data was erased after the retention period: the certificate no longer
+# says who it was issued to, so it cannot stand as anyone's evidence of training.
+WITHDRAWN = "withdrawn"
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,10 @@ def verify(session: Session, code: str, now: datetime | None = None) -> Verifica
         return None
     now = now or utcnow()
     current_label = None
-    if certificate.valid_until <= now:
+    erased = session.scalar(select(Person.erased_at).where(Person.id == certificate.person_id))
+    if erased is not None:
+        state = WITHDRAWN
+    elif certificate.valid_until <= now:
         state = EXPIRED
     else:
         policy = session.get_one(Policy, certificate.policy_id)

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, stream_with_context
 from flask_login import current_user, login_required
 
+from audit.log import record_separately
 from certificates.downloads import (
     VIEWER_ROLES,
     may_download,
@@ -14,6 +15,7 @@ from certificates.downloads import (
     school_archive,
     school_summaries,
     unrendered_in_school,
+    withdrawn,
 )
 from certificates.issuing import render_missing, store_pdf
 from certificates.verification import find_certificate, verify
@@ -40,7 +42,11 @@ def verify_page(code: str) -> Any:
 def download(code: str) -> Any:
     certificate = find_certificate(db.session, code)
     # Someone else's certificate does not exist, as far as people without the role can tell.
-    if certificate is None or not may_download(current_user, certificate):
+    if (
+        certificate is None
+        or not may_download(current_user, certificate)
+        or withdrawn(db.session, certificate)
+    ):
         abort(404)
     pdf = store_pdf(db.session, certificate)  # the stored bytes; rendered only if never stored
     return Response(
@@ -67,6 +73,10 @@ def school_zip(school: str) -> Any:
     if missing:
         render_missing(db.session, missing)
     archive = school_archive(db.session, school)
+    record_separately(
+        "export.certificates_zip", actor_id=current_user.id, subject_type="school",
+        subject_id=school,
+    )  # fmt: skip
     filename = f"certificates-{school}-{utcnow():%Y-%m-%d}.zip"
     response = Response(stream_with_context(iter(archive)), mimetype="application/zip")
     response.headers["Content-Length"] = str(len(archive))  # lets the browser show progress

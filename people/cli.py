@@ -1,4 +1,4 @@
-"""``flask people import|add|invite``."""
+"""``flask people import|add|invite|erase-expired``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from core.db import db
 from core.events import statuses_changed
 from core.web import external_url, federation
 from people.auth import INVITE, make_link_token
+from people.privacy import ErasureRefused, erase_person, expired_leavers, retention_days
 from people.service import PeopleError, PersonData, create_person, find_by_email, import_people
 
 
@@ -71,3 +72,46 @@ def add_command(name: str, email: str, roles: str, schools: str) -> None:
     with current_app.test_request_context():
         link = external_url("auth.accept_invite", token=token)
     click.echo(f"Added {person.name} <{person.email}>. Invitation link (single use):\n{link}")
+
+
+@people_cli.command(
+    "erase-expired",
+    help="Erase the personal data of every leaver deactivated longer ago than "
+    "COUNTERSIGN_RETENTION_DAYS, keeping the anonymised evidence of their training.",
+)
+@click.option("--dry-run", is_flag=True, help="List who would be erased and change nothing.")
+@with_appcontext
+def erase_expired_command(dry_run: bool) -> None:
+    session = db.session
+    try:
+        days = retention_days(current_app.config)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    due = expired_leavers(session, days)
+    session.rollback()  # end the read: each erasure below is a transaction of its own
+    if dry_run:
+        for person_id in due:
+            click.echo(f"would erase person #{person_id}")
+        click.echo(f"{len(due)} leaver(s) past the {days}-day retention period; nothing changed.")
+        return
+    erased: list[int] = []
+    failed = 0
+    for person_id in due:
+        try:
+            erase_person(session, person_id, actor_id=None, retention_days=days)
+            session.commit()
+        except ErasureRefused as exc:  # e.g. reactivated meanwhile
+            session.rollback()
+            click.echo(f"person #{person_id}: skipped: {exc}", err=True)
+        except Exception as exc:
+            session.rollback()
+            click.echo(f"person #{person_id}: not erased: {exc}", err=True)
+            failed += 1
+        else:
+            erased.append(person_id)
+            click.echo(f"erased person #{person_id}")
+    if erased:
+        statuses_changed(erased)
+    click.echo(f"{len(erased)} leaver(s) erased after the {days}-day retention period.")
+    if failed:
+        raise click.ClickException(f"{failed} erasure(s) failed; nothing was changed for them.")
