@@ -7,12 +7,15 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 export FLASK_APP := app
+# The application's own code, for the security lint (not .venv, tests or benchmarks).
+APP_CODE := app.py api approvals certificates core demo people quizzes reports training
+PIP_AUDIT_VERSION := 2.10.1
 
 # Debian packages: WeasyPrint's Pango/HarfBuzz, fonts, poppler-utils (PDF checks), Chromium (browser tests).
 DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 shared-mime-info \
 	fonts-dejavu-core fonts-liberation2 poppler-utils chromium tzdata
 
-.PHONY: run test setup deps venv lint format clean bench
+.PHONY: run test setup deps venv lint format clean bench audit security
 
 run: setup
 	@echo
@@ -23,7 +26,18 @@ test: deps venv
 	$(BIN)/flask content check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -c pyproject.toml -q -ll -r $(APP_CODE)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Security lint alone: medium and high severity findings fail.
+security: venv
+	$(BIN)/bandit -c pyproject.toml -q -ll -r $(APP_CODE)
+
+# Known vulnerabilities in the pinned dependencies. Needs the vulnerability service (network), so
+# CI does not run it; --strict makes an unreachable service an error rather than a silent pass.
+audit: venv
+	test -x $(BIN)/pip-audit || $(BIN)/python -m pip install --quiet pip-audit==$(PIP_AUDIT_VERSION)
+	$(BIN)/pip-audit --strict -r requirements.txt
 
 # Migrate the database in instance/, publish the content, seed demo people on first run.
 setup: deps venv

@@ -21,8 +21,15 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": False,
         "SESSION_COOKIE_NAME": "countersign_session",
-        "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
-        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
+        # A signed-in session ends after this long without a request, and after SESSION_MAX_HOURS
+        # whatever happens: a shared staffroom computer or a lost phone stops being signed in.
+        "SESSION_IDLE_MINUTES": 60,
+        "SESSION_MAX_HOURS": 12,
+        "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,  # every request body, the API's included
+        "IMPORT_MAX_BYTES": 1024 * 1024,  # a people CSV upload
+        "MOODLE_MAX_BYTES": 1024 * 1024,  # a Moodle XML question file
+        # Strict-Transport-Security max-age; None means a year when SECURE_COOKIES is on, else off.
+        "HSTS_SECONDS": None,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "INVITE_MAX_AGE": 14 * 24 * 3600,
         "RESET_MAX_AGE": 3600,
@@ -53,6 +60,21 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
     if app.config.get("SECURE_COOKIES"):
         app.config["SESSION_COOKIE_SECURE"] = True
+    if app.config.get("HSTS_SECONDS") is None:
+        app.config["HSTS_SECONDS"] = 365 * 24 * 3600 if app.config.get("SECURE_COOKIES") else 0
+    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "IMPORT_MAX_BYTES"):
+        _positive(app, key)
+    _positive(app, "MOODLE_MAX_BYTES")
+    if int(app.config["HSTS_SECONDS"]) < 0:
+        raise ValueError("COUNTERSIGN_HSTS_SECONDS must be 0 (off) or a number of seconds")
+    # The cookie lasts no longer than the session may: the server-side check is what enforces it.
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["SESSION_MAX_HOURS"])
+
+
+def _positive(app: Flask, key: str) -> None:
+    value = app.config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"COUNTERSIGN_{key} must be a positive number, not {value!r}")
 
 
 def _instance_secret(instance: Path) -> str:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from flask import Flask, Request, abort, current_app, jsonify, render_template, request, url_for
+from flask import (
+    Flask,
+    Request,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from flask_login import LoginManager
+from flask_login import LoginManager, user_logged_in
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -58,6 +72,10 @@ API_CODES = {
 }  # fmt: skip
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
 def json_error(status: int, code: str, message: str) -> Any:
     """The API's one error shape. The API never answers with an HTML page."""
     response = jsonify({"error": {"code": code, "message": message}})
@@ -83,6 +101,56 @@ class SessionInterface(SecureCookieSessionInterface):
         if _is_api_path(request.path):
             return self.make_null_session(app)
         return super().open_session(app, request)
+
+
+# Kept inside the signed session cookie, so they cannot be changed without the secret key:
+# a random identifier, new at every sign-in; when the person signed in and when they were last
+# seen, in seconds since the epoch.
+SESSION_ID, SESSION_STARTED, SESSION_SEEN = "_sid", "_started", "_seen"
+TIMED_OUT = "Your session timed out, sign in again."
+
+
+def start_session() -> None:
+    """A new session identifier and clock for a person who has just proved who they are.
+
+    Runs on every sign-in (Flask-Login's ``user_logged_in``), so whatever identifier the browser
+    held before, perhaps planted by someone else, is never the signed-in one.
+    """
+    now = int(time.time())
+    session[SESSION_ID] = secrets.token_urlsafe(32)
+    session[SESSION_STARTED] = now
+    session[SESSION_SEEN] = now
+    session.permanent = True
+
+
+def session_expired(data: Any, now: float, idle_minutes: float, max_hours: float) -> bool:
+    """Whether a signed-in session has been idle too long or has lived too long altogether.
+
+    A signed-in session without its clock (made before sessions had one) counts as expired.
+    """
+    started, seen = data.get(SESSION_STARTED), data.get(SESSION_SEEN)
+    if not isinstance(started, int | float) or not isinstance(seen, int | float):
+        return True
+    return now - seen > idle_minutes * 60 or now - started > max_hours * 3600
+
+
+def _check_session_age() -> Any:
+    """Ends a signed-in session that has timed out, on the server, on every request."""
+    if _is_api() or request.endpoint == "static" or "_user_id" not in session:
+        return None
+    config = current_app.config
+    now = time.time()
+    if not session_expired(
+        session, now, config["SESSION_IDLE_MINUTES"], config["SESSION_MAX_HOURS"]
+    ):
+        session[SESSION_SEEN] = int(now)
+        return None
+    session.clear()  # signed out: Flask-Login finds no user in what is left
+    flash(TIMED_OUT, "info")
+    if request.endpoint == "auth.sign_in":
+        return None
+    target = request.full_path if request.query_string else request.path
+    return redirect(url_for("auth.sign_in", next=target))
 
 
 def external_url(endpoint: str, **values: Any) -> str:
@@ -118,8 +186,21 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _refuse_nul_in_query() -> None:
         # NUL can never match stored data (PostgreSQL cannot even compare it): refuse it plainly.
-        if any("\x00" in value for values in request.args.listvalues() for value in values):
+        try:
+            args = request.args
+        except UnicodeDecodeError:  # raw bytes that are not UTF-8: Werkzeug cannot parse them
             abort(400)
+        if any("\x00" in value for values in args.listvalues() for value in values):
+            abort(400)
+        # The same for the parts of the address a view looks up (slugs, codes, attempt ids).
+        if any(isinstance(v, str) and "\x00" in v for v in (request.view_args or {}).values()):
+            abort(400)
+
+    app.before_request(_check_session_age)
+
+    @user_logged_in.connect_via(app)
+    def _signed_in(_sender: Flask, **_extra: Any) -> None:
+        start_session()
 
     login_manager.init_app(app)
     login_manager.login_view = "auth.sign_in"
@@ -157,6 +238,9 @@ def init_app(app: Flask) -> None:
         if "cache-control" not in present and request.endpoint != "static":
             # Pages show personal records: never keep them in shared caches or the back button.
             headers.add("Cache-Control", "no-store")
+        hsts = int(current_app.config["HSTS_SECONDS"])
+        if hsts and "strict-transport-security" not in present:
+            headers.add("Strict-Transport-Security", f"max-age={hsts}; includeSubDomains")
         return response
 
     @app.errorhandler(CSRFError)
@@ -191,7 +275,8 @@ def init_app(app: Flask) -> None:
             404: ("Page not found", "There is no page at this address. Check it, or start again "
                   "from your training page."),
             403: ("You do not have access", "Your role does not give you access to this page."),
-            413: ("That file is too large", "Upload a smaller file."),
+            413: ("That file is too large", "Nothing was imported or saved. Go back and "
+                  f"choose a file of at most {_megabytes(current_app.config['MAX_CONTENT_LENGTH'])}."),
             405: ("That did not work", "This page cannot be used that way."),
             400: ("That did not work", "The request could not be understood. Go back and try again."),
             500: ("Something went wrong", "Nothing was saved. Try again; if it keeps happening, "

@@ -55,7 +55,7 @@ class Doc:
         self.node: yaml.Node | None = None
         try:
             node = yaml.compose(text, Loader=_Loader)
-            data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+            data = yaml.load(text, Loader=_Loader)  # nosec B506 # a SafeLoader
         except yaml.YAMLError as exc:
             # Where the broken construct began says more than where the parser gave up.
             mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import re
+from typing import Any
+
+from flask import current_app
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import EmailField, PasswordField, SelectMultipleField, StringField, widgets
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import DataRequired, Email, EqualTo, Length
+from wtforms.validators import DataRequired, Email, EqualTo, Length, StopValidation
 
 from core.forms import Form
 from people.roles import ROLES
@@ -79,12 +83,61 @@ class PersonForm(Form):
     )
 
 
+# Files people save by mistake instead of CSV: their first bytes say what they are.
+NOT_CSV = (
+    (b"PK\x03\x04", "a spreadsheet workbook (such as .xlsx)"),
+    (b"\xd0\xcf\x11\xe0", "an old-style Excel or Word file (.xls or .doc)"),
+    (b"%PDF", "a PDF document"),
+)
+# Text has no control characters other than tab, line feed and carriage return.
+CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MB"
+
+
+def csv_text_file(form: Any, field: Any) -> None:
+    """Refuse an upload larger than ``IMPORT_MAX_BYTES`` or that is not UTF-8 text.
+
+    The extension and the browser's content type prove nothing (Windows calls CSV files
+    ``application/vnd.ms-excel``), so the bytes themselves are looked at.
+    """
+    limit = current_app.config["IMPORT_MAX_BYTES"]
+    stream = field.data.stream
+    head = stream.read(int(limit) + 1)
+    stream.seek(0)
+    if len(head) > limit:
+        raise StopValidation(
+            f"The file is larger than {megabytes(limit)}. Split it into smaller files and "
+            "import each one."
+        )
+    if not head.strip():
+        raise StopValidation("The file is empty.")
+    for magic, what in NOT_CSV:
+        if head.startswith(magic):
+            raise StopValidation(
+                f"This is {what}, not a CSV file. In your spreadsheet, save it as 'CSV UTF-8'."
+            )
+    if CONTROL.search(head):
+        raise StopValidation(
+            "The file is not a text file. In your spreadsheet, save it as 'CSV UTF-8'."
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StopValidation(
+            "The file is not UTF-8 text. In your spreadsheet, save it as 'CSV UTF-8'."
+        ) from None
+
+
 class ImportForm(Form):
     file = FileField(
         "CSV file",
         validators=[
             FileRequired("Choose a CSV file to upload."),
             FileAllowed(["csv", "txt"], "Upload a .csv file."),
+            csv_text_file,
         ],
         description="Columns: name,email,roles,schools. Separate several roles or schools with ';'.",
     )

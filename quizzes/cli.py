@@ -69,6 +69,14 @@ def export_command(policy: str, module: str, output: Path | None) -> None:
 def import_command(policy: str, module: str, file: Path, replace: bool, draft: Path | None) -> None:
     folder, source = _module(policy, module)
     target = bank_path(source.path)
+    if file.suffix.lower() != ".xml":
+        raise click.ClickException(f"{file}: not a Moodle XML file (the name must end .xml)")
+    limit = current_app.config["MOODLE_MAX_BYTES"]
+    if file.stat().st_size > limit:
+        raise click.ClickException(
+            f"{file}: larger than {limit / (1024 * 1024):g} MB (COUNTERSIGN_MOODLE_MAX_BYTES); "
+            "nothing was imported"
+        )
     try:
         questions = import_questions(file.read_bytes())
     except MoodleXMLError as exc:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import html
 import re
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # builds exports; parsing uses defusedxml
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from quizzes.bank import ID_RE, Question
 from quizzes.types import Option
@@ -90,9 +93,14 @@ def _plain(fragment: str) -> str:
 def import_questions(data: bytes) -> list[Question]:
     """Questions from Moodle XML. Types Countersign cannot grade are refused, naming them."""
     try:
-        root = ET.fromstring(data)  # noqa: S314 - ElementTree does not expand external entities
+        # Moodle never writes a DTD, and a DTD is how entity-expansion attacks are made: refuse it.
+        root = SafeET.fromstring(data, forbid_dtd=True)
     except ET.ParseError as exc:
         raise MoodleXMLError(f"not valid XML: {exc}") from exc
+    except DefusedXmlException as exc:
+        raise MoodleXMLError(
+            "the file declares a DTD or entities, which Moodle XML never has; refused"
+        ) from exc
     if root.tag != "quiz":
         raise MoodleXMLError("not a Moodle XML question file (the root element must be <quiz>)")
     questions: list[Question] = []

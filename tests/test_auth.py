@@ -274,3 +274,20 @@ def test_changing_password_keeps_this_session_and_ends_the_others(app, auth, mak
         Auth(app, app.test_client()).sign_in("cp@ladysmith.example", "a new password 1").status_code
         == 302
     )
+
+
+def test_deactivating_a_leaver_ends_their_sessions_everywhere(app, auth, make_person):
+    leaver = make_person("staff", email="leaver@ladysmith.example")
+    phone = Auth(app, app.test_client())
+    phone.as_person(leaver)
+    copied = phone.client.get_cookie("countersign_session", domain="countersign.test").value
+    assert phone.client.get("/").status_code == 200
+    auth.as_person(make_person("admin"))
+    url = f"/admin/people/{leaver}"
+    assert auth.post(f"{url}/deactivate", form_url=url).status_code == 302
+    assert phone.client.get("/").status_code == 302
+    replay = app.test_client()
+    replay.set_cookie("countersign_session", copied, domain="countersign.test")
+    assert replay.get("/").status_code == 302
+    assert auth.post(f"{url}/reactivate", form_url=url).status_code == 302
+    assert replay.get("/").status_code == 302  # reactivating does not revive the old session
