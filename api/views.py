@@ -133,6 +133,8 @@ def check() -> Any:
         if isinstance(ref, str) and not 0 < len(ref) <= 254:
             raise ApiError(400, "invalid_people", "An email address is 1 to 254 characters.")
         cleaned.append(str(ref))
+    if "policy" in body and not isinstance(body["policy"], str):  # null too: leave it out instead
+        raise ApiError(400, "invalid_policy", "'policy' must be a policy's slug.")
     answers = _answers(_policy(body.get("policy")), cleaned)
     # The stored answers are already JSON: put them together rather than parse and re-encode.
     results: list[str] = []

@@ -288,6 +288,11 @@ def reads_only() -> None:
     _sqlite_begin.set("DEFERRED")
 
 
+def may_write() -> None:
+    """Undo :func:`reads_only` for the transactions that follow: they begin IMMEDIATE again."""
+    _sqlite_begin.set("IMMEDIATE")
+
+
 @contextlib.contextmanager
 def writing(session: Session) -> Iterator[Session]:
     """Run a write from a safe request in its own short transaction begun IMMEDIATE.

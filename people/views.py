@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,8 @@ from flask_login import current_user, login_required, login_user, logout_user
 from sqlalchemy import func, or_, select
 from wtforms.fields.choices import SelectChoice
 
-from core.db import db
+from audit.log import record
+from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.web import client_ip, external_url, federation
@@ -48,6 +50,14 @@ from people.forms import (
     SignInForm,
 )
 from people.models import Person, PersonRole, PersonSchool
+from people.privacy import (
+    ErasureRefused,
+    erase_person,
+    erasure_refusal,
+    personal_data,
+    record_export,
+    retention_days,
+)
 from people.roles import ROLES
 from people.service import (
     IMPORT_COLUMNS,
@@ -90,7 +100,8 @@ def safe_next(target: str | None) -> str:
     if target:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
-            return target
+            if target.isprintable():  # a newline or other control would break the Location header
+                return target
     return url_for("training.dashboard")
 
 
@@ -107,6 +118,12 @@ def sign_in() -> Any:
         email = form.email.data.strip().lower()
         ip = client_ip()
         s = db.session
+        # Check the password (scrypt: slow by design) before taking the write lock, which on SQLite
+        # every writer shares: held through scrypt, concurrent sign-ins wait out the busy timeout.
+        reads_only()
+        password_ok = check_password(find_by_email(s, email), form.password.data)
+        s.commit()
+        may_write()
         lock_sign_in(s, email)
         wait = retry_after(s, email, ip, ThrottlePolicy())
         if wait:
@@ -120,8 +137,14 @@ def sign_in() -> Any:
             response.headers["Retry-After"] = str(wait)
             return response
         person = find_by_email(s, email)
-        ok = check_password(person, form.password.data) and person is not None and person.active
-        record_attempt(s, email, ip, ok)
+        ok = password_ok and person is not None and person.active
+        attempt = record_attempt(s, email, ip, ok)
+        # The attempt's row holds the email and address; the log holds only ids.
+        record(
+            s, "sign_in.succeeded" if ok else "sign_in.failed",
+            actor_id=person.id if person is not None else None,
+            subject_type="sign_in_attempt", subject_id=attempt.id,
+        )  # fmt: skip
         s.commit()
         if ok:
             session.clear()  # a fresh session at sign-in: nothing carried from before
@@ -140,6 +163,7 @@ def sign_out() -> Any:
     if current_user.is_authenticated:
         # Ends this person's sessions everywhere: a copied session cookie stops working too.
         current_user.auth_version += 1
+        record(db.session, "sign_out", actor_id=current_user.id)
         db.session.commit()
     logout_user()
     session.clear()
@@ -156,6 +180,7 @@ def change_password() -> Any:
             form.current.errors = ["Your current password is not right."]
         else:
             set_password(current_user, form.password.data)  # ends every other session
+            record(db.session, "password.changed", actor_id=current_user.id)
             db.session.commit()
             login_user(current_user._get_current_object())  # this one carries on
             flash("Your password is changed. You have been signed out everywhere else.", "success")
@@ -197,6 +222,26 @@ def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) 
         flash(f"Give {person.name} this single-use link to set their password: {link}", "link")
 
 
+@auth_bp.route("/account/data.json")
+@login_required
+def my_data() -> Any:
+    """Everything held about the signed-in person, as a file to keep (UK GDPR right of access)."""
+    s = db.session
+    data = personal_data(
+        s, current_user, lambda code: external_url("certificates.verify", code=code)
+    )
+    with writing(s):
+        record_export(s, current_user)
+    return current_app.response_class(
+        json.dumps(data, indent=2, ensure_ascii=False),
+        mimetype="application/json",
+        headers={
+            "Content-Disposition": f'attachment; filename="my-data-{current_user.id}.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 @auth_bp.route("/forgot-password", methods=["GET", "POST"])
 def forgot_password() -> Any:
     form = ForgotPasswordForm()
@@ -231,6 +276,9 @@ def _set_password_page(purpose: str, token: str) -> Any:
         except PeopleError as exc:
             form.password.errors = [str(exc)]
         else:
+            record(
+                s, "password.reset", actor_id=person.id, detail={"link": purpose}
+            )  # fmt: skip
             s.commit()
             # The link proved who they are: sign them straight in, in a fresh session.
             session.clear()
@@ -359,7 +407,7 @@ def new_person() -> Any:
     form = _person_form()
     if form.validate_on_submit():
         try:
-            person = create_person(db.session, _data(form), federation())
+            person = create_person(db.session, _data(form), federation(), current_user.id)
         except PeopleError as exc:
             form.form_errors.append(str(exc))
         else:
@@ -377,13 +425,15 @@ def person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     form = _person_form(person)
     if form.validate_on_submit():
-        if person.id == current_user.id and "admin" not in form.roles.data:
+        if person.erased_at is not None:
+            form.form_errors.append("An erased record cannot be edited.")
+        elif person.id == current_user.id and "admin" not in form.roles.data:
             form.roles.errors = [
                 "You cannot remove your own administrator role. Ask another administrator."
             ]
         else:
             try:
-                update_person(db.session, person, _data(form), federation())
+                update_person(db.session, person, _data(form), federation(), current_user.id)
             except PeopleError as exc:
                 db.session.rollback()
                 form.form_errors.append(str(exc))
@@ -413,18 +463,45 @@ def deactivate_person(person_id: int) -> Any:
             return redirect(url_for("admin.person", person_id=person.id))
         return render_template("people/deactivate.html", person=person, form=ConfirmForm())
     else:
-        deactivate(person)
+        deactivate(person, current_user.id)
         db.session.commit()
         statuses_changed([person.id])
         flash(f"{person.name} is deactivated. Their records are kept.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
 
+@admin_bp.route("/people/<int(max=2147483647):person_id>/erase", methods=["GET", "POST"])
+@roles_required("admin")
+def erase(person_id: int) -> Any:
+    person = _person_or_404(person_id)
+    days = retention_days(current_app.config)
+    form = ConfirmForm()
+    refusal = erasure_refusal(person, days)
+    if refusal is None and form.validate_on_submit():
+        try:
+            erase_person(db.session, person.id, actor_id=current_user.id, retention_days=days)
+        except ErasureRefused as exc:
+            db.session.rollback()
+            refusal = str(exc)
+        else:
+            db.session.commit()
+            statuses_changed([person.id])
+            flash(f"Personal data erased. This record is now {person.name}.", "success")
+            return redirect(url_for("admin.person", person_id=person.id))
+    status = 409 if refusal else (400 if request.method == "POST" else 200)
+    return render_template(
+        "people/erase.html", person=person, form=form, refusal=refusal, days=days
+    ), status
+
+
 @admin_bp.route("/people/<int(max=2147483647):person_id>/reactivate", methods=["POST"])
 @roles_required("admin")
 def reactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
-    reactivate(person)
+    if person.erased_at is not None:
+        flash("An erased record cannot be reactivated: add the person again instead.", "error")
+        return redirect(url_for("admin.person", person_id=person.id))
+    reactivate(person, current_user.id)
     db.session.commit()
     statuses_changed([person.id])
     flash(f"{person.name} is active again.", "success")
@@ -476,7 +553,7 @@ def import_page() -> Any:
             )
         else:
             try:
-                result = import_people(db.session, text, federation())
+                result = import_people(db.session, text, federation(), current_user.id)
             except ImportFailed as exc:
                 db.session.rollback()
                 errors = [str(e) for e in exc.errors]

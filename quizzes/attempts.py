@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from quizzes.bank import QuizRules
@@ -141,6 +142,9 @@ def start_attempt(
     can draw again and again until the questions they like come up."""
     now = now or utcnow()
     rules = rules_of(bank)
+    # Queue behind this person's other quiz writes, so that a double click (two requests at once
+    # on PostgreSQL) finds the attempt the first one started instead of drawing a second.
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
     state = quiz_state(session, person, module_version_id, rules, now)
     if state.open_attempt is not None:
         return state.open_attempt
@@ -243,5 +247,11 @@ def submit_attempt(
     )
     if not inserted:
         raise AlreadySubmitted("This attempt was already submitted; your first answers stand.")
+    if result.passed:
+        record(
+            session, "quiz.passed", actor_id=person.id, subject_type="quiz_attempt",
+            subject_id=attempt.id,
+            detail={"module_version": attempt.module_version_id, "score": result.score},
+        )  # fmt: skip
     session.expire(attempt, ["submission"])
     return attempt.submission
