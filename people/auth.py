@@ -75,8 +75,11 @@ def retry_after(
     return max(waits)
 
 
-def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> None:
-    session.add(SignInAttempt(email=email[:254], ip=ip[:45], succeeded=succeeded, at=utcnow()))
+def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> SignInAttempt:
+    attempt = SignInAttempt(email=email[:254], ip=ip[:45], succeeded=succeeded, at=utcnow())
+    session.add(attempt)
+    session.flush()
+    return attempt
 
 
 # --- links -------------------------------------------------------------------------------------------
