@@ -66,6 +66,8 @@ bench: deps venv
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/api_status.py
 	$(BIN)/python bench/reports.py
+	$(BIN)/python bench/certificates.py
+	$(BIN)/python bench/audit.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -42,8 +42,9 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.security import generate_password_hash
-from werkzeug.test import TestResponse
+from werkzeug.test import TestResponse, encode_multipart
 
 from core.db import db
 from people.auth import INVITE, RESET, make_link_token
@@ -596,11 +597,17 @@ def _import(c: Ctx, endpoint: str) -> None:
         data: dict[str, Any] = {"csrf_token": fuzz.token}
         for name, value in extra.pairs:
             data.setdefault(name if name != "csrf_token" else "x", []).append(value)
-        data["file"] = [(BytesIO(b), n) if n is not None else b.decode("latin-1")
+        data["file"] = [FileStorage(BytesIO(b), filename=n) if n is not None else b.decode("latin-1")
                         for b, n in uploads]  # fmt: skip
-        data = {k: [v.decode("latin-1") if isinstance(v, bytes) else v for v in vs]
-                if isinstance(vs, list) else vs for k, vs in data.items()}  # fmt: skip
-        response = c.client.post("/admin/people/import", data=data)
+        values = MultiDict()
+        for key, vs in data.items():
+            for v in vs if isinstance(vs, list) else [vs]:
+                values.add(key, v.decode("latin-1") if isinstance(v, bytes) else v)
+        # Encoded in memory: the test client would spool a large body to a temporary file that
+        # nothing closes.
+        boundary, encoded = encode_multipart(values)
+        response = c.client.post("/admin/people/import", data=encoded,
+                                 content_type=f"multipart/form-data; boundary={boundary}")  # fmt: skip
         assert_safe(response)
         if any(b is HUGE for b, _ in uploads):
             assert response.status_code == 413
