@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from io import BytesIO
 from typing import Any
-from urllib.parse import quote_from_bytes
+from urllib.parse import quote_from_bytes, unquote, urlsplit
 
 import pytest
 from flask import Flask
@@ -353,6 +353,15 @@ class Fuzz:
 def check_post(response: TestResponse, body: Body) -> None:
     assert_safe(response)
     page = response.get_data(as_text=True)
+    if response.status_code == 308:
+        # A slug that decodes to "a/" makes "//" in the path: the router points to the address
+        # with the slashes merged, on this site, and nothing is read or saved.
+        path = response.request.path
+        target = urlsplit(response.location)
+        assert target.netloc in ("", "countersign.test"), response.location
+        assert unquote(target.path) == re.sub("/{2,}", "/", path), response.location
+        assert "//" in path
+        return
     if body.huge:  # refused before it is read; an address that does not exist is simply not found
         assert response.status_code in (404, 405, 413), page[:500]
         assert response.status_code != 413 or "too large" in page
@@ -742,7 +751,7 @@ def _learner(c: Ctx, complete: bool = False) -> int:
     return pid
 
 
-SLUGS = st.one_of(st.sampled_from([POLICY, "nope", "%00", "..", "%ED%A0%80", "a" * 300]),
+SLUGS = st.one_of(st.sampled_from([POLICY, "nope", "%00", "..", "%ED%A0%80", "a" * 300, "a%2F"]),
                   st.text(max_size=10).map(lambda t: quote_from_bytes(t.encode(), safe=b"")))  # fmt: skip
 MODULE_SLUGS = st.one_of(st.sampled_from([MODULE, "monitoring", "tone", "nope", "%00"]), SLUGS)
 
