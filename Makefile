@@ -3,26 +3,28 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The Learning Record Store (ralph) that the xAPI tests send to: its own virtualenv, its own pins.
+VENV_LRS := .venv-lrs
 HOST ?= 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 2
 export FLASK_APP := app
 # The application's own code, for the security lint (not .venv, tests or benchmarks).
-APP_CODE := app.py api approvals audit certificates core demo people quizzes reports training
+APP_CODE := app.py api approvals audit certificates core demo lti people quizzes reports training xapi
 PIP_AUDIT_VERSION := 2.10.1
 
 # Debian packages: WeasyPrint's Pango/HarfBuzz, fonts, poppler-utils (PDF checks), Chromium (browser tests).
 DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 shared-mime-info \
 	fonts-dejavu-core fonts-liberation2 poppler-utils chromium tzdata
 
-.PHONY: run test setup deps venv lint format clean bench audit security
+.PHONY: run test setup deps venv venv-lrs lint format clean bench audit security
 
 run: setup
 	@echo
 	@echo "Countersign is at http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
 	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) --access-logfile - app:app
 
-test: deps venv
+test: deps venv venv-lrs
 	$(BIN)/flask content check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -49,6 +51,14 @@ $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv-lrs: $(VENV_LRS)/.installed
+
+$(VENV_LRS)/.installed: requirements-lrs.txt
+	test -x $(VENV_LRS)/bin/python || $(PYTHON) -m venv $(VENV_LRS)
+	$(VENV_LRS)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_LRS)/bin/python -m pip install --quiet -r requirements-lrs.txt
 	touch $@
 
 deps:
@@ -78,4 +88,4 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VENV_LRS) .pytest_cache .ruff_cache .hypothesis

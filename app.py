@@ -32,6 +32,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from certificates.cli import certificates_cli
     from certificates.views import certificates_bp
     from demo.cli import demo_command
+    from lti import grades as lti_grades
+    from lti.cli import lti_cli
+    from lti.views import lti_bp
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -39,6 +42,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from reports.views import reports_bp
     from training.cli import content_cli, db_cli, setup_command
     from training.views import training_bp
+    from xapi import outbox as xapi_outbox
+    from xapi.cli import xapi_cli
+    from xapi.views import xapi_bp
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(admin_bp)
@@ -51,7 +57,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(certificates_bp)
     app.register_blueprint(reports_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(lti_bp)
+    app.register_blueprint(xapi_bp)
     web.csrf.exempt(api_bp)  # other systems authenticate with a bearer token, not a session
+    # A platform's login and launch come from its own pages: state, nonce and signature guard them.
+    web.csrf.exempt("lti.views.login")
+    web.csrf.exempt("lti.views.launch")
     app.cli.add_command(db_cli)
     app.cli.add_command(content_cli)
     app.cli.add_command(people_cli)
@@ -61,9 +72,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(demo_command)
     app.cli.add_command(certificates_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(lti_cli)
+    app.cli.add_command(xapi_cli)
     webhooks.init_app(app)
     answers.init_app(app)
     certificate_issuing.init_app(app)
+    lti_grades.init_app(app)
+    xapi_outbox.init_app(app)
     app.cli.add_command(setup_command)
     return app
 

@@ -57,6 +57,9 @@ EVENTS: dict[str, str] = {
     "export.evidence_pack": "Evidence pack downloaded",
     "export.certificates_zip": "School certificates downloaded",
     "personal_data.exported": "Personal data downloaded",
+    "lti.launch": "Signed in from a learning platform",
+    "lti.platform_registered": "Learning platform registered",
+    "lti.platform_changed": "Learning platform registration changed",
 }
 
 

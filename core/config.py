@@ -45,6 +45,13 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "BASE_URL": "http://127.0.0.1:5000",
         # Number of reverse proxies in front of the app whose X-Forwarded-* headers to trust.
         "PROXY_COUNT": 0,
+        # LTI 1.3: the tool's private key (PEM); made in the instance folder when not given.
+        "LTI_PRIVATE_KEY_FILE": "",
+        # xAPI: statements go to this Learning Record Store (its base URL, e.g.
+        # https://lrs.example/xAPI/) with HTTP Basic credentials; empty means xAPI is off.
+        "XAPI_ENDPOINT": "",
+        "XAPI_USERNAME": "",
+        "XAPI_PASSWORD": "",
     }
 
 

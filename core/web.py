@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from datetime import date, datetime
@@ -16,6 +17,8 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
+    has_request_context,
     jsonify,
     redirect,
     render_template,
@@ -93,6 +96,23 @@ def _is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
+# Set in the session by a launch from a learning platform: the origins of the platform whose
+# frame the pages are shown in. Such a session's cookie is SameSite=None; Secure (a browser sends
+# no other kind inside another site's frame) and its pages may be framed by those origins only.
+EMBEDDED_IN = "_embedded_in"
+
+
+def embedding_origins() -> list[str]:
+    """The origins that may frame this response: none, unless this is an LMS-embedded session
+    (or a launch refusal, shown in the frame of the platform that sent it)."""
+    origins = g.get("frame_origins")
+    if origins is None:
+        origins = session.get(EMBEDDED_IN) if not _is_api() else None
+    if not isinstance(origins, list):
+        return []
+    return [o for o in origins if isinstance(o, str) and re.fullmatch(r"https?://[^\s;,'\"]+", o)]
+
+
 class SessionInterface(SecureCookieSessionInterface):
     """Browser sessions for the pages; none for the API, which is stateless (bearer tokens):
     its requests neither read nor set the session cookie."""
@@ -101,6 +121,16 @@ class SessionInterface(SecureCookieSessionInterface):
         if _is_api_path(request.path):
             return self.make_null_session(app)
         return super().open_session(app, request)
+
+    def get_cookie_samesite(self, app: Flask) -> str | None:
+        if has_request_context() and session.get(EMBEDDED_IN):
+            return "None"
+        return super().get_cookie_samesite(app)
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        if has_request_context() and session.get(EMBEDDED_IN):
+            return True
+        return super().get_cookie_secure(app)
 
 
 # Kept inside the signed session cookie, so they cannot be changed without the secret key:
@@ -232,9 +262,15 @@ def init_app(app: Flask) -> None:
     def _headers(response: Any) -> Any:
         headers = response.headers
         present = {name.lower() for name, _ in headers}
+        framers = embedding_origins()
         for name, value in SECURITY_HEADERS:
-            if name.lower() not in present:
-                headers.add(name, value)
+            if name.lower() in present or (framers and name == "X-Frame-Options"):
+                continue
+            if framers and name == "Content-Security-Policy":
+                value = value.replace(
+                    "frame-ancestors 'none'", "frame-ancestors " + " ".join(framers)
+                )
+            headers.add(name, value)
         if "cache-control" not in present and request.endpoint != "static":
             # Pages show personal records: never keep them in shared caches or the back button.
             headers.add("Cache-Control", "no-store")

@@ -6,9 +6,11 @@ import api.models  # noqa: F401  (registers tables on the metadata)
 import approvals.models  # noqa: F401
 import audit.models  # noqa: F401
 import certificates.models  # noqa: F401
+import lti.models  # noqa: F401
 import people.models  # noqa: F401
 import quizzes.models  # noqa: F401
 import training.models  # noqa: F401
+import xapi.models  # noqa: F401
 from core.db import Base
 
 config = context.config

@@ -35,6 +35,7 @@ from certificates.issuing import issue_due
 from certificates.models import Certificate
 from core.config import ROOT
 from core.db import Base, db
+from lti.models import LtiDeployment, LtiPlatform
 from people.auth import INVITE, RESET, make_link_token
 from people.models import Person, PersonRole, PersonSchool
 from people.service import check_password
@@ -122,7 +123,7 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("approvals.register_page", "GET", ""):                 (L,   403, 200, 403, 403, 200, 200),
     ("approvals.account", "GET", ""):                       (L,   403, 200, 403, 403, 200, 200),
     ("approvals.account", "POST", ""):                      (L,   403, 403, 403, 403, 403, 400),
-    # administrators: people, API tokens, webhooks
+    # administrators: people, API tokens, webhooks, xAPI
     ("admin.people", "GET", ""):                            (L,   403, 403, 403, 403, 403, 200),
     ("admin.new_person", "GET", ""):                        (L,   403, 403, 403, 403, 403, 200),
     ("admin.new_person", "POST", ""):                       (L,   403, 403, 403, 403, 403, 400),
@@ -145,6 +146,19 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("webhooks.webhooks", "GET", ""):                       (L,   403, 403, 403, 403, 403, 200),
     ("webhooks.webhooks", "POST", ""):                      (L,   403, 403, 403, 403, 403, 400),
     ("webhooks.stop_webhook", "POST", ""):                  (L,   403, 403, 403, 403, 403, 302),
+    ("xapi.index", "GET", ""):                              (L,   403, 403, 403, 403, 403, 200),
+    ("xapi.retry", "POST", ""):                             (L,   403, 403, 403, 403, 403, 302),
+    ("lti.platforms", "GET", ""):                           (L,   403, 403, 403, 403, 403, 200),
+    ("lti.new_platform", "GET", ""):                        (L,   403, 403, 403, 403, 403, 200),
+    ("lti.new_platform", "POST", ""):                       (L,   403, 403, 403, 403, 403, 400),
+    ("lti.edit_platform", "GET", ""):                       (L,   403, 403, 403, 403, 403, 200),
+    ("lti.edit_platform", "POST", ""):                      (L,   403, 403, 403, 403, 403, 400),
+    ("lti.retry_grades", "POST", ""):                       (L,   403, 403, 403, 403, 403, 302),
+    # LTI 1.3: what a learning platform's pages call; without a platform's parameters, refused
+    ("lti.login", "GET", ""):                               (400, 400, 400, 400, 400, 400, 400),
+    ("lti.login", "POST", ""):                              (400, 400, 400, 400, 400, 400, 400),
+    ("lti.launch", "POST", ""):                             (400, 400, 400, 400, 400, 400, 400),
+    ("lti.jwks", "GET", ""):                                (200, 200, 200, 200, 200, 200, 200),
     # the audit trail: governors and administrators read it
     ("audit.index", "GET", ""):                             (L,   403, 200, 403, 403, 403, 200),
     ("audit.check", "GET", ""):                             (L,   403, 200, 403, 403, 403, 200),
@@ -159,7 +173,7 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
 GOVERNOR_OWN_ACTIONS = {
     "auth.sign_in", "auth.sign_out", "auth.forgot_password", "auth.accept_invite",
     "auth.reset_password", "auth.change_password", "training.mark_read", "training.sign",
-    "quiz.intro", "quiz.attempt",
+    "quiz.intro", "quiz.attempt", "lti.login", "lti.launch",
 }  # fmt: skip
 
 # Tables a page view may write to: derived caches, the record that a module was opened, a
@@ -200,6 +214,7 @@ class World:
     account_id: int
     spare_token_id: int
     webhook_id: int
+    platform_id: int
     invite_token: str
     reset_token: str
     api_secret: str
@@ -291,12 +306,19 @@ def _build(app: Flask) -> World:
         unscoped.token.scopes = ["reports:read"]  # a scope the API routes do not accept
         webhook = Webhook(url="https://hooks.example/matrix", secret="s", active=False)
         s.add(webhook)
+        platform = LtiPlatform(
+            name="Matrix Moodle", issuer="https://moodle.example", client_id="matrix",
+            auth_login_url="https://moodle.example/auth", key_set_url="https://moodle.example/jwks",
+            auth_token_url="https://moodle.example/token", role_map={"Learner": "staff"},
+            deployments=[LtiDeployment(deployment_id="1")],
+        )  # fmt: skip
+        s.add(platform)
         s.commit()
         secret = app.config["SECRET_KEY"]
         return World(
             app=app, people=people, attempts=attempts, certificates=certificates,
             application_id=application.id, account_id=account.id,
-            spare_token_id=spare.token.id, webhook_id=webhook.id,
+            spare_token_id=spare.token.id, webhook_id=webhook.id, platform_id=platform.id,
             invite_token=make_link_token(secret, INVITE, s.get(Person, people["newcomer"])),
             reset_token=make_link_token(secret, RESET, other),
             api_secret=api.secret, api_secret_unscoped=unscoped.secret,
@@ -369,6 +391,7 @@ URL_ARGS: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "admin.erase": lambda w, whose, who: {"person_id": w.people["subject"]},
     "tokens.revoke_token": lambda w, whose, who: {"token_id": w.spare_token_id},
     "webhooks.stop_webhook": lambda w, whose, who: {"webhook_id": w.webhook_id},
+    "lti.edit_platform": lambda w, whose, who: {"platform_id": w.platform_id},
     "api.person_status": lambda w, whose, who: {"ref": str(w.people["other"])},
 }
 
@@ -496,6 +519,18 @@ def full_forms(world: World) -> dict[str, dict[str, Any]]:
         "tokens.revoke_token": {},
         "webhooks.webhooks": {"url": "https://hooks.example/sneaky"},
         "webhooks.stop_webhook": {},
+        "xapi.retry": {},
+        "lti.new_platform": {"name": "Sneaky", "issuer": "https://lms.example", "client_id": "c",
+                             "auth_login_url": "https://lms.example/a",
+                             "auth_token_url": "https://lms.example/t",
+                             "key_set_url": "https://lms.example/k", "deployment_ids": "1",
+                             "role_map": "Learner = admin", "school": "", "active": "y"},
+        "lti.edit_platform": {"name": "Sneaky", "issuer": "https://lms.example", "client_id": "c",
+                              "auth_login_url": "https://lms.example/a",
+                              "auth_token_url": "https://lms.example/t",
+                              "key_set_url": "https://lms.example/k", "deployment_ids": "1",
+                              "role_map": "Learner = admin", "school": "", "active": "y"},
+        "lti.retry_grades": {},
         "approvals.apply": {"name": "Sneaky", "platform": "Facebook", "aim": "a", "audience": "b",
                             "promotion": "c", "visibility": "open",
                             "runners": [p["other"], p["runner"]]},
@@ -586,6 +621,11 @@ def test_api_routes_need_a_token_with_their_scope(world: World) -> None:
                 assert response.get_json()["error"]["code"] in ("unauthorized", "forbidden")
 
 
+# Posted by a learning platform's own pages, so they carry no CSRF token of ours: the login's
+# state and nonce and the platform's signature guard them instead (tests/test_lti.py).
+CROSS_SITE = {"lti.login", "lti.launch"}
+
+
 def test_state_changing_pages_refuse_a_request_without_the_csrf_token(world: World) -> None:
     """Every POST/PUT/PATCH/DELETE outside the API, posted with a complete form but no CSRF token
     by people allowed to use it (the first and the last allowed column of its row): 400, and
@@ -593,7 +633,7 @@ def test_state_changing_pages_refuse_a_request_without_the_csrf_token(world: Wor
     assert world.app.config["WTF_CSRF_ENABLED"]
     changing = sorted(
         (endpoint, method, rule) for endpoint, method, rule in routes(world.app)
-        if method in CHANGING and not rule.startswith("/api/")
+        if method in CHANGING and not rule.startswith("/api/") and endpoint not in CROSS_SITE
     )  # fmt: skip
     assert changing
     for who in COLUMNS:

@@ -46,7 +46,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse, encode_multipart
 
-from core.db import db
+from core.db import db, utcnow
 from people.auth import INVITE, RESET, make_link_token
 from people.models import Person
 from tests.conftest import PASSWORD, csrf_token, right_answers, train_people
@@ -658,6 +658,93 @@ def _webhooks(c: Ctx, endpoint: str) -> None:
     c.run(st.tuples(urls, c.bodies(url=hook_urls)), lambda e: fuzz.post(*e))
 
 
+LMS = "https://lms.example"
+
+
+def _lms_platform(c: Ctx) -> tuple[str, str]:
+    """A registered platform with a pasted key set (so nothing is fetched): (private key, kid)."""
+    from lti.models import LtiDeployment, LtiPlatform
+    from tests.lti_platform import new_key
+
+    pem, public = new_key()
+    c.sql(lambda s: s.add(LtiPlatform(
+        name="<b>LMS</b>", issuer=LMS, client_id="fuzz", auth_login_url=f"{LMS}/auth",
+        auth_token_url=f"{LMS}/token", key_set={"keys": [public]}, role_map={"Learner": "staff"},
+        deployments=[LtiDeployment(deployment_id="1")])))  # fmt: skip
+    return pem, public["kid"]
+
+
+@form("lti.login", "lti.launch")
+def _lti_launch(c: Ctx, endpoint: str) -> None:
+    import jwt
+
+    pem, kid = _lms_platform(c)
+    fuzz = Fuzz(c.app, c.client, "/sign-in")
+    if endpoint == "lti.login":
+        fields = c.bodies(iss=texts(LMS, "https://other.example"), login_hint=texts("17"),
+                          client_id=texts("fuzz"), lti_message_hint=texts("m"),
+                          target_link_uri=texts("http://countersign.test/", "javascript:x"),
+                          lti_deployment_id=texts("1"))  # fmt: skip
+
+        def check(body: Body) -> None:
+            response = fuzz.post("/lti/login", body)
+            if response.status_code == 302:  # only ever to the registered platform's login
+                assert response.location.startswith(f"{LMS}/auth?"), response.location
+
+        c.run(fields, check)
+        return
+    claims = st.fixed_dictionaries({
+        "iss": texts(LMS), "aud": st.one_of(texts("fuzz"), st.lists(texts("fuzz"), max_size=3)),
+        "sub": texts("u1"), "nonce": texts("n"), "email": EMAILS, "name": texts("<b>x</b>"),
+        "exp": st.integers(0, 2**40), "iat": st.integers(0, 2**40),
+        "https://purl.imsglobal.org/spec/lti/claim/deployment_id": texts("1"),
+        "https://purl.imsglobal.org/spec/lti/claim/message_type": texts("LtiResourceLinkRequest"),
+        "https://purl.imsglobal.org/spec/lti/claim/version": texts("1.3.0"),
+        "https://purl.imsglobal.org/spec/lti/claim/roles": st.lists(texts("Learner"), max_size=2),
+    })  # fmt: skip
+    signed = claims.map(lambda cl: jwt.encode(cl, pem, algorithm="RS256", headers={"kid": kid}))
+    tokens = st.one_of(signed, texts("a.b.c", "e30.e30.", "eyJhbGciOiJub25lIn0.e30."))
+    c.run(c.bodies(id_token=tokens, state=texts("state-x")),
+          lambda body: fuzz.post("/lti/launch", body))  # fmt: skip
+
+
+@form("lti.new_platform", "lti.edit_platform", "lti.retry_grades")
+def _lti_admin(c: Ctx, endpoint: str) -> None:
+    c.as_role("admin")
+    _lms_platform(c)
+    fuzz = Fuzz(c.app, c.client, "/admin/lti/new")
+    key_sets = texts('{"keys": []}', '{"keys": [{"kty": "RSA"}]}', '{"keys": [{"kty": "oct", "k": "x"}]}',
+                     "[]", "{", '{"keys": [1]}')  # fmt: skip
+    urls = texts(LMS, f"{LMS}/auth", "http://127.0.0.1/x", "javascript:alert(1)", "https://")
+    fields = c.bodies(name=texts("Moodle"), issuer=urls, client_id=texts("c"),
+                      auth_login_url=urls, auth_token_url=urls, key_set_url=urls,
+                      key_set=key_sets, deployment_ids=texts("1\n2", ""),
+                      role_map=texts("Learner = staff", "Instructor = admin", "x", "= staff"),
+                      school=SCHOOLS, active=texts("y", ""))  # fmt: skip
+    if endpoint == "lti.retry_grades":
+        c.run(c.bodies(), lambda body: fuzz.post("/admin/lti/grades/retry", body))
+        return
+    if endpoint == "lti.new_platform":
+        target = st.just("/admin/lti/new")
+    else:
+        target = weird_ids(1, 1, 1).map(lambda i: f"/admin/lti/{i}")
+    c.run(st.tuples(target, fields), lambda e: fuzz.post(*e))
+
+
+@form("xapi.retry")
+def _xapi(c: Ctx, endpoint: str) -> None:
+    from xapi.models import XapiStatement
+
+    c.as_role("admin")
+    nasty = "<script>alert(1)</script>"
+    c.sql(lambda s: s.add(XapiStatement(
+        statement_id="00000000-0000-4000-8000-000000000000", event_key="read:0", verb=nasty,
+        payload={"actor": {"mbox": f"mailto:{nasty}"}, "object": {"definition": {"name": {
+            "en-GB": nasty}}}}, attempts=6, last_error=nasty, gave_up_at=utcnow())))  # fmt: skip
+    fuzz = Fuzz(c.app, c.client, "/admin/xapi/")
+    c.run(c.bodies(retry=texts("1", "all")), lambda body: fuzz.post("/admin/xapi/retry", body))
+
+
 def _runners(c: Ctx, trained: bool) -> list[int]:
     ids = [c.person("staff", name="<b>Runner</b> one"), c.person("staff", name="Runner\u202e two"),
            c.person("volunteer", name="Runner javascript:alert(1)")]  # fmt: skip
@@ -886,6 +973,8 @@ PAGES: dict[str, tuple[str, dict[str, st.SearchStrategy[str]]]] = {
                                 "before": texts("1", "100")}),
 }  # fmt: skip
 PAGES["reports.people_csv"] = ("/reports/people.csv", PAGES["reports.people"][1])
+PAGES["lti.login"] = ("/lti/login", {"iss": texts(LMS), "login_hint": texts("17"),
+                                     "client_id": texts("fuzz"), "lti_message_hint": texts("m")})  # fmt: skip
 
 
 def _reads_query(view: Callable[..., Any]) -> bool:

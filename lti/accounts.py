@@ -1,0 +1,191 @@
+"""Who a launch signs in: the person an LMS user already is, or a new one made from the launch.
+
+A person is found by the platform's stable user id (``sub``) once linked, else by email. Someone new
+is created with the roles the platform's role table gives their LMS roles. The default table
+grants only staff, volunteer and parent/carer roles: an LMS Instructor or Administrator becomes a
+Countersign governor, SLT member or administrator only if an administrator writes that into the
+platform's table. A launch never changes the roles of someone who already exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from audit.log import record
+from core.db import insert_ignoring_conflict, utcnow
+from lti.launch import LaunchInfo, LaunchRefused
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
+from people.models import Person
+from people.roles import ROLES
+from people.service import PeopleError, PersonData, create_person, find_by_email, normalise_email
+from training.loader import Federation
+from training.models import Policy
+
+DEFAULT_ROLE_MAP: dict[str, str] = {
+    "Learner": "staff",
+    "Instructor": "staff",
+    "TeachingAssistant": "staff",
+    "ContentDeveloper": "staff",
+    "Administrator": "staff",
+    "Member": "staff",
+    "Mentor": "parent",
+}
+# Roles that can see everyone's records or approve accounts: never granted by the default table.
+PRIVILEGED = frozenset({"governor", "slt", "admin"})
+AGS_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
+AGS_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
+
+
+def parse_role_map(text: str) -> dict[str, str]:
+    """``Instructor = staff`` lines into a table; raises ValueError naming a line it can't read."""
+    table: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        lms, sep, ours = (part.strip() for part in line.partition("="))
+        if not sep or not lms or not ours:
+            raise ValueError(f"Line {number}: write it as 'LMS role = Countersign role'.")
+        if ours not in ROLES:
+            raise ValueError(
+                f"Line {number}: {ours!r} is not a Countersign role ({', '.join(ROLES)})."
+            )
+        if len(lms) > 100 or any(c.isspace() for c in lms):
+            raise ValueError(f"Line {number}: {lms!r} is not an LMS role name.")
+        table[lms] = ours
+    return table
+
+
+def format_role_map(table: dict[str, str]) -> str:
+    return "\n".join(f"{lms} = {ours}" for lms, ours in table.items())
+
+
+def mapped_roles(table: dict[str, str], lms_roles: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted({table[r] for r in lms_roles if r in table}))
+
+
+@dataclass(frozen=True)
+class Arrival:
+    person: Person
+    created: bool
+
+
+def person_for_launch(
+    session: Session, platform: LtiPlatform, info: LaunchInfo, federation: Federation
+) -> Arrival:
+    """The person this launch signs in, linked to the LMS user; refused with a reason if none."""
+    identity = session.scalar(
+        select(LtiIdentity).where(
+            LtiIdentity.platform_id == platform.id, LtiIdentity.subject == info.subject
+        )
+    )
+    created = False
+    if identity is not None:
+        person = session.get(Person, identity.person_id)
+        identity.last_launch_at = utcnow()
+    else:
+        if not info.email:
+            raise LaunchRefused(
+                "Your learning platform did not share your email address",
+                "Countersign matches people by email. Ask your LMS administrator to share "
+                "users' email addresses with this tool (in Moodle: the tool's privacy setting "
+                "'Share launcher's email with tool' set to Always).",
+            )
+        try:
+            email = normalise_email(info.email)
+        except PeopleError as exc:
+            raise LaunchRefused(
+                "Your email address could not be used", str(exc), status=400
+            ) from exc
+        person = find_by_email(session, email)
+        if person is None:
+            person = _create(session, platform, info, email, federation)
+            created = True
+        insert_ignoring_conflict(
+            session, LtiIdentity.__table__,
+            {"platform_id": platform.id, "subject": info.subject, "person_id": person.id,
+             "created_at": utcnow(), "last_launch_at": utcnow()},
+        )  # fmt: skip
+    if person is None or not person.active:
+        raise LaunchRefused(
+            "Your Countersign account is closed",
+            "Your account has been closed, so the training can't be opened. If you still work "
+            "or volunteer here, ask a Countersign administrator to reopen it.",
+        )
+    return Arrival(person, created)
+
+
+def _create(
+    session: Session, platform: LtiPlatform, info: LaunchInfo, email: str, federation: Federation
+) -> Person:
+    roles = mapped_roles(platform.role_map or {}, info.roles)
+    if not roles:
+        raise LaunchRefused(
+            "Your role in the learning platform has no training here",
+            f"Your role there ({', '.join(info.roles) or 'none given'}) is not one that "
+            "Countersign trains. Ask a Countersign administrator to add you, or to map that role.",
+        )
+    schools = (platform.school,) if platform.school else ()
+    name = info.name or email.split("@", 1)[0]
+    try:
+        return create_person(session, PersonData(name[:200], email, roles, schools), federation)
+    except PeopleError as exc:
+        raise LaunchRefused("Your account could not be created", str(exc), status=400) from exc
+
+
+def policy_for_launch(session: Session, info: LaunchInfo) -> Policy | None:
+    """The policy the activity is about: its ``policy`` custom parameter, else the first one."""
+    slug = info.custom.get("policy")
+    if isinstance(slug, str) and slug.strip():
+        return session.scalar(select(Policy).where(Policy.slug == slug.strip()))
+    return session.scalar(select(Policy).order_by(Policy.id).limit(1))
+
+
+def remember_grade_link(
+    session: Session, platform: LtiPlatform, person: Person, policy: Policy, info: LaunchInfo
+) -> LtiGradeLink | None:
+    """Where this person's grade goes, when the platform offers Assignment and Grade Services
+    with the score scope for this activity."""
+    ags = info.ags or {}
+    scopes = [s for s in ags.get("scope") or [] if isinstance(s, str)]
+    lineitem, lineitems = ags.get("lineitem"), ags.get("lineitems")
+    if AGS_SCORE not in scopes or not (isinstance(lineitem, str) or isinstance(lineitems, str)):
+        return None
+    identity_id = session.scalar(
+        select(LtiIdentity.id).where(
+            LtiIdentity.platform_id == platform.id, LtiIdentity.subject == info.subject
+        )
+    )
+    link = session.scalar(
+        select(LtiGradeLink).where(
+            LtiGradeLink.identity_id == identity_id,
+            LtiGradeLink.resource_link_id == info.resource_link_id,
+        )
+    )
+    if link is None:
+        link = LtiGradeLink(
+            identity_id=identity_id, person_id=person.id, resource_link_id=info.resource_link_id,
+            policy_id=policy.id, scopes=scopes,
+        )  # fmt: skip
+        session.add(link)
+    link.policy_id, link.scopes = policy.id, scopes
+    link.lineitem_url = lineitem if isinstance(lineitem, str) else link.lineitem_url
+    link.lineitems_url = lineitems if isinstance(lineitems, str) else None
+    link.context_title = (info.context_title or "")[:255] or None
+    session.flush()
+    return link
+
+
+def record_launch(session: Session, platform: LtiPlatform, arrival: Arrival) -> None:
+    record(
+        session, "lti.launch", actor_id=arrival.person.id, subject_type="lti_platform",
+        subject_id=platform.id, detail={"created": arrival.created},
+    )  # fmt: skip
+
+
+def privileged_grants(table: dict[str, str]) -> list[str]:
+    """Lines of a table that grant roles the default never does, for the page to point out."""
+    return [f"{lms} = {ours}" for lms, ours in table.items() if ours in PRIVILEGED]

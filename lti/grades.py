@@ -1,0 +1,258 @@
+"""Grade return (LTI Assignment and Grade Services): the LMS gradebook shows each person's progress,
+and 1.0 once they are trained.
+
+After anything that may change someone's training status, their score on each line item they
+launched from is worked out again; a changed score is queued and posted to the platform, retried
+with back-off until it is accepted or given up. A newer score replaces one not yet sent, since the
+platform keeps only the latest. ``flask lti send-grades`` (from cron) retries what is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from flask import Flask
+from pylti1p3.assignments_grades import AssignmentsGradesService
+from pylti1p3.exception import LtiException, LtiServiceException
+from pylti1p3.grade import Grade
+from pylti1p3.lineitem import LineItem
+from pylti1p3.service_connector import ServiceConnector
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from lti.launch import http_session, registration_for
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
+from people.models import Person
+from training.models import Policy
+from training.status import Status, statuses_for
+
+log = logging.getLogger("countersign.lti")
+BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
+REPLACED = "Replaced by a newer score before it was sent."
+
+
+def score_for(status: Status) -> tuple[float, str, str]:
+    """(score, activity progress, grading progress): 1.0 when trained, else the share of the
+    steps done (each required module, then signing), never 1.0."""
+    if status.trained:
+        return 1.0, "Completed", "FullyGraded"
+    steps = len(status.modules) + 1
+    done = status.completed_count + (1 if status.acknowledged_at else 0)
+    share = min(round(done / steps, 4), 0.99)
+    return share, ("Initialized" if done == 0 else "InProgress"), "Pending"
+
+
+def queue_scores(
+    session: Session, person_ids: list[int] | None, now: datetime | None = None
+) -> int:
+    """Queue a score for every grade link whose score has changed; returns how many."""
+    now = now or utcnow()
+    query = select(LtiGradeLink)
+    if person_ids is not None:
+        query = query.where(LtiGradeLink.person_id.in_(person_ids))
+    links = session.scalars(query.order_by(LtiGradeLink.id)).all()
+    queued = 0
+    by_policy: dict[int, list[LtiGradeLink]] = {}
+    for link in links:
+        by_policy.setdefault(link.policy_id, []).append(link)
+    for policy_id, policy_links in by_policy.items():
+        policy = session.get(Policy, policy_id)
+        people = session.scalars(
+            select(Person).where(Person.id.in_({link.person_id for link in policy_links}))
+        ).all()
+        try:
+            statuses = statuses_for(session, list(people), policy, now)
+        except LookupError:  # nothing published yet
+            continue
+        for link in policy_links:
+            status = statuses[link.person_id]
+            if not status.required:
+                continue
+            score, activity, grading = score_for(status)
+            if link.last_score == score:
+                continue
+            session.execute(
+                update(LtiScorePost)
+                .where(
+                    LtiScorePost.link_id == link.id,
+                    LtiScorePost.sent_at.is_(None),
+                    LtiScorePost.gave_up_at.is_(None),
+                )
+                .values(gave_up_at=now, last_error=REPLACED)
+            )
+            session.add(
+                LtiScorePost(
+                    link_id=link.id,
+                    score=score,
+                    activity_progress=activity,
+                    grading_progress=grading,
+                    created_at=now,
+                    next_attempt_at=now,
+                )  # fmt: skip
+            )
+            link.last_score = score
+            queued += 1
+    session.flush()
+    return queued
+
+
+def send_due(session: Session, now: datetime | None = None, limit: int = 100) -> int:
+    """Post every score that is due; returns how many the platforms accepted.
+
+    No transaction is open while a platform is called: what each post needs is read first, and
+    each outcome is written in a short transaction of its own.
+    """
+    now = now or utcnow()
+    rows = session.execute(
+        select(LtiScorePost, LtiGradeLink, LtiIdentity, LtiPlatform, Policy)
+        .join(LtiGradeLink, LtiScorePost.link_id == LtiGradeLink.id)
+        .join(LtiIdentity, LtiGradeLink.identity_id == LtiIdentity.id)
+        .join(LtiPlatform, LtiIdentity.platform_id == LtiPlatform.id)
+        .join(Policy, LtiGradeLink.policy_id == Policy.id)
+        .where(
+            LtiScorePost.sent_at.is_(None),
+            LtiScorePost.gave_up_at.is_(None),
+            LtiScorePost.next_attempt_at <= now,
+        )
+        .order_by(LtiScorePost.id)
+        .limit(limit)
+    ).all()
+    session.commit()
+    connectors: dict[int, ServiceConnector] = {}
+    ok = 0
+    for post, link, identity, platform, policy in rows:
+        error, status, lineitem = _post(post, link, identity, platform, policy, connectors)
+        post.attempts += 1
+        post.last_attempt_at, post.last_status, post.last_error = now, status, error
+        if lineitem and not link.lineitem_url:
+            link.lineitem_url = lineitem
+        if error is None:
+            post.sent_at = now
+            ok += 1
+        elif post.attempts > len(BACKOFF):
+            post.gave_up_at = now
+        else:
+            post.next_attempt_at = now + BACKOFF[post.attempts - 1]
+        session.commit()
+    return ok
+
+
+def _post(
+    post: LtiScorePost,
+    link: LtiGradeLink,
+    identity: LtiIdentity,
+    platform: LtiPlatform,
+    policy: Policy,
+    connectors: dict[int, ServiceConnector],
+) -> tuple[str | None, int | None, str | None]:
+    """Send one score: (error or None, HTTP status, the line item's URL if it had to be found)."""
+    lineitem = link.lineitem_url
+    try:
+        if not platform.active:
+            raise LtiException("The platform's registration has been switched off.")
+        connector = connectors.get(platform.id)
+        if connector is None:
+            connector = ServiceConnector(registration_for(platform), http_session())
+            connectors[platform.id] = connector
+        service = AssignmentsGradesService(
+            connector,
+            {"scope": list(link.scopes), "lineitem": lineitem, "lineitems": link.lineitems_url},
+        )
+        if not lineitem:
+            lineitem = _line_item(service, policy, link).get_id()
+            service = AssignmentsGradesService(
+                connector,
+                {"scope": list(link.scopes), "lineitem": lineitem, "lineitems": link.lineitems_url},
+            )
+        grade = (
+            Grade()
+            .set_score_given(post.score)
+            .set_score_maximum(1)
+            .set_activity_progress(post.activity_progress)
+            .set_grading_progress(post.grading_progress)
+            .set_timestamp(post.created_at.isoformat(timespec="milliseconds"))
+            .set_user_id(identity.subject)
+        )
+        service.put_grade(grade)
+        return None, 200, lineitem
+    except LtiServiceException as exc:
+        status = exc.response.status_code
+        return f"HTTP {status}: {exc.response.text[:300]}", status, lineitem
+    except (LtiException, requests.RequestException, ValueError, KeyError) as exc:
+        return (str(exc)[:500] or type(exc).__name__), None, lineitem
+
+
+def _line_item(service: AssignmentsGradesService, policy: Policy, link: LtiGradeLink) -> Any:
+    """The activity's line item when the launch named only the course's list: found by its tag,
+    else created."""
+    wanted = (
+        LineItem()
+        .set_label(f"{policy.title} training")
+        .set_score_maximum(1)
+        .set_tag(f"countersign:{policy.slug}")
+        .set_resource_id(policy.slug)
+        .set_resource_link_id(link.resource_link_id)
+    )
+    return service.find_or_create_lineitem(wanted, find_by="tag")
+
+
+def retry_failed(session: Session, now: datetime | None = None) -> int:
+    """Make scores that failed or were given up due now (not those a newer score replaced)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(LtiScorePost)
+        .where(
+            LtiScorePost.sent_at.is_(None),
+            LtiScorePost.last_error.is_not(None),
+            LtiScorePost.last_error != REPLACED,
+        )
+        .values(gave_up_at=None, next_attempt_at=now)
+    )
+    return result.rowcount or 0
+
+
+def init_app(app: Flask) -> None:
+    """Queue changed scores after each status change; post them at once, off the request."""
+    from core.db import db, writing
+    from core.events import status_may_change
+
+    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
+        if sender is not app:
+            return
+        session = db.session
+        query = select(LtiGradeLink.id).limit(1)
+        if person_ids is not None:
+            query = query.where(LtiGradeLink.person_id.in_(person_ids))
+        if not session.scalar(query):
+            return
+        with writing(session):
+            queued = queue_scores(session, person_ids)
+        if queued:
+            send_soon(app)
+
+    status_may_change.connect(on_change, weak=False)
+
+
+def send_soon(app: Flask) -> None:
+    """Post what is due off the request (at once, in the request, when LTI_GRADES_SYNC is set)."""
+    from core.db import db
+
+    if app.config.get("LTI_GRADES_SYNC"):
+        send_due(db.session)
+    else:
+        threading.Thread(target=_send_in_background, args=(app,), daemon=True).start()
+
+
+def _send_in_background(app: Flask) -> None:
+    from core.db import db
+
+    with app.app_context():
+        try:
+            send_due(db.session)
+        except Exception:  # a failed post is retried by `flask lti send-grades`
+            log.exception("grade return failed")

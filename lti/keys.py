@@ -1,0 +1,76 @@
+"""The tool's own key pair: it signs the service-token requests sent to platforms, and platforms
+read its public half from the JWKS URL.
+
+The private key is configured (``COUNTERSIGN_LTI_PRIVATE_KEY_FILE``, a PEM file) or made on first
+use in the instance folder, never kept in the database or the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import current_app
+from jwcrypto.jwk import JWK
+
+
+def _path() -> Path:
+    configured = current_app.config.get("LTI_PRIVATE_KEY_FILE")
+    return (
+        Path(configured) if configured else Path(current_app.instance_path) / "lti_private_key.pem"
+    )
+
+
+def private_key_pem() -> str:
+    cached = current_app.extensions.get("countersign.lti_key")
+    if cached:
+        return cached
+    path = _path()
+    try:
+        pem = path.read_text()
+    except FileNotFoundError:
+        pem = _generate(path)
+    current_app.extensions["countersign.lti_key"] = pem
+    return pem
+
+
+def _generate(path: Path) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker made it first
+        return path.read_text()
+    with os.fdopen(fd, "w") as f:
+        f.write(pem)
+    return pem
+
+
+def public_key_pem() -> str:
+    key = serialization.load_pem_private_key(private_key_pem().encode(), password=None)
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def public_jwk() -> dict[str, Any]:
+    """The public key as a JWK, its ``kid`` the RFC 7638 thumbprint (stable for the key)."""
+    jwk = JWK.from_pem(public_key_pem().encode())
+    data = json.loads(jwk.export_public())
+    data.update(kid=jwk.thumbprint(), alg="RS256", use="sig")
+    return data
+
+
+def jwks() -> dict[str, list[dict[str, Any]]]:
+    return {"keys": [public_jwk()]}

@@ -1,0 +1,478 @@
+"""LTI 1.3 launches: the OIDC login a platform starts, and the signed launch that follows.
+
+PyLTI1p3 does the protocol (the login redirect, the id_token's format, signature, expiry,
+registration, deployment and message claims); this module gives it the registered platforms from
+the database and keeps each login's state and nonce there too, so a launch is accepted once, by
+whichever worker receives it, and a replay finds nothing. Checks that need no writes run first;
+taking the state is the only write, so the database is never locked while a platform's keys are
+fetched.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from pylti1p3.contrib.flask import FlaskCookieService, FlaskMessageLaunch, FlaskOIDCLogin
+from pylti1p3.contrib.flask import FlaskRequest as _FlaskRequest
+from pylti1p3.deployment import Deployment
+from pylti1p3.exception import LtiException, OIDCException
+from pylti1p3.registration import Registration
+from pylti1p3.session import SessionService
+from pylti1p3.tool_config import ToolConfAbstract
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from core.db import utcnow
+from lti import keys
+from lti.models import LtiDeployment, LtiLogin, LtiPlatform
+
+LOGIN_LIFETIME = timedelta(minutes=10)
+HTTP_TIMEOUT_SECONDS = 10
+KEY_SET_CACHE_SECONDS = 600
+CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
+AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
+RESOURCE_LINK_REQUEST = "LtiResourceLinkRequest"
+
+
+class LaunchRefused(Exception):
+    """A login or launch that is not accepted, with what to tell the person and an HTTP status."""
+
+    def __init__(self, title: str, message: str, status: int = 403, detail: str = "") -> None:
+        super().__init__(message)
+        self.title, self.message, self.status, self.detail = title, message, status, detail
+        self.platform: LtiPlatform | None = None  # the registered platform it came from, if known
+
+
+class TimeoutSession(requests.Session):
+    """Every request to a platform is bounded in time (PyLTI1p3 sets no timeout itself)."""
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("timeout", HTTP_TIMEOUT_SECONDS)
+        return super().request(method, url, *args, **kwargs)
+
+
+def http_session() -> requests.Session:
+    s = TimeoutSession()
+    s.headers["User-Agent"] = "Countersign-LTI/1"
+    return s
+
+
+def registration_for(platform: LtiPlatform) -> Registration:
+    reg = Registration()
+    reg.set_issuer(platform.issuer).set_client_id(platform.client_id)
+    reg.set_auth_login_url(platform.auth_login_url).set_auth_token_url(platform.auth_token_url)
+    reg.set_key_set_url(platform.key_set_url).set_key_set(platform.key_set)
+    reg.set_tool_private_key(keys.private_key_pem())
+    reg.set_tool_public_key(keys.public_key_pem())
+    return reg
+
+
+def find_platform(session: Session, issuer: str, client_id: str | None) -> LtiPlatform | None:
+    """The active platform for an issuer and client id; without a client id (older platforms
+    leave it out of the login), the issuer's only active registration."""
+    query = select(LtiPlatform).where(LtiPlatform.issuer == issuer, LtiPlatform.active.is_(True))
+    if client_id:
+        return session.scalar(query.where(LtiPlatform.client_id == client_id))
+    found = session.scalars(query.limit(2)).all()
+    return found[0] if len(found) == 1 else None
+
+
+class PlatformConf(ToolConfAbstract[_FlaskRequest]):
+    """The registered platforms, from the database. One issuer may hold several client ids."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+        self.platform: LtiPlatform | None = None
+
+    def check_iss_has_one_client(self, iss: str) -> bool:
+        return False
+
+    def check_iss_has_many_clients(self, iss: str) -> bool:
+        return True
+
+    def find_registration_by_issuer(self, iss: str, *args: Any, **kwargs: Any) -> Registration:
+        raise NotImplementedError("registrations are found by issuer and client id")
+
+    def find_registration_by_params(
+        self, iss: str, client_id: str | None, *args: Any, **kwargs: Any
+    ) -> Registration | None:
+        self.platform = find_platform(self.session, iss, client_id)
+        return registration_for(self.platform) if self.platform else None
+
+    def find_deployment(self, iss: str, deployment_id: str) -> Deployment | None:
+        raise NotImplementedError("deployments are found by issuer, client id and deployment id")
+
+    def find_deployment_by_params(
+        self, iss: str, deployment_id: str, client_id: str, *args: Any, **kwargs: Any
+    ) -> Deployment | None:
+        platform = find_platform(self.session, iss, client_id)
+        if platform is None or not isinstance(deployment_id, str):
+            return None
+        found = self.session.scalar(
+            select(LtiDeployment.id).where(
+                LtiDeployment.platform_id == platform.id,
+                LtiDeployment.deployment_id == deployment_id,
+            )
+        )
+        return Deployment().set_deployment_id(deployment_id) if found else None
+
+
+class LoginStore(SessionService):
+    """Keeps a login's state and nonce in the database instead of the browser's session, which an
+    LMS iframe may not carry across the platform's redirect."""
+
+    def __init__(self, request: _FlaskRequest, session: Session, platform_id: int | None = None):
+        super().__init__(request)
+        self.session = session
+        self.platform_id = platform_id
+        self._nonce: str | None = None
+
+    def save_nonce(self, nonce: str) -> None:
+        self._nonce = nonce
+
+    def save_state_params(self, state: str, params: dict[str, object]) -> None:
+        assert self._nonce is not None and self.platform_id is not None
+        now = utcnow()
+        self.session.execute(delete(LtiLogin).where(LtiLogin.expires_at < now))
+        self.session.add(
+            LtiLogin(
+                state=state,
+                nonce=self._nonce,
+                platform_id=self.platform_id,
+                created_at=now,
+                expires_at=now + LOGIN_LIFETIME,
+            )  # fmt: skip
+        )
+        self.session.flush()
+
+    def take_state(self, state: str) -> LtiLogin | None:
+        """The login this state belongs to, removed so that it can be used only once."""
+        login = self.session.get(LtiLogin, state, with_for_update=True)
+        if login is None:
+            return None
+        self.session.delete(login)
+        self.session.flush()
+        if login.expires_at < utcnow():
+            return None
+        self._nonce = login.nonce
+        return login
+
+    def check_nonce(self, nonce: str) -> bool:
+        return self._nonce is not None and secrets.compare_digest(str(nonce), self._nonce)
+
+    def save_launch_data(self, key: str, jwt_body: Any) -> None:
+        raise NotImplementedError("a launch keeps what it needs in its own tables")
+
+
+class Login(FlaskOIDCLogin):
+    def _generate_nonce(self) -> str:
+        return secrets.token_urlsafe(32)
+
+    def _get_uuid(self) -> str:
+        return secrets.token_urlsafe(32)
+
+
+def start_login(session: Session, params: dict[str, str], launch_url: str, secure: bool) -> Any:
+    """The redirect that sends the browser to the platform's login, with a state and nonce kept.
+
+    ``params`` are the login initiation's parameters (iss, login_hint, client_id, ...).
+    """
+    iss, client_id = params.get("iss") or "", params.get("client_id") or None
+    if not iss or not params.get("login_hint"):
+        raise LaunchRefused(
+            "This link did not come from an LMS",
+            "A launch starts in your school's learning platform: open the training activity "
+            "from your course there.",
+            status=400,
+        )
+    platform = find_platform(session, iss, client_id)
+    if platform is None:
+        raise _unregistered(iss, client_id)
+    request = _FlaskRequest(request_data=params, request_is_secure=secure)
+    store = LoginStore(request, session, platform.id)
+    login = Login(request, PlatformConf(session), session_service=store)
+    login.pass_params_to_launch({"platform": platform.id})
+    try:
+        return login.redirect(launch_url)
+    except OIDCException as exc:  # a registration that vanished between the two reads
+        raise _unregistered(iss, client_id) from exc
+
+
+def _unregistered(iss: str, client_id: str | None) -> LaunchRefused:
+    return LaunchRefused(
+        "This learning platform is not registered",
+        "Countersign does not know the learning platform that sent you here "
+        f"(issuer {iss}{', client id ' + client_id if client_id else ''}). "
+        "Ask a Countersign administrator to register it.",
+    )
+
+
+_key_sets: dict[str, tuple[float, Any]] = {}
+
+
+class Launch(FlaskMessageLaunch):
+    """A launch checked in two steps: :meth:`check_signed` (no writes) then :meth:`check_fresh`."""
+
+    def __init__(self, request: _FlaskRequest, conf: PlatformConf, store: LoginStore) -> None:
+        super().__init__(
+            request, conf, session_service=store, cookie_service=FlaskCookieService(request),
+            requests_session=http_session(),
+        )  # fmt: skip
+        self.conf, self.store = conf, store
+        self.set_auto_validation(False)
+        self.set_jwt_verify_options({"verify_aud": False, "require": ["exp", "iat"]})
+
+    def fetch_public_key(self, key_set_url: str) -> Any:
+        """The platform's key set, kept for a few minutes so that not every launch fetches it."""
+        cached = _key_sets.get(key_set_url)
+        if cached and time.monotonic() - cached[0] < KEY_SET_CACHE_SECONDS:
+            return cached[1]
+        key_set = super().fetch_public_key(key_set_url)
+        if isinstance(key_set, dict) and isinstance(key_set.get("keys"), list):
+            _key_sets[key_set_url] = (time.monotonic(), key_set)
+        return key_set
+
+    def get_public_key(self) -> Any:
+        try:
+            return super().get_public_key()
+        except LtiException:
+            # The platform may have rotated its keys since they were kept: fetch them once more.
+            url = self._registration.get_key_set_url() if self._registration else None
+            if not url or url not in _key_sets or self._registration.get_key_set() is not None:
+                raise
+            _key_sets.pop(url, None)
+            self._registration.set_key_set(None)
+            return super().get_public_key()
+
+    def _stage(self, check: Any, title: str, message: str, status: int = 403) -> None:
+        try:
+            check()
+        except LtiException as exc:
+            raise LaunchRefused(title, message, status, detail=str(exc)) from exc
+
+    def check_signed(self) -> Launch:
+        """Format, registration, signature and expiry, audience, deployment and message type."""
+        self._validated = True
+        if not self._request.get_param("id_token") or not self._request.get_param("state"):
+            raise LaunchRefused(
+                "This link did not come from an LMS",
+                "A launch starts in your school's learning platform: open the training activity "
+                "from your course there.",
+                status=400,
+            )
+        self._stage(self.validate_jwt_format, "The launch could not be read",
+                    "The learning platform sent a launch that is not a valid token.", 400)  # fmt: skip
+        body = self._jwt["body"]
+        if not isinstance(body, dict):
+            raise LaunchRefused("The launch could not be read", "The launch holds no claims.", 400)
+        _check_shape(body)
+        try:
+            self.validate_registration()
+        except LtiException as exc:
+            known_issuer = select(LtiPlatform.id).where(
+                LtiPlatform.issuer == body["iss"], LtiPlatform.active.is_(True)
+            )
+            if self.conf.session.scalar(known_issuer.limit(1)):
+                raise LaunchRefused(
+                    "This launch was meant for another tool",
+                    "The learning platform is registered, but the launch's audience is not "
+                    "Countersign's client id there.",
+                    detail=f"aud={body.get('aud')!r}",
+                ) from exc
+            raise _unregistered(body["iss"], _text(self.get_client_id())) from exc
+        self._check_signature()
+        self._check_audience()
+        self._stage(self.validate_deployment, "This deployment is not registered",
+                    f"The learning platform launched from a deployment of the tool "
+                    f"({_text(body.get(CLAIM + 'deployment_id'))}) that Countersign does not "
+                    "know. Ask a Countersign administrator to add its deployment id.")  # fmt: skip
+        message_type = body.get(CLAIM + "message_type")
+        if message_type != RESOURCE_LINK_REQUEST:
+            raise LaunchRefused(
+                "This kind of launch is not supported",
+                f"Countersign opens from a link to the activity ({RESOURCE_LINK_REQUEST}), not "
+                f"from {_text(message_type)}. Add it to the course as an external tool activity.",
+                status=400,
+            )
+        self._stage(self.validate_message, "The launch is incomplete",
+                    "The launch lacks claims LTI 1.3 requires (version, resource link, user).",
+                    400)  # fmt: skip
+        return self
+
+    def _check_signature(self) -> None:
+        try:
+            self.validate_jwt_signature()
+        except LtiException as exc:
+            cause = exc.__cause__
+            if isinstance(cause, jwt.ExpiredSignatureError):
+                raise LaunchRefused(
+                    "This launch has expired",
+                    "The launch from your learning platform is too old to accept. Open the "
+                    "activity again from your course.",
+                    detail=str(exc),
+                ) from exc
+            raise LaunchRefused(
+                "The launch's signature is not valid",
+                "The launch was not signed with a key of the registered learning platform, so "
+                "it was refused.",
+                detail=str(exc),
+            ) from exc
+
+    def get_client_id(self) -> str:
+        """The audience this launch is for: with several, the authorised party (``azp``)."""
+        body = self._jwt.get("body", {})
+        aud, azp = body.get("aud"), body.get("azp")
+        if isinstance(aud, list) and isinstance(azp, str) and azp in aud:
+            return azp
+        return super().get_client_id()
+
+    def _check_audience(self) -> None:
+        body = self._jwt["body"]
+        client_id = self._registration.get_client_id() if self._registration else None
+        aud = body.get("aud")
+        audiences = aud if isinstance(aud, list) else [aud]
+        ok = client_id in audiences and (len(audiences) == 1 or body.get("azp") == client_id)
+        if not ok:
+            raise LaunchRefused(
+                "This launch was meant for another tool",
+                "The launch's audience is not Countersign's client id on that platform.",
+                detail=f"aud={aud!r}",
+            )
+
+    def check_fresh(self) -> LtiLogin:
+        """The state is one this tool issued and not yet used, and the token carries its nonce.
+        Uses the state up, so call it inside the transaction that records the launch."""
+        state = self._request.get_param("state")
+        cookie = self._cookie_service.get_cookie(state)
+        if cookie is not None and not secrets.compare_digest(str(cookie), str(state)):
+            raise _replayed("The launch's state does not match this browser's login.")
+        login = self.store.take_state(str(state))
+        platform = self.conf.platform
+        if login is None or platform is None or login.platform_id != platform.id:
+            raise _replayed("The launch's state is unknown, used or expired.")
+        if not self.store.check_nonce(self._jwt["body"].get("nonce")):
+            raise _replayed("The launch's nonce is not the one its login was given.")
+        return login
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self._jwt["body"]
+
+
+def _check_shape(body: dict[str, Any]) -> None:
+    """The claims Countersign relies on are there and of the kinds LTI 1.3 gives them."""
+
+    def unreadable(what: str) -> LaunchRefused:
+        return LaunchRefused("The launch could not be read", f"The launch's {what}.", 400)
+
+    aud = body.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    if not audiences or not all(isinstance(a, str) and a for a in audiences):
+        raise unreadable("audience is missing or not a client id")
+    for claim in ("iss", "sub", "nonce", CLAIM + "deployment_id"):
+        value = body.get(claim)
+        if not isinstance(value, str) or not value or len(value) > 255:
+            raise unreadable(f"{claim.removeprefix(CLAIM)} is missing or not valid")
+    link = body.get(CLAIM + "resource_link")
+    if link is not None and (
+        not isinstance(link, dict) or not isinstance(link.get("id"), str) or len(link["id"]) > 255
+    ):
+        raise unreadable("resource link is not valid")
+    for name in (CLAIM + "context", CLAIM + "custom", AGS_CLAIM):
+        if name in body and not isinstance(body[name], dict):
+            raise unreadable(f"{name.rsplit('/', 1)[-1]} claim is not valid")
+
+
+def _replayed(detail: str) -> LaunchRefused:
+    return LaunchRefused(
+        "This launch has already been used",
+        "Each launch from your learning platform can be used once and soon expires. Open the "
+        "activity again from your course.",
+        detail=detail,
+    )
+
+
+def _text(value: Any) -> str:
+    return str(value)[:200] if value is not None else "none given"
+
+
+def read_launch(session: Session, form: dict[str, str], secure: bool) -> Launch:
+    request = _FlaskRequest(request_data=form, request_is_secure=secure)
+    conf = PlatformConf(session)
+    launch = Launch(request, conf, LoginStore(request, session))
+    try:
+        return launch.check_signed()
+    except LaunchRefused as exc:
+        exc.platform = conf.platform
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        # A claim of a shape the checks above did not foresee: refused, not an error page.
+        refused = LaunchRefused("The launch could not be read",
+                                "The launch's claims are not in the form LTI 1.3 gives them.",
+                                400, detail=type(exc).__name__)  # fmt: skip
+        refused.platform = conf.platform
+        raise refused from exc
+
+
+@dataclass(frozen=True)
+class LaunchInfo:
+    """What Countersign keeps from a valid launch."""
+
+    subject: str
+    email: str | None
+    name: str | None
+    roles: tuple[str, ...]  # short names, e.g. "Instructor"
+    resource_link_id: str
+    context_title: str | None
+    custom: dict[str, Any]
+    ags: dict[str, Any] | None
+
+
+def launch_info(claims: dict[str, Any]) -> LaunchInfo:
+    def text(value: Any) -> str | None:
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    name = text(claims.get("name")) or " ".join(
+        p for p in (text(claims.get("given_name")), text(claims.get("family_name"))) if p
+    )
+    roles = claims.get(CLAIM + "roles")
+    context = claims.get(CLAIM + "context")
+    custom = claims.get(CLAIM + "custom")
+    ags = claims.get(AGS_CLAIM)
+    return LaunchInfo(
+        subject=str(claims.get("sub") or ""),
+        email=text(claims.get("email")),
+        name=name or None,
+        roles=tuple(short_role(r) for r in roles if isinstance(r, str))
+        if isinstance(roles, list)
+        else (),
+        resource_link_id=str((claims.get(CLAIM + "resource_link") or {}).get("id") or ""),
+        context_title=text(context.get("title")) if isinstance(context, dict) else None,
+        custom=custom if isinstance(custom, dict) else {},
+        ags=ags if isinstance(ags, dict) else None,
+    )
+
+
+def short_role(uri: str) -> str:
+    """``http://purl.imsglobal.org/vocab/lis/v2/membership#Instructor`` -> ``Instructor``."""
+    return uri.rsplit("#", 1)[-1].rsplit("/", 1)[-1]
+
+
+def origins_of(platform: LtiPlatform) -> list[str]:
+    """Where a platform's pages are served from, for the frame-ancestors it may embed us in."""
+    found = []
+    for url in (platform.issuer, platform.auth_login_url):
+        parts = urlsplit(url)
+        if parts.scheme in ("https", "http") and parts.netloc:
+            origin = f"{parts.scheme}://{parts.netloc}"
+            if origin not in found:
+                found.append(origin)
+    return found

@@ -1,0 +1,283 @@
+"""LTI 1.3 endpoints a platform calls (login, launch, key set) and the administrators' pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_user
+from sqlalchemy import func, select
+from wtforms import BooleanField, SelectField, StringField, TextAreaField
+from wtforms.validators import Length
+
+from core.db import db, may_write, reads_only, writing
+from core.events import statuses_changed
+from core.forms import Form
+from core.web import EMBEDDED_IN, external_url, federation
+from lti import grades, keys
+from lti.accounts import (
+    format_role_map,
+    parse_role_map,
+    person_for_launch,
+    policy_for_launch,
+    privileged_grants,
+    record_launch,
+    remember_grade_link,
+)
+from lti.launch import LaunchRefused, launch_info, origins_of, read_launch, start_login
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
+from lti.registry import PlatformData, PlatformError, data_of, register_platform, update_platform
+from people.views import roles_required
+
+lti_bp = Blueprint("lti", __name__, template_folder="templates")
+
+
+def _refused(exc: LaunchRefused, origins: list[str] | None = None) -> Any:
+    current_app.logger.info("LTI refused: %s (%s)", exc.title, exc.detail)
+    g.frame_origins = origins or []  # so the reason shows inside the platform's frame
+    return render_template("lti/refused.html", refusal=exc), exc.status
+
+
+def _params() -> dict[str, str]:
+    source = request.args if request.method == "GET" else request.form
+    return {key: source.get(key, "") for key in source}
+
+
+@lti_bp.route("/lti/login", methods=["GET", "POST"])
+def login() -> Any:
+    """OIDC login initiation: the platform sends the browser here first."""
+    try:
+        with writing(db.session):
+            return start_login(
+                db.session, _params(), external_url("lti.launch"), secure=request.is_secure
+            )
+    except LaunchRefused as exc:
+        return _refused(exc)
+
+
+@lti_bp.route("/lti/launch", methods=["POST"])
+def launch() -> Any:
+    """The signed launch: checked, then the person is signed in and lands on their training."""
+    s = db.session
+    reads_only()  # fetching the platform's keys must not hold the write lock
+    platform: LtiPlatform | None = None
+    try:
+        message = read_launch(s, _params(), secure=request.is_secure)
+        platform = message.conf.platform
+        info = launch_info(message.claims)
+        s.commit()
+        may_write()
+        message.check_fresh()
+        arrival = person_for_launch(s, platform, info, federation())
+        policy = policy_for_launch(s, info)
+        if policy is not None:
+            remember_grade_link(s, platform, arrival.person, policy, info)
+        record_launch(s, platform, arrival)
+        s.commit()
+    except LaunchRefused as exc:
+        s.rollback()
+        known = exc.platform or platform
+        return _refused(exc, origins_of(known) if known is not None else None)
+    session.clear()  # a fresh session, as at any sign-in
+    session.permanent = True
+    session[EMBEDDED_IN] = origins_of(platform)
+    login_user(arrival.person)
+    statuses_changed([arrival.person.id])  # the gradebook learns where they stand now
+    return redirect(url_for("training.dashboard"))
+
+
+@lti_bp.route("/lti/jwks.json")
+def jwks() -> Any:
+    """The tool's public keys, which platforms use to check its service requests."""
+    response = jsonify(keys.jwks())
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+# --- administrators -------------------------------------------------------------------------------
+
+
+class PlatformForm(Form):
+    name = StringField(
+        "Name",
+        validators=[Length(max=200)],
+        description="How administrators recognise it, e.g. 'Ladysmith Moodle'.",
+    )
+    issuer = StringField(
+        "Platform ID (issuer)",
+        validators=[Length(max=500)],
+        description="In Moodle, the site's address, e.g. https://moodle.school.uk.",
+    )
+    client_id = StringField("Client ID", validators=[Length(max=255)])
+    auth_login_url = StringField(
+        "Authentication request URL",
+        validators=[Length(max=500)],
+        description="In Moodle: …/mod/lti/auth.php",
+    )
+    auth_token_url = StringField(
+        "Access token URL",
+        validators=[Length(max=500)],
+        description="In Moodle: …/mod/lti/token.php",
+    )
+    key_set_url = StringField(
+        "Public keyset URL",
+        validators=[Length(max=500)],
+        description="In Moodle: …/mod/lti/certs.php",
+    )
+    key_set = TextAreaField(
+        "Or the platform's key set (JSON)",
+        validators=[Length(max=20000)],
+        description="Only for a platform that gives its keys rather than a URL.",
+    )
+    deployment_ids = TextAreaField(
+        "Deployment IDs",
+        validators=[Length(max=5000)],
+        description="One per line; launches from others are refused.",
+    )
+    role_map = TextAreaField(
+        "Roles for people added by a launch",
+        validators=[Length(max=5000)],
+        description="One 'LMS role = Countersign role' per line. A launch from someone Countersign "
+        "does not know adds them with these roles; it never changes anyone's existing roles.",
+    )
+    school = SelectField("School of people added by a launch", choices=[])
+    active = BooleanField("Accept launches from this platform", default=True)
+
+
+def _form(platform: LtiPlatform | None = None) -> PlatformForm:
+    if request.method == "GET":
+        data = data_of(platform) if platform else PlatformData("", "", "", "", "")
+        fields = vars(data) | {
+            "deployment_ids": "\n".join(data.deployment_ids),
+            "role_map": format_role_map(data.role_map),
+        }
+        form = PlatformForm(formdata=None, data=fields)
+    else:
+        form = PlatformForm()
+    form.school.choices = [("", "None")] + [(s.code, s.name) for s in federation().schools]
+    return form
+
+
+def _data(form: PlatformForm) -> PlatformData:
+    return PlatformData(
+        name=form.name.data or "", issuer=form.issuer.data or "",
+        client_id=form.client_id.data or "", auth_login_url=form.auth_login_url.data or "",
+        auth_token_url=form.auth_token_url.data or "", key_set_url=form.key_set_url.data or "",
+        key_set=form.key_set.data or "",
+        deployment_ids=tuple((form.deployment_ids.data or "").splitlines()),
+        role_map=parse_role_map(form.role_map.data or ""), school=form.school.data or "",
+        active=bool(form.active.data),
+    )  # fmt: skip
+
+
+def _save(platform: LtiPlatform | None) -> Any:
+    form = _form(platform)
+    if form.validate_on_submit():
+        try:
+            data = _data(form)
+            if platform is None:
+                platform = register_platform(db.session, data, federation(), current_user.id)
+                done = f"{platform.name} is registered; launches from it are accepted now."
+            else:
+                update_platform(db.session, platform, data, federation(), current_user.id)
+                done = f"{platform.name} is saved."
+        except (PlatformError, ValueError) as exc:
+            db.session.rollback()
+            form.form_errors.append(str(exc))
+        else:
+            db.session.commit()
+            flash(done, "success")
+            return redirect(url_for("lti.platforms"))
+    status = 400 if request.method == "POST" else 200
+    warnings = privileged_grants(_safe_map(form.role_map.data))
+    return render_template(
+        "lti/platform_form.html", form=form, platform=platform, warnings=warnings
+    ), status
+
+
+def _safe_map(text: str | None) -> dict[str, str]:
+    try:
+        return parse_role_map(text or "")
+    except ValueError:
+        return {}
+
+
+def tool_urls() -> dict[str, str]:
+    return {
+        "Tool URL": external_url("lti.launch"),
+        "Initiate login URL": external_url("lti.login"),
+        "Redirection URI(s)": external_url("lti.launch"),
+        "Public keyset URL": external_url("lti.jwks"),
+    }
+
+
+@lti_bp.route("/admin/lti/")
+@roles_required("admin")
+def platforms() -> Any:
+    s = db.session
+    rows = s.scalars(select(LtiPlatform).order_by(LtiPlatform.id)).all()
+    people = dict(
+        s.execute(
+            select(LtiIdentity.platform_id, func.count()).group_by(LtiIdentity.platform_id)
+        ).all()
+    )
+    posts = s.execute(
+        select(LtiScorePost, LtiGradeLink.context_title, LtiIdentity.person_id)
+        .join(LtiGradeLink, LtiScorePost.link_id == LtiGradeLink.id)
+        .join(LtiIdentity, LtiGradeLink.identity_id == LtiIdentity.id)
+        .order_by(LtiScorePost.id.desc())
+        .limit(50)
+    ).all()
+    failing = s.scalar(
+        select(func.count())
+        .select_from(LtiScorePost)
+        .where(
+            LtiScorePost.sent_at.is_(None),
+            LtiScorePost.last_error.is_not(None),
+            LtiScorePost.last_error != grades.REPLACED,
+        )
+    )
+    return render_template(
+        "lti/platforms.html", platforms=rows, people=people, posts=posts, failing=failing,
+        urls=tool_urls(), replaced=grades.REPLACED,
+    )  # fmt: skip
+
+
+@lti_bp.route("/admin/lti/new", methods=["GET", "POST"])
+@roles_required("admin")
+def new_platform() -> Any:
+    return _save(None)
+
+
+@lti_bp.route("/admin/lti/<int(max=2147483647):platform_id>", methods=["GET", "POST"])
+@roles_required("admin")
+def edit_platform(platform_id: int) -> Any:
+    platform = db.session.get(LtiPlatform, platform_id)
+    if platform is None:
+        abort(404)
+    return _save(platform)
+
+
+@lti_bp.route("/admin/lti/grades/retry", methods=["POST"])
+@roles_required("admin")
+def retry_grades() -> Any:
+    Form()  # CSRF is checked globally
+    count = grades.retry_failed(db.session)
+    db.session.commit()
+    if count:
+        grades.send_soon(current_app._get_current_object())
+    flash(f"{count} score{'s are' if count != 1 else ' is'} being sent again; reload this page "
+          "to see how it went.", "success")  # fmt: skip
+    return redirect(url_for("lti.platforms"))

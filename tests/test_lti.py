@@ -1,0 +1,451 @@
+"""LTI 1.3: a test platform with its own keys drives full launches (OIDC login, then a signed
+id_token) and receives grades over Assignment and Grade Services on a real HTTP server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from audit.models import AuditEvent
+from core.db import db, utcnow
+from core.web import federation
+from lti import grades
+from lti.accounts import DEFAULT_ROLE_MAP
+from lti.models import LtiGradeLink, LtiIdentity, LtiLogin, LtiPlatform, LtiScorePost
+from lti.registry import PlatformData, register_platform
+from people.models import Person
+from tests.conftest import Auth, csrf_token
+from tests.lti_platform import AGS, LTI, ROLE, TestPlatform, new_key
+from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules
+
+pytestmark = pytest.mark.usefixtures("published")
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {"LTI_GRADES_SYNC": True}
+
+
+@pytest.fixture
+def platform(app) -> Iterator[TestPlatform]:
+    tool = app.test_client()
+    test_platform = TestPlatform(tool_jwks=lambda: tool.get("/lti/jwks.json").get_json()).start()
+    yield test_platform
+    test_platform.stop()
+
+
+def register(app, platform: TestPlatform, **changes: Any) -> int:
+    reg = platform.registration()
+    data = PlatformData(
+        reg["name"], reg["issuer"], reg["client_id"], reg["auth_login_url"],
+        reg["auth_token_url"], reg["key_set_url"], "", (reg["deployment_ids"],),
+        dict(DEFAULT_ROLE_MAP), "",
+    )  # fmt: skip
+    for key, value in changes.items():
+        setattr(data, key, value)
+    with app.test_request_context():
+        found = register_platform(db.session, data, federation())
+        db.session.commit()
+        return found.id
+
+
+@pytest.fixture
+def registered(app, platform) -> int:
+    return register(app, platform)
+
+
+def people(app) -> list[tuple[str, list[str]]]:
+    """Everyone Countersign knows: (email, roles)."""
+    with app.app_context():
+        return [(p.email, p.roles) for p in db.session.scalars(select(Person).order_by(Person.id))]
+
+
+def assert_refused(response, title: str) -> None:
+    page = response.get_data(as_text=True)
+    assert response.status_code in (400, 403), page
+    assert title in page, page
+    assert "Nothing was recorded and you are not signed in" in page
+
+
+def assert_not_signed_in(client) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and "/sign-in" in response.location
+
+
+# --- launches ---------------------------------------------------------------------------------
+
+
+def test_a_valid_launch_adds_the_person_signs_them_in_and_lands_on_their_training(
+    app, client, platform, registered
+):
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302 and response.location == "/"
+    page = client.get("/").get_data(as_text=True)
+    assert "Tessa Assistant" in page and "You have completed 0 of 13 modules" in page
+    with app.app_context():
+        person = db.session.scalar(
+            select(Person).where(Person.email == "tessa.ta@ladysmith.example")
+        )
+        assert person.roles == ["staff"] and person.active
+        identity = db.session.scalar(select(LtiIdentity))
+        assert (identity.subject, identity.person_id, identity.platform_id) == (
+            "moodle-user-17",
+            person.id,
+            registered,
+        )
+        events = [e.event for e in db.session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
+        assert events[-2:] == ["person.created", "lti.launch"]
+        assert db.session.scalar(select(func.count()).select_from(LtiLogin)) == 0  # used up
+
+
+def test_a_launch_finds_an_existing_person_by_email_and_never_changes_their_roles(
+    app, client, platform, registered, make_person
+):
+    pid = make_person("governor", name="Gill Governor", email="gill@ladysmith.example")
+    response, _, _ = platform.launch(
+        client, email="Gill@Ladysmith.example", sub="moodle-gill",
+        **{LTI + "roles": [ROLE + "Instructor", "http://purl.imsglobal.org/vocab/lis/v2/institution/person#Administrator"]},
+    )  # fmt: skip
+    assert response.status_code == 302
+    assert len(people(app)) == 1
+    with app.app_context():
+        assert db.session.get(Person, pid).roles == ["governor"]
+    # Later launches find them by the platform's user id, even if the email there changes.
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    response, _, _ = platform.launch(client, email="gill.new@elsewhere.example", sub="moodle-gill")
+    assert response.status_code == 302
+    assert "Gill Governor" in client.get("/").get_data(as_text=True)
+
+
+def test_lms_instructors_and_administrators_become_staff_unless_an_administrator_says_otherwise(
+    app, platform
+):
+    system_admin = "http://purl.imsglobal.org/vocab/lis/v2/system/person#Administrator"
+    instructor = {LTI + "roles": [ROLE + "Instructor", system_admin]}
+    register(app, platform)
+    response, _, _ = platform.launch(app.test_client(), **instructor)
+    assert response.status_code == 302
+    assert people(app)[0][1] == ["staff"]
+
+    other = TestPlatform(client_id="second").start()
+    try:
+        register(app, other, role_map={"Instructor": "governor", "Administrator": "admin"})
+        response, _, _ = other.launch(app.test_client(), email="head@ladysmith.example",
+                                      sub="head", **instructor)  # fmt: skip
+        assert response.status_code == 302
+        assert people(app)[1][1] == ["admin", "governor"]
+    finally:
+        other.stop()
+
+
+def test_a_launch_with_no_role_countersign_trains_is_refused(app, client, platform, registered):
+    response, _, _ = platform.launch(client, **{LTI + "roles": [ROLE + "Guest"]})
+    assert_refused(response, "Your role in the learning platform has no training here")
+    assert people(app) == []
+    assert_not_signed_in(client)
+
+
+def test_a_launch_signed_with_another_key_is_refused(app, client, platform, registered):
+    forged_pem, _ = new_key()
+    response, _, _ = platform.launch(client, sign=lambda c: platform.sign(c, key_pem=forged_pem))
+    assert_refused(response, "The launch&#39;s signature is not valid")
+    assert people(app) == []
+    assert_not_signed_in(client)
+
+
+def test_a_launch_for_another_audience_is_refused(app, client, platform, registered):
+    response, _, _ = platform.launch(client, aud="some-other-tool")
+    assert_refused(response, "This launch was meant for another tool")
+    # Listed among several audiences without naming Countersign as the authorised party:
+    response, _, _ = platform.launch(client, aud=["some-other-tool", platform.client_id])
+    assert_refused(response, "This launch was meant for another tool")
+    response, _, _ = platform.launch(client, aud=[platform.client_id, "x"], azp="x")
+    assert_refused(response, "This launch was meant for another tool")
+    assert people(app) == []
+
+
+def test_a_replayed_launch_is_refused(app, client, platform, registered):
+    response, auth, id_token = platform.launch(client)
+    assert response.status_code == 302
+    replay = app.test_client()
+    response = replay.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]})
+    assert_refused(response, "This launch has already been used")
+    # The same token with a fresh login's state: its nonce is not that login's.
+    fresh = platform.login(replay)
+    response = replay.post("/lti/launch", data={"id_token": id_token, "state": fresh["state"]})
+    assert_refused(response, "This launch has already been used")
+    assert_not_signed_in(replay)
+
+
+def test_an_expired_launch_is_refused(app, client, platform, registered):
+    response, _, _ = platform.launch(client, exp=int(utcnow().timestamp()) - 60)
+    assert_refused(response, "This launch has expired")
+    response, _, _ = platform.launch(client, exp=None)  # a token must say when it expires
+    assert_refused(response, "The launch&#39;s signature is not valid")
+    assert people(app) == []
+
+
+def test_a_launch_from_an_unknown_deployment_is_refused(app, client, platform, registered):
+    response, _, _ = platform.launch(client, **{LTI + "deployment_id": "deployment-99"})
+    assert_refused(response, "This deployment is not registered")
+    assert "deployment-99" in response.get_data(as_text=True)
+    assert people(app) == []
+
+
+def test_a_login_from_an_unregistered_platform_is_refused(app, client, platform):
+    response = client.post("/lti/login", data={"iss": platform.issuer, "login_hint": "1",
+                                               "client_id": platform.client_id})  # fmt: skip
+    assert_refused(response, "This learning platform is not registered")
+    response = client.get("/lti/login")
+    assert_refused(response, "This link did not come from an LMS")
+    response = client.post("/lti/launch", data={"state": "x"})
+    assert_refused(response, "This link did not come from an LMS")
+    response = client.post("/lti/launch", data={"state": "x", "id_token": "not.a.jwt"})
+    assert_refused(response, "The launch could not be read")
+
+
+def test_a_launch_with_a_stale_or_unknown_state_is_refused(app, client, platform, registered):
+    response, _, _ = platform.launch(client, state="state-made-up")
+    assert_refused(response, "This launch has already been used")
+    auth = platform.login(client)
+    with app.app_context():
+        login = db.session.get(LtiLogin, auth["state"])
+        login.expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    response = client.post("/lti/launch", data={
+        "id_token": platform.sign(platform.claims(auth["nonce"])), "state": auth["state"]})  # fmt: skip
+    assert_refused(response, "This launch has already been used")
+
+
+def test_a_closed_account_or_a_hidden_email_is_refused(
+    app, client, platform, registered, make_person
+):
+    pid = make_person("staff", email="left@ladysmith.example")
+    with app.app_context():
+        db.session.get(Person, pid).active = False
+        db.session.commit()
+    response, _, _ = platform.launch(client, email="left@ladysmith.example")
+    assert_refused(response, "Your Countersign account is closed")
+    response, _, _ = platform.launch(client, email=None, sub="private-user")
+    assert_refused(response, "did not share your email address")
+    assert_not_signed_in(client)
+
+
+def test_a_switched_off_platform_is_refused(app, client, platform, registered):
+    with app.app_context():
+        db.session.get(LtiPlatform, registered).active = False
+        db.session.commit()
+    response = client.post("/lti/login", data={"iss": platform.issuer, "login_hint": "1",
+                                               "client_id": platform.client_id})  # fmt: skip
+    assert_refused(response, "This learning platform is not registered")
+
+
+# --- inside the platform's frame -------------------------------------------------------------
+
+
+def test_an_embedded_session_may_be_framed_by_its_platform_only_and_its_cookie_is_cross_site(
+    app, platform, registered, make_person
+):
+    client = app.test_client()
+    auth = platform.login(client)
+    id_token = platform.sign(platform.claims(auth["nonce"]))
+    response = client.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]},
+                           base_url="https://countersign.test")  # fmt: skip
+    cookie = next(
+        c for c in response.headers.getlist("Set-Cookie") if c.startswith("countersign_session=")
+    )
+    assert "SameSite=None" in cookie and "Secure" in cookie
+    page = client.get("/", base_url="https://countersign.test")
+    assert page.status_code == 200
+    assert f"frame-ancestors {platform.url};" in page.headers["Content-Security-Policy"] + ";"
+    assert "X-Frame-Options" not in page.headers
+
+    # Someone who signs in the ordinary way is never framed, and keeps a SameSite=Lax cookie.
+    plain = app.test_client()
+    pid = make_person("staff", email="plain@ladysmith.example")
+    with app.app_context():
+        email = db.session.get(Person, pid).email
+    response = plain.post("/sign-in", data={"email": email, "password": "correct horse battery",
+                                            "csrf_token": csrf_token(plain, "/sign-in")})  # fmt: skip
+    assert "SameSite=Lax" in response.headers["Set-Cookie"]
+    page = plain.get("/")
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_refused_launch_shows_its_reason_inside_the_platforms_frame(
+    app, client, platform, registered
+):
+    response, _, _ = platform.launch(client, **{LTI + "deployment_id": "nope"})
+    assert f"frame-ancestors {platform.url}" in response.headers["Content-Security-Policy"]
+    response = client.post("/lti/launch", data={"state": "x", "id_token": "not.a.jwt"})
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def test_the_tool_publishes_its_public_key_only(app, client):
+    keys = client.get("/lti/jwks.json").get_json()["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["kid"]
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(keys[0])
+    assert client.get("/lti/jwks.json").get_json() == {"keys": keys}  # the same key each time
+
+
+# --- grade return -----------------------------------------------------------------------------
+
+
+def test_progress_then_a_score_of_one_reach_the_gradebook_when_the_person_is_trained(
+    app, client, platform
+):
+    register(app, platform, role_map={"Learner": "volunteer"})
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    first = platform.scores[0]
+    assert first.lineitem == platform.lineitem_url
+    assert first.body["userId"] == "moodle-user-17"
+    assert (first.body["scoreGiven"], first.body["scoreMaximum"]) == (0, 1)
+    assert (first.body["activityProgress"], first.body["gradingProgress"]) == (
+        "Initialized",
+        "Pending",
+    )
+    assert platform.tokens_issued == 1  # the tool's signed assertion was accepted
+
+    complete_modules(app, client, VOLUNTEER_MODULES[:2])
+    assert [s.body["scoreGiven"] for s in platform.scores] == [0, 0.0909, 0.1818]
+    complete_modules(app, client, VOLUNTEER_MODULES[2:])
+    token = csrf_token(client, f"{BASE}/sign")
+    response = client.post(f"{BASE}/sign", data={"csrf_token": token, "confirm": "y",
+                                                  "full_name": "Tessa Assistant"})  # fmt: skip
+    assert response.status_code == 302
+    last = platform.scores[-1].body
+    assert (last["scoreGiven"], last["activityProgress"], last["gradingProgress"]) == (
+        1,
+        "Completed",
+        "FullyGraded",
+    )
+    assert [s.body["scoreGiven"] for s in platform.scores].count(1) == 1
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiScorePost).where(
+            LtiScorePost.sent_at.is_(None))) == 0  # fmt: skip
+
+
+def test_a_failed_grade_post_is_retried_and_shown_to_administrators(
+    app, client, platform, registered, make_person
+):
+    platform.fail_scores = 1
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302 and platform.scores == []
+    with app.app_context():
+        post = db.session.scalar(select(LtiScorePost))
+        assert post.last_status == 503 and post.sent_at is None and post.attempts == 1
+        assert post.next_attempt_at > utcnow()
+    admin = Auth(app, app.test_client()).as_person(make_person("admin"))
+    page = admin.get("/admin/lti/").get_data(as_text=True)
+    assert "1 score not accepted yet" in page and "HTTP 503" in page
+    # Not due yet: cron leaves it; once due, it goes.
+    with app.app_context():
+        assert grades.send_due(db.session) == 0
+        assert grades.send_due(db.session, now=utcnow() + timedelta(minutes=2)) == 1
+    assert len(platform.scores) == 1
+
+    # A post that gave up can be sent again from the page.
+    platform.fail_scores = 10
+    with app.app_context():
+        link = db.session.scalar(select(LtiGradeLink))
+        db.session.add(LtiScorePost(link_id=link.id, score=0.5, activity_progress="InProgress",
+                                    grading_progress="Pending", next_attempt_at=utcnow()))  # fmt: skip
+        db.session.commit()
+        for minutes in range(0, 60 * 24, 60):
+            grades.send_due(db.session, now=utcnow() + timedelta(minutes=minutes))
+        post = db.session.scalars(select(LtiScorePost).order_by(LtiScorePost.id.desc())).first()
+        assert post.gave_up_at is not None and post.attempts == 6
+    assert "Gave up: HTTP 503" in admin.get("/admin/lti/").get_data(as_text=True)
+    platform.fail_scores = 0
+    token = csrf_token(admin, "/admin/lti/")
+    response = admin.post("/admin/lti/grades/retry", data={"csrf_token": token})
+    assert response.status_code == 302
+    assert platform.scores[-1].body["scoreGiven"] == 0.5
+    assert "not accepted yet" not in admin.get("/admin/lti/").get_data(as_text=True)
+
+
+def test_without_a_line_item_the_tool_finds_or_creates_its_column(
+    app, client, platform, registered
+):
+    ags = {"scope": ["https://purl.imsglobal.org/spec/lti-ags/scope/score",
+                     "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"],
+           "lineitems": platform.lineitems_url}  # fmt: skip
+    response, _, _ = platform.launch(client, **{AGS: ags})
+    assert response.status_code == 302
+    assert len(platform.lineitems) == 1
+    item = platform.lineitems[0]
+    assert item["tag"] == "countersign:social-media-policy" and item["scoreMaximum"] == 1
+    assert platform.scores[0].lineitem == item["id"]
+
+
+def test_without_grade_services_nothing_is_posted(app, client, platform, registered):
+    response, _, _ = platform.launch(client, **{AGS: None})
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
+    assert platform.scores == []
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+def test_an_administrator_registers_a_platform_on_its_page(app, auth, make_person, platform):
+    admin = auth.as_person(make_person("admin"))
+    page = admin.get("/admin/lti/").get_data(as_text=True)
+    assert (
+        "http://countersign.test/lti/login" in page
+        and "http://countersign.test/lti/jwks.json" in page
+    )
+    form = {**platform.registration(), "role_map": "Learner = staff\nInstructor = slt", "school": "",
+            "active": "y"}  # fmt: skip
+    bad = {**form, "auth_login_url": "http://moodle.example/auth", "deployment_ids": ""}
+    response = auth.post("/admin/lti/new", bad)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400 and "must start https://" in page
+    assert 'value="Test Moodle"' in page  # the form comes back as it was typed
+    response = auth.post("/admin/lti/new", {**form, "role_map": "Learner = wizard"})
+    assert response.status_code == 400 and "not a Countersign role" in response.get_data(
+        as_text=True
+    )
+    response = auth.post("/admin/lti/new", form)
+    assert response.status_code == 302
+    with app.app_context():
+        saved = db.session.scalar(select(LtiPlatform))
+        assert saved.role_map == {"Learner": "staff", "Instructor": "slt"}
+        assert saved.deployment_ids == [platform.deployment_id]
+    page = admin.get(f"/admin/lti/{saved.id}").get_data(as_text=True)
+    assert (
+        "Instructor = slt" in page and "approve accounts" in page
+    )  # the privileged line is pointed out
+    response, _, _ = platform.launch(app.test_client())
+    assert response.status_code == 302
+
+
+def test_only_administrators_see_the_platform_pages(app, auth, make_person):
+    client = auth.as_person(make_person("governor", "slt"))
+    assert client.get("/admin/lti/").status_code == 403
+    assert client.get("/admin/lti/new").status_code == 403
+
+
+def test_a_platform_is_registered_from_the_command_line(app, runner, platform):
+    result = runner.invoke(args=[
+        "lti", "add-platform", "--name", "Moodle", "--issuer", platform.issuer,
+        "--client-id", "cli-client", "--auth-login-url", f"{platform.url}/auth",
+        "--auth-token-url", f"{platform.url}/token", "--key-set-url", f"{platform.url}/jwks",
+        "--deployment", "1", "--deployment", "2", "--role", "Learner = volunteer",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(args=["lti", "platforms"])
+    assert "cli-client\t1,2\tactive" in result.output
+    result = runner.invoke(args=["lti", "urls"])
+    assert "Initiate login URL: http://countersign.test/lti/login" in result.output
+    result = runner.invoke(args=["lti", "add-platform", "--name", "M", "--issuer", "moodle",
+                                 "--client-id", "c", "--auth-login-url", "x", "--auth-token-url",
+                                 "y", "--deployment", "1"])  # fmt: skip
+    assert result.exit_code != 0 and "must be a full web address" in result.output

@@ -1,0 +1,517 @@
+"""The xAPI outbox: statements queued with the evidence they report, sent to the LRS with retry.
+
+Nothing here is asked to send anything. Reading, quizzes and signing record their evidence as
+they always have; listeners on the app's database sessions notice each new read receipt, graded
+quiz submission and acknowledgement and queue its statement in the same transaction, so a statement
+exists exactly when its evidence was committed, and a double submit that records nothing queues
+nothing. Becoming trained is noticed after the commit, through ``status_may_change``, as webhooks
+notice it: each acknowledgement that made a person trained gets one "completed" statement.
+
+After a commit that queued statements, a background thread sends what is due (``XAPI_SYNC`` sends
+at once, for tests). Each statement is PUT under its own id, so sending one twice, whether from two
+senders at once or after an answer that never arrived, stores it once. Failures are retried after
+1, 5, 30, 120 and 720 minutes by ``flask xapi send`` (cron, every minute), then given up; an
+administrator can make given-up statements due again from /admin/xapi/.
+
+With no ``XAPI_ENDPOINT`` configured, nothing is queued at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import event, func, inspect, literal, or_, select, update
+from sqlalchemy.orm import ORMExecuteState, Session, aliased
+
+from core.db import insert_ignoring_conflict, utcnow
+from people.models import Person
+from quizzes.models import QuizAttempt, QuizSubmission
+from training.models import (
+    Acknowledgement,
+    Module,
+    ModuleVersion,
+    Policy,
+    PolicyVersion,
+    ReadReceipt,
+)
+from training.publishing import current_version
+from xapi import statements as xs
+from xapi.models import XapiStatement
+
+log = logging.getLogger("countersign.xapi")
+BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
+TIMEOUT_SECONDS = 10
+PENDING = "countersign.xapi.pending"  # session.info: evidence inserted, statement not yet queued
+QUEUED = "countersign.xapi.queued"  # session.info: statements queued in this transaction
+WATCHED = {
+    ReadReceipt.__tablename__: "read",
+    QuizSubmission.__tablename__: "quiz",
+    Acknowledgement.__tablename__: "ack",
+}
+
+
+@dataclass(frozen=True)
+class Lrs:
+    """Where statements go: the LRS's xAPI endpoint (``…/statements`` is added) and credentials."""
+
+    endpoint: str
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def from_config(cls, config: Any) -> Lrs | None:
+        endpoint = (config.get("XAPI_ENDPOINT") or "").strip()
+        if not endpoint:
+            return None
+        return cls(
+            endpoint.rstrip("/"),
+            config.get("XAPI_USERNAME") or "",
+            config.get("XAPI_PASSWORD") or "",
+        )
+
+
+def configured(app: Flask) -> bool:
+    return Lrs.from_config(app.config) is not None
+
+
+# --- queueing ------------------------------------------------------------------------------------
+
+
+def queue(
+    session: Session, event_key: str, person_id: int | None, verb: str, statement: dict
+) -> bool:
+    """Queue one statement; False when one for the same event is already queued."""
+    now = utcnow()
+    inserted = insert_ignoring_conflict(
+        session,
+        XapiStatement.__table__,
+        {
+            "statement_id": statement["id"],
+            "event_key": event_key,
+            "person_id": person_id,
+            "verb": verb,
+            "payload": statement,
+            "created_at": now,
+            "next_attempt_at": now,
+            "attempts": 0,
+        },
+    )
+    if inserted:
+        session.info[QUEUED] = True
+    return inserted
+
+
+def _actor(person: Person) -> xs.Actor:
+    return xs.Actor(name=person.name, email=person.email)
+
+
+def _refs(
+    session: Session, module_version_id: int
+) -> tuple[Policy, xs.PolicyRef, xs.ModuleRef] | None:
+    """The policy (with the label of its version in force) and the module of a module version."""
+    row = session.execute(
+        select(ModuleVersion.title, Module.slug, Policy)
+        .join(Module, Module.id == ModuleVersion.module_id)
+        .join(Policy, Policy.id == Module.policy_id)
+        .where(ModuleVersion.id == module_version_id)
+    ).one_or_none()
+    if row is None:
+        return None
+    title, slug, policy = row
+    version = current_version(session, policy)
+    ref = xs.PolicyRef(policy.slug, policy.title, version.label if version else "")
+    return policy, ref, xs.ModuleRef(slug, title)
+
+
+def queue_read(session: Session, base_url: str, receipt: ReadReceipt) -> bool:
+    refs = _refs(session, receipt.module_version_id)
+    person = session.get(Person, receipt.person_id)
+    if refs is None or person is None:
+        return False
+    _, policy, module = refs
+    statement = xs.read_statement(
+        str(uuid.uuid4()), receipt.at, _actor(person), base_url, policy, module
+    )
+    return queue(session, f"read:{receipt.id}", person.id, xs.READ, statement)
+
+
+def queue_quiz(session: Session, base_url: str, submission: QuizSubmission) -> bool:
+    attempt = session.get(QuizAttempt, submission.attempt_id)
+    refs = _refs(session, attempt.module_version_id) if attempt else None
+    person = session.get(Person, attempt.person_id) if attempt else None
+    if refs is None or person is None:
+        return False
+    _, policy, module = refs
+    statement = xs.quiz_statement(
+        str(uuid.uuid4()), submission.submitted_at, _actor(person), base_url, policy, module,
+        correct=submission.correct, total=submission.total, passed=submission.passed,
+    )  # fmt: skip
+    return queue(session, f"quiz:{attempt.id}", person.id, statement["verb"]["id"], statement)
+
+
+def _policy_ref(session: Session, policy_version_id: int) -> xs.PolicyRef:
+    version, policy = session.execute(
+        select(PolicyVersion, Policy)
+        .join(Policy, Policy.id == PolicyVersion.policy_id)
+        .where(PolicyVersion.id == policy_version_id)
+    ).one()
+    return xs.PolicyRef(policy.slug, policy.title, version.label)
+
+
+def queue_acknowledgement(session: Session, base_url: str, ack: Acknowledgement) -> bool:
+    person = session.get(Person, ack.person_id)
+    if person is None:
+        return False
+    policy = _policy_ref(session, ack.policy_version_id)
+    statement = xs.acknowledgement_statement(
+        str(uuid.uuid4()), ack.at, _actor(person), base_url, policy, ack.declaration
+    )
+    return queue(session, f"ack:{ack.id}", person.id, xs.ACCEPTED, statement)
+
+
+def queue_completions(
+    session: Session, base_url: str, person_ids: Iterable[int] | None, now: datetime | None = None
+) -> int:
+    """Queue "completed" for each reported acknowledgement that has made its signer trained.
+
+    Only acknowledgements whose own statement is in the outbox are candidates, so turning xAPI on
+    reports training done from then on, not a backlog of past completions without their steps.
+    """
+    from training.status import training_status
+
+    now = now or utcnow()
+    done = aliased(XapiStatement)
+    query = (
+        select(XapiStatement.event_key, XapiStatement.person_id)
+        .outerjoin(
+            done,
+            done.event_key == literal("completed:") + func.substr(XapiStatement.event_key, 5),
+        )
+        .where(
+            XapiStatement.verb == xs.ACCEPTED,
+            XapiStatement.event_key.like("ack:%"),
+            XapiStatement.person_id.is_not(None),
+            done.id.is_(None),
+        )
+    )
+    if person_ids is not None:
+        query = query.where(XapiStatement.person_id.in_(list(person_ids)))
+    queued = 0
+    for event_key, person_id in session.execute(query).all():
+        ack = session.get(Acknowledgement, int(event_key.split(":", 1)[1]))
+        person = session.get(Person, person_id)
+        if ack is None or person is None:
+            continue
+        policy = session.get(Policy, ack.policy_version.policy_id)
+        try:
+            status = training_status(session, person, policy, now)
+        except LookupError:
+            continue
+        if not status.trained or status.acknowledgement_id != ack.id:
+            continue
+        statement = xs.completion_statement(
+            str(uuid.uuid4()), now, _actor(person), base_url,
+            _policy_ref(session, ack.policy_version_id),
+        )  # fmt: skip
+        queued += queue(session, f"completed:{ack.id}", person.id, xs.COMPLETED, statement)
+    return queued
+
+
+def _queue_pending(session: Session, base_url: str) -> None:
+    """Turn the evidence noticed in this transaction into queued statements."""
+    pending = session.info.pop(PENDING, [])
+    for kind, key in pending:
+        if kind == "read":
+            receipt = session.scalar(
+                select(ReadReceipt).where(
+                    ReadReceipt.person_id == key["person_id"],
+                    ReadReceipt.module_version_id == key["module_version_id"],
+                    ReadReceipt.seq == key.get("seq", 0),
+                )
+            )
+            if receipt is not None:
+                queue_read(session, base_url, receipt)
+        elif kind == "quiz":
+            submission = session.scalar(
+                select(QuizSubmission).where(QuizSubmission.attempt_id == key["attempt_id"])
+            )
+            if submission is not None:
+                queue_quiz(session, base_url, submission)
+        else:
+            ack = session.scalar(
+                select(Acknowledgement).where(
+                    Acknowledgement.person_id == key["person_id"],
+                    Acknowledgement.policy_version_id == key["policy_version_id"],
+                    Acknowledgement.seq == key.get("seq", 0),
+                )
+            )
+            if ack is not None:
+                queue_acknowledgement(session, base_url, ack)
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stored: bool
+    status: int | None
+    error: str | None
+
+
+def put_statement(lrs: Lrs, statement_id: str, payload: dict) -> Outcome:
+    """PUT one statement under its id. An LRS that already holds the id answers 204 (the same
+    statement) or 409 (xAPI: a statement with that id exists); either way it is stored there, and
+    as ids are made fresh for each event and never reused, what is stored is this statement."""
+    if not lrs.endpoint.startswith(("https://", "http://")):
+        return Outcome(False, None, "The xAPI endpoint must start with https:// or http://.")
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Countersign-xAPI/1",
+        "X-Experience-API-Version": xs.VERSION,
+    }
+    if lrs.username or lrs.password:
+        credentials = f"{lrs.username}:{lrs.password}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    url = f"{lrs.endpoint}/statements?statementId={statement_id}"
+    request = urllib.request.Request(url, data=body, method="PUT", headers=headers)
+    try:
+        # The scheme is checked above: only http:// and https://, never file: or others.
+        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # nosec B310
+            return Outcome(True, response.status, None)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            detail = exc.read(300).decode("utf-8", "replace")
+        if exc.code == 409:
+            return Outcome(True, 409, None)
+        return Outcome(False, exc.code, f"HTTP {exc.code}: {detail}"[:500])
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return Outcome(False, None, str(getattr(exc, "reason", exc))[:500])
+
+
+def send_due(session: Session, lrs: Lrs, now: datetime | None = None, limit: int = 200) -> int:
+    """Send every statement that is due; returns how many the LRS now holds.
+
+    No transaction is held open while the LRS answers: the due statements are read, then each
+    outcome is recorded in a short transaction of its own.
+    """
+    now = now or utcnow()
+    due = session.execute(
+        select(XapiStatement.id, XapiStatement.statement_id, XapiStatement.payload)
+        .where(
+            XapiStatement.sent_at.is_(None),
+            XapiStatement.gave_up_at.is_(None),
+            XapiStatement.next_attempt_at <= now,
+        )
+        .order_by(XapiStatement.id)
+        .limit(limit)
+    ).all()
+    session.commit()
+    sent = 0
+    for row_id, statement_id, payload in due:
+        outcome = put_statement(lrs, statement_id, payload)
+        at = utcnow()
+        row = session.get(XapiStatement, row_id)
+        if row is None or row.sent_at is not None:
+            session.rollback()
+            continue
+        row.attempts += 1
+        row.last_attempt_at = at
+        row.last_status = outcome.status
+        if outcome.stored:
+            row.sent_at, row.last_error = at, None
+            sent += 1
+        else:
+            row.last_error = outcome.error
+            if row.attempts > len(BACKOFF):
+                row.gave_up_at = at
+            else:
+                row.next_attempt_at = at + BACKOFF[row.attempts - 1]
+        session.commit()
+    return sent
+
+
+def retry_failed(session: Session, now: datetime | None = None) -> int:
+    """Make every unsent statement that has failed (or been given up) due now, back-off reset."""
+    now = now or utcnow()
+    result = session.execute(
+        update(XapiStatement)
+        .where(
+            XapiStatement.sent_at.is_(None),
+            or_(XapiStatement.attempts > 0, XapiStatement.gave_up_at.is_not(None)),
+        )
+        .values(gave_up_at=None, next_attempt_at=now, attempts=0)
+        .execution_options(synchronize_session=False)
+    )
+    count = result.rowcount or 0
+    if count:
+        session.info[QUEUED] = True
+    return count
+
+
+@dataclass(frozen=True)
+class Counts:
+    sent: int
+    pending: int  # not yet tried
+    failing: int  # tried, will be tried again
+    given_up: int
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.pending + self.failing + self.given_up
+
+
+def counts(session: Session) -> Counts:
+    sent = XapiStatement.sent_at.is_not(None)
+    given_up = XapiStatement.gave_up_at.is_not(None)
+    tried = XapiStatement.attempts > 0
+    row = session.execute(
+        select(
+            func.count(XapiStatement.id).filter(sent),
+            func.count(XapiStatement.id).filter(~sent, ~given_up, ~tried),
+            func.count(XapiStatement.id).filter(~sent, ~given_up, tried),
+            func.count(XapiStatement.id).filter(~sent, given_up),
+        )
+    ).one()
+    return Counts(*(int(n or 0) for n in row))
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def _values(state: ORMExecuteState) -> dict[str, Any]:
+    compiled = state.statement.compile(dialect=state.session.get_bind().dialect)
+    return dict(compiled.params)
+
+
+def init_app(app: Flask) -> None:
+    """Listen on the app's sessions for new evidence, and for status changes after commits."""
+    from core.db import db
+    from core.events import status_may_change
+
+    factory = app.extensions["countersign.db"]
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _notice_inserts(state: ORMExecuteState) -> Any:
+        # Evidence is written with INSERT … ON CONFLICT DO NOTHING (a double submit inserts
+        # nothing); only a row that was really inserted is noticed.
+        if not state.is_insert or not configured(app):
+            return None
+        table = getattr(state.statement, "table", None)
+        kind = WATCHED.get(getattr(table, "name", ""))
+        if kind is None:
+            return None
+        result = state.invoke_statement()
+        if result.rowcount:
+            state.session.info.setdefault(PENDING, []).append((kind, _values(state)))
+        return result
+
+    @event.listens_for(factory, "after_flush")
+    def _notice_objects(session: Session, _context: Any) -> None:
+        if not configured(app):
+            return
+        for obj in session.new:
+            if isinstance(obj, ReadReceipt):
+                key = {"person_id": obj.person_id, "module_version_id": obj.module_version_id,
+                       "seq": obj.seq}  # fmt: skip
+                session.info.setdefault(PENDING, []).append(("read", key))
+            elif isinstance(obj, QuizSubmission):
+                session.info.setdefault(PENDING, []).append(
+                    ("quiz", {"attempt_id": obj.attempt_id})
+                )
+            elif isinstance(obj, Acknowledgement):
+                key = {"person_id": obj.person_id, "policy_version_id": obj.policy_version_id,
+                       "seq": obj.seq}  # fmt: skip
+                session.info.setdefault(PENDING, []).append(("ack", key))
+
+    @event.listens_for(factory, "before_flush")
+    def _redact_erased(session: Session, _context: Any, _instances: Any) -> None:
+        for person in [o for o in session.dirty if isinstance(o, Person)]:
+            if person.erased_at is not None and _erased_now(person):
+                redact(session, person)
+
+    @event.listens_for(factory, "before_commit")
+    def _queue_before_commit(session: Session) -> None:
+        if not configured(app):
+            return
+        session.flush()
+        if session.info.get(PENDING):
+            _queue_pending(session, app.config["BASE_URL"])
+
+    @event.listens_for(factory, "after_commit")
+    def _send_after_commit(session: Session) -> None:
+        session.info.pop(PENDING, None)
+        if not session.info.pop(QUEUED, False):
+            return
+        lrs = Lrs.from_config(app.config)
+        if lrs is None:
+            return
+        if app.config.get("XAPI_SYNC"):
+            _send_now(app, lrs)
+        else:
+            threading.Thread(target=_send_in_background, args=(app,), daemon=True).start()
+
+    @event.listens_for(factory, "after_rollback")
+    def _forget(session: Session) -> None:
+        session.info.pop(PENDING, None)
+        session.info.pop(QUEUED, None)
+
+    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
+        if sender is not app or not configured(app):
+            return
+        from core.db import writing
+
+        with writing(db.session) as session:
+            queue_completions(session, app.config["BASE_URL"], person_ids)
+
+    status_may_change.connect(on_change, weak=False)
+
+
+def _erased_now(person: Person) -> bool:
+    history = inspect(person).attrs.erased_at.history
+    return bool(history.added) and not any(history.deleted)
+
+
+def redact(session: Session, person: Person) -> None:
+    """An erased person's statements, sent or not, name them by their pseudonym from now on.
+
+    Statements already sent are the LRS's records: erasing them there is the LRS's own process.
+    """
+    actor = xs.agent(_actor(person))
+    for statement in session.scalars(
+        select(XapiStatement).where(XapiStatement.person_id == person.id)
+    ):
+        statement.payload = {**statement.payload, "actor": actor}
+
+
+def _send_now(app: Flask, lrs: Lrs) -> None:
+    session = app.extensions["countersign.db"]()
+    try:
+        send_due(session, lrs)
+    finally:
+        session.close()
+
+
+def _send_in_background(app: Flask) -> None:
+    from core.db import db
+
+    with app.app_context():
+        lrs = Lrs.from_config(app.config)
+        if lrs is None:
+            return
+        try:
+            send_due(db.session, lrs)
+        except Exception:  # what failed is sent again by `flask xapi send`
+            log.exception("xAPI sending failed")

@@ -1,0 +1,59 @@
+"""The administrators' page for xAPI: is it on, what has been sent, what is stuck and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from sqlalchemy import select
+
+from core.db import db
+from core.forms import Form
+from people.views import roles_required
+from xapi.models import XapiStatement
+from xapi.outbox import BACKOFF, Lrs, counts, retry_failed
+from xapi.statements import LANGUAGE, VERB_NAMES
+
+xapi_bp = Blueprint("xapi", __name__, url_prefix="/admin/xapi", template_folder="templates")
+
+
+def _describe(statement: XapiStatement) -> dict[str, str]:
+    payload = statement.payload or {}
+    name = payload.get("object", {}).get("definition", {}).get("name", {})
+    return {
+        "what": VERB_NAMES.get(statement.verb, statement.verb),
+        "who": payload.get("actor", {}).get("mbox", "").removeprefix("mailto:"),
+        "on": name.get(LANGUAGE, ""),
+    }
+
+
+@xapi_bp.route("/", methods=["GET"])
+@roles_required("admin")
+def index() -> Any:
+    waiting = db.session.scalars(
+        select(XapiStatement)
+        .where(XapiStatement.sent_at.is_(None))
+        .order_by(XapiStatement.id.desc())
+        .limit(50)
+    ).all()
+    return render_template(
+        "xapi/index.html",
+        lrs=Lrs.from_config(current_app.config),
+        counts=counts(db.session),
+        waiting=[(s, _describe(s)) for s in waiting],
+        form=Form(),
+        retries=[int(b.total_seconds() // 60) for b in BACKOFF],
+    )
+
+
+@xapi_bp.route("/retry", methods=["POST"])
+@roles_required("admin")
+def retry() -> Any:
+    Form()  # CSRF is checked globally
+    count = retry_failed(db.session)
+    db.session.commit()  # the commit sends what is now due
+    if count:
+        flash(f"{count} statements will be sent again now.", "success")
+    else:
+        flash("No failed statements to send again.", "info")
+    return redirect(url_for("xapi.index"))
