@@ -449,3 +449,22 @@ def test_a_platform_is_registered_from_the_command_line(app, runner, platform):
                                  "--client-id", "c", "--auth-login-url", "x", "--auth-token-url",
                                  "y", "--deployment", "1"])  # fmt: skip
     assert result.exit_code != 0 and "must be a full web address" in result.output
+
+
+def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, registered):
+    from people.privacy import erase_person
+
+    platform.launch(client)
+    with app.app_context():
+        person = db.session.scalar(select(Person))
+        person.active, person.deactivated_at = False, utcnow() - timedelta(days=4000)
+        db.session.commit()
+        erase_person(db.session, person.id, actor_id=None, retention_days=2190)
+        db.session.commit()
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiScorePost)) == 0
+    # The same LMS user launching again is a newcomer, not the erased record.
+    response, _, _ = platform.launch(app.test_client())
+    assert response.status_code == 302
+    assert len(people(app)) == 2
