@@ -78,6 +78,7 @@ bench: deps venv
 	$(BIN)/python bench/reports.py
 	$(BIN)/python bench/certificates.py
 	$(BIN)/python bench/audit.py
+	$(BIN)/python bench/lti.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -157,7 +157,7 @@ def _post(
             raise LtiException("The platform's registration has been switched off.")
         connector = connectors.get(platform.id)
         if connector is None:
-            connector = ServiceConnector(registration_for(platform), http_session())
+            connector = ServiceConnector(registration_for(platform, tool_key=True), http_session())
             connectors[platform.id] = connector
         service = AssignmentsGradesService(
             connector,

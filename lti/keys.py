@@ -56,12 +56,18 @@ def _generate(path: Path) -> str:
 
 
 def public_key_pem() -> str:
+    """The public half, worked out once per process (loading an RSA key checks it, slowly)."""
+    cached = current_app.extensions.get("countersign.lti_public_key")
+    if cached:
+        return cached
     key = serialization.load_pem_private_key(private_key_pem().encode(), password=None)
-    return (
+    pem = (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         .decode()
     )
+    current_app.extensions["countersign.lti_public_key"] = pem
+    return pem
 
 
 def public_jwk() -> dict[str, Any]:

@@ -64,13 +64,15 @@ def http_session() -> requests.Session:
     return s
 
 
-def registration_for(platform: LtiPlatform) -> Registration:
+def registration_for(platform: LtiPlatform, tool_key: bool = False) -> Registration:
+    """The platform as PyLTI1p3 sees it; with the tool's own key pair when calling its services."""
     reg = Registration()
     reg.set_issuer(platform.issuer).set_client_id(platform.client_id)
     reg.set_auth_login_url(platform.auth_login_url).set_auth_token_url(platform.auth_token_url)
     reg.set_key_set_url(platform.key_set_url).set_key_set(platform.key_set)
-    reg.set_tool_private_key(keys.private_key_pem())
-    reg.set_tool_public_key(keys.public_key_pem())
+    if tool_key:
+        reg.set_tool_private_key(keys.private_key_pem())
+        reg.set_tool_public_key(keys.public_key_pem())
     return reg
 
 

@@ -69,6 +69,8 @@ class TestPlatform:
 
     def __post_init__(self) -> None:
         self.private_pem, self.public_jwk = new_key()
+        # Loaded once: loading an RSA key checks it, which takes tens of milliseconds.
+        self.private_key = serialization.load_pem_private_key(self.private_pem.encode(), None)
 
     # --- the HTTP side ----------------------------------------------------------------------
 
@@ -221,7 +223,7 @@ class TestPlatform:
         self, claims: dict[str, Any], key_pem: str | None = None, kid: str | None = None
     ) -> str:
         return jwt.encode(
-            claims, key_pem or self.private_pem, algorithm="RS256",
+            claims, key_pem or self.private_key, algorithm="RS256",
             headers={"kid": kid or self.public_jwk["kid"]},
         )  # fmt: skip
 
