@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
-from lti.launch import LaunchInfo, LaunchRefused
+from lti.launch import LaunchInfo, LaunchRefused, short_role
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person
 from people.roles import ROLES
@@ -53,9 +53,9 @@ def parse_role_map(text: str) -> dict[str, str]:
             raise ValueError(
                 f"Line {number}: {ours!r} is not a Countersign role ({', '.join(ROLES)})."
             )
-        if len(lms) > 100 or any(c.isspace() for c in lms):
+        if len(lms) > 200 or any(c.isspace() for c in lms):
             raise ValueError(f"Line {number}: {lms!r} is not an LMS role name.")
-        table[lms] = ours
+        table[short_role(lms)] = ours  # a full role URI means its name, as launches are read
     return table
 
 

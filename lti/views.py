@@ -80,6 +80,7 @@ def launch() -> Any:
         s.commit()
         may_write()
         message.check_fresh()
+        s.commit()  # the state is used up even if the person is then refused: one try per launch
         arrival = person_for_launch(s, platform, info, federation())
         policy = policy_for_launch(s, info)
         if policy is not None:

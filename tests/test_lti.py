@@ -143,10 +143,26 @@ def test_lms_instructors_and_administrators_become_staff_unless_an_administrator
 
 
 def test_a_launch_with_no_role_countersign_trains_is_refused(app, client, platform, registered):
-    response, _, _ = platform.launch(client, **{LTI + "roles": [ROLE + "Guest"]})
+    response, auth, id_token = platform.launch(client, **{LTI + "roles": [ROLE + "Guest"]})
     assert_refused(response, "Your role in the learning platform has no training here")
     assert people(app) == []
     assert_not_signed_in(client)
+    # Its state is used up all the same: mapping the role later does not make this launch work.
+    with app.app_context():
+        db.session.get(LtiPlatform, registered).role_map = {"Guest": "volunteer"}
+        db.session.commit()
+    response = client.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]})
+    assert_refused(response, "This launch has already been used")
+
+
+def test_a_role_table_may_name_roles_by_their_full_uri():
+    from lti.accounts import parse_role_map
+
+    table = parse_role_map(f"{ROLE}Instructor = slt\n# a comment\n\nLearner=staff")
+    assert table == {"Instructor": "slt", "Learner": "staff"}
+    for bad in ("Instructor", "Instructor = wizard", "= staff", "Two words = staff"):
+        with pytest.raises(ValueError):
+            parse_role_map(bad)
 
 
 def test_a_launch_signed_with_another_key_is_refused(app, client, platform, registered):
