@@ -30,7 +30,7 @@ from approvals.models import (
 from audit.log import record
 from certificates.models import Certificate
 from core.db import utcnow
-from lti.models import LtiIdentity
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person, SignInAttempt
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -221,6 +221,28 @@ def personal_data(
             {"url": w.url, "active": w.active, "created_at": _iso(w.created_at)}
             for w in session.scalars(
                 select(Webhook).where(Webhook.created_by_id == pid).order_by(Webhook.id)
+            )
+        ],
+        "learning_platform_accounts": [
+            {
+                "platform": name,
+                "platform_user_id": identity.subject,
+                "linked_at": _iso(identity.created_at),
+                "last_launch_at": _iso(identity.last_launch_at),
+                "grades_sent_to": [
+                    {"course": course, "line_item": lineitem}
+                    for course, lineitem in session.execute(
+                        select(LtiGradeLink.context_title, LtiGradeLink.lineitem_url)
+                        .where(LtiGradeLink.identity_id == identity.id)
+                        .order_by(LtiGradeLink.id)
+                    )
+                ],
+            }
+            for identity, name in session.execute(
+                select(LtiIdentity, LtiPlatform.name)
+                .join(LtiPlatform, LtiIdentity.platform_id == LtiPlatform.id)
+                .where(LtiIdentity.person_id == pid)
+                .order_by(LtiIdentity.id)
             )
         ],
     }

@@ -484,3 +484,15 @@ def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, regi
     response, _, _ = platform.launch(app.test_client())
     assert response.status_code == 302
     assert len(people(app)) == 2
+
+
+def test_a_persons_data_download_lists_their_learning_platform_accounts(
+    app, client, platform, registered
+):
+    platform.launch(client)
+    data = client.get("/account/data.json").get_json()
+    (account,) = data["learning_platform_accounts"]
+    assert account["platform"] == "Test Moodle" and account["platform_user_id"] == "moodle-user-17"
+    assert account["grades_sent_to"] == [
+        {"course": "Staff induction", "line_item": platform.lineitem_url}
+    ]
