@@ -97,8 +97,9 @@ def _is_api_path(path: str) -> bool:
 
 
 # Set in the session by a launch from a learning platform: the origins of the platform whose
-# frame the pages are shown in. Such a session's cookie is SameSite=None; Secure (a browser sends
-# no other kind inside another site's frame) and its pages may be framed by those origins only.
+# frame the pages are shown in. Such a session's cookie is SameSite=None; Secure; Partitioned (a
+# browser sends no other kind inside another site's frame, and keeps a partitioned one even when
+# it blocks third-party cookies) and its pages may be framed by those origins only.
 EMBEDDED_IN = "_embedded_in"
 
 
@@ -131,6 +132,13 @@ class SessionInterface(SecureCookieSessionInterface):
         if has_request_context() and session.get(EMBEDDED_IN):
             return True
         return super().get_cookie_secure(app)
+
+    def get_cookie_partitioned(self, app: Flask) -> bool:
+        # Partitioned (CHIPS): kept only for use inside the platform's pages, which is why a
+        # browser that blocks third-party cookies still keeps it.
+        if has_request_context() and session.get(EMBEDDED_IN):
+            return True
+        return super().get_cookie_partitioned(app)
 
 
 # Kept inside the signed session cookie, so they cannot be changed without the secret key:

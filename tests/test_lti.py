@@ -274,7 +274,7 @@ def test_an_embedded_session_may_be_framed_by_its_platform_only_and_its_cookie_i
     cookie = next(
         c for c in response.headers.getlist("Set-Cookie") if c.startswith("countersign_session=")
     )
-    assert "SameSite=None" in cookie and "Secure" in cookie
+    assert "SameSite=None" in cookie and "Secure" in cookie and "Partitioned" in cookie
     page = client.get("/", base_url="https://countersign.test")
     assert page.status_code == 200
     assert f"frame-ancestors {platform.url};" in page.headers["Content-Security-Policy"] + ";"
