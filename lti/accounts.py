@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
-from lti.launch import LaunchInfo, LaunchRefused, short_role
+from lti.launch import LaunchInfo, LaunchRefused, service_url_ok, short_role
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person
 from people.roles import ROLES
@@ -104,6 +104,8 @@ def person_for_launch(
         if person is None:
             person = _create(session, platform, info, email, federation)
             created = True
+        else:
+            _may_link_by_email(platform, person)
         insert_ignoring_conflict(
             session, LtiIdentity.__table__,
             {"platform_id": platform.id, "subject": info.subject, "person_id": person.id,
@@ -116,6 +118,27 @@ def person_for_launch(
             "or volunteer here, ask a Countersign administrator to reopen it.",
         )
     return Arrival(person, created)
+
+
+def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
+    """Whether an existing person may be linked to an LMS account on the platform's word for
+    their email alone. Not if their account can see everyone's records or approve accounts (a
+    platform's administrator, or anyone who can set their own email there, could otherwise sign
+    in as them), nor if the platform is one school's and they belong only to others."""
+    if person.active and person.has_role(*PRIVILEGED):
+        raise LaunchRefused(
+            "Sign in to Countersign directly",
+            "Your Countersign account can see everyone's records, so it is not opened from a "
+            "learning platform on the strength of an email address. Sign in to Countersign "
+            "directly, in a new window.",
+        )
+    if platform.school and person.schools and platform.school not in person.schools:
+        raise LaunchRefused(
+            "Your account belongs to another school",
+            "This learning platform is registered for another school than the one your "
+            "Countersign account is at. Open the training from your own school's platform, or "
+            "sign in to Countersign directly.",
+        )
 
 
 def _create(
@@ -151,8 +174,11 @@ def remember_grade_link(
     with the score scope for this activity."""
     ags = info.ags or {}
     scopes = [s for s in ags.get("scope") or [] if isinstance(s, str)]
-    lineitem, lineitems = ags.get("lineitem"), ags.get("lineitems")
-    if AGS_SCORE not in scopes or not (isinstance(lineitem, str) or isinstance(lineitems, str)):
+    lineitem = ags.get("lineitem") if service_url_ok(ags.get("lineitem"), platform) else None
+    lineitems = ags.get("lineitems") if service_url_ok(ags.get("lineitems"), platform) else None
+    # Scores go to the activity's line item, or to one found or made in the course's list,
+    # which needs the line item scope; only ever to the platform's own addresses.
+    if AGS_SCORE not in scopes or not (lineitem or (lineitems and AGS_LINEITEM in scopes)):
         return None
     identity_id = session.scalar(
         select(LtiIdentity.id).where(
@@ -172,8 +198,8 @@ def remember_grade_link(
         )  # fmt: skip
         session.add(link)
     link.policy_id, link.scopes = policy.id, scopes
-    link.lineitem_url = lineitem if isinstance(lineitem, str) else link.lineitem_url
-    link.lineitems_url = lineitems if isinstance(lineitems, str) else None
+    link.lineitem_url = lineitem or link.lineitem_url
+    link.lineitems_url = lineitems
     link.context_title = (info.context_title or "")[:255] or None
     session.flush()
     return link

@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
-from lti.launch import http_session, registration_for
+from lti.launch import http_session, registration_for, service_url_ok
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
 from people.models import Person
 from training.models import Policy
@@ -33,6 +33,8 @@ from training.status import Status, statuses_for
 
 log = logging.getLogger("countersign.lti")
 BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
+CLAIM_FOR = timedelta(minutes=5)  # longer than one post can take (two 10 s requests and paging)
+MAX_LINEITEM_PAGES = 20
 REPLACED = "Replaced by a newer score before it was sent."
 
 
@@ -126,10 +128,12 @@ def send_due(session: Session, now: datetime | None = None, limit: int = 100) ->
     connectors: dict[int, ServiceConnector] = {}
     ok = 0
     for post, link, identity, platform, policy in rows:
+        if not _claim(session, post, now):
+            continue  # another sender (the cron job, another worker) has it
         error, status, lineitem = _post(post, link, identity, platform, policy, connectors)
         post.attempts += 1
         post.last_attempt_at, post.last_status, post.last_error = now, status, error
-        if lineitem and not link.lineitem_url:
+        if lineitem and not link.lineitem_url and service_url_ok(lineitem, platform):
             link.lineitem_url = lineitem
         if error is None:
             post.sent_at = now
@@ -140,6 +144,43 @@ def send_due(session: Session, now: datetime | None = None, limit: int = 100) ->
             post.next_attempt_at = now + BACKOFF[post.attempts - 1]
         session.commit()
     return ok
+
+
+def _claim(session: Session, post: LtiScorePost, now: datetime) -> bool:
+    """Take a due post for this sender: it is pushed back a while first, so a sender running at
+    the same time skips it; the outcome then sets when it is next due."""
+    claimed = session.execute(
+        update(LtiScorePost)
+        .where(
+            LtiScorePost.id == post.id,
+            LtiScorePost.sent_at.is_(None),
+            LtiScorePost.gave_up_at.is_(None),
+            LtiScorePost.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=now + CLAIM_FOR)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return bool(claimed)
+
+
+class GradeService(AssignmentsGradesService):
+    """Reads a course's line items a bounded number of pages, all on the platform's own hosts."""
+
+    def __init__(self, connector: ServiceConnector, data: Any, platform: LtiPlatform) -> None:
+        super().__init__(connector, data)
+        self.platform, self.pages = platform, 0
+
+    def get_lineitems_page(self, lineitems_url: str | None = None) -> tuple[list, str | None]:
+        self.pages += 1
+        if self.pages > MAX_LINEITEM_PAGES:
+            raise LtiException(
+                f"The course's line items run to more than {MAX_LINEITEM_PAGES} pages."
+            )
+        url = lineitems_url or self._service_data["lineitems"]
+        if not service_url_ok(url, self.platform):
+            raise LtiException("The platform named a line item address on another host.")
+        return super().get_lineitems_page(url)
 
 
 def _post(
@@ -159,16 +200,13 @@ def _post(
         if connector is None:
             connector = ServiceConnector(registration_for(platform, tool_key=True), http_session())
             connectors[platform.id] = connector
-        service = AssignmentsGradesService(
-            connector,
-            {"scope": list(link.scopes), "lineitem": lineitem, "lineitems": link.lineitems_url},
-        )
+        data = {"scope": list(link.scopes), "lineitem": lineitem, "lineitems": link.lineitems_url}
+        service = GradeService(connector, data, platform)
         if not lineitem:
             lineitem = _line_item(service, policy, link).get_id()
-            service = AssignmentsGradesService(
-                connector,
-                {"scope": list(link.scopes), "lineitem": lineitem, "lineitems": link.lineitems_url},
-            )
+            if not service_url_ok(lineitem, platform):
+                raise LtiException("The platform's line item is not on its own host.")
+            service = GradeService(connector, {**data, "lineitem": lineitem}, platform)
         grade = (
             Grade()
             .set_score_given(post.score)
@@ -183,8 +221,11 @@ def _post(
     except LtiServiceException as exc:
         status = exc.response.status_code
         return f"HTTP {status}: {exc.response.text[:300]}", status, lineitem
-    except (LtiException, requests.RequestException, ValueError, KeyError) as exc:
+    except (LtiException, requests.RequestException) as exc:
         return (str(exc)[:500] or type(exc).__name__), None, lineitem
+    except Exception as exc:  # an answer of a shape nobody foresaw must not stop the others
+        log.exception("grade post %s failed", post.id)
+        return f"Unexpected answer from the platform ({type(exc).__name__})", None, lineitem
 
 
 def _line_item(service: AssignmentsGradesService, policy: Policy, link: LtiGradeLink) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,17 @@ def _generate(path: Path) -> str:
         serialization.NoEncryption(),
     ).decode()
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole under another name, then linked into place: a worker starting at the same
+    # moment either makes the link first or reads a complete key, never half of one.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".lti_key-")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+        os.link(temporary, path)
     except FileExistsError:  # another worker made it first
         return path.read_text()
-    with os.fdopen(fd, "w") as f:
-        f.write(pem)
+    finally:
+        os.unlink(temporary)
     return pem
 
 

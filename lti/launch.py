@@ -10,6 +10,7 @@ fetched.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from lti.models import LtiDeployment, LtiLogin, LtiPlatform
 LOGIN_LIFETIME = timedelta(minutes=10)
 HTTP_TIMEOUT_SECONDS = 10
 KEY_SET_CACHE_SECONDS = 600
+KEY_SET_REFETCH_SECONDS = 60
+CLOCK_SKEW_SECONDS = 60
 CLAIM = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
 RESOURCE_LINK_REQUEST = "LtiResourceLinkRequest"
@@ -46,15 +49,18 @@ class LaunchRefused(Exception):
 
     def __init__(self, title: str, message: str, status: int = 403, detail: str = "") -> None:
         super().__init__(message)
-        self.title, self.message, self.status, self.detail = title, message, status, detail
+        self.title, self.message, self.status = title, message, status
+        self.detail = detail[:200]  # shown to whoever is at the browser: a hint, never a dump
         self.platform: LtiPlatform | None = None  # the registered platform it came from, if known
 
 
 class TimeoutSession(requests.Session):
-    """Every request to a platform is bounded in time (PyLTI1p3 sets no timeout itself)."""
+    """Every request to a platform is bounded in time (PyLTI1p3 sets no timeout itself) and
+    never follows a redirect elsewhere."""
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", HTTP_TIMEOUT_SECONDS)
+        kwargs["allow_redirects"] = False  # a platform's services answer where they are asked
         return super().request(method, url, *args, **kwargs)
 
 
@@ -74,6 +80,21 @@ def registration_for(platform: LtiPlatform, tool_key: bool = False) -> Registrat
         reg.set_tool_private_key(keys.private_key_pem())
         reg.set_tool_public_key(keys.public_key_pem())
     return reg
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def service_url_ok(url: object, platform: LtiPlatform) -> bool:
+    """Whether a service address a launch names is the platform's own: on the host of its issuer
+    or token URL, over HTTPS (plain HTTP only on this machine), of a sensible length. Countersign
+    calls nowhere else with its credentials."""
+    if not isinstance(url, str) or not url or len(url) > 1000 or "\x00" in url:
+        return False
+    parts = urlsplit(url)
+    hosts = {urlsplit(platform.issuer).hostname, urlsplit(platform.auth_token_url).hostname}
+    secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK)
+    return secure and parts.hostname is not None and parts.hostname in hosts
 
 
 def find_platform(session: Session, issuer: str, client_id: str | None) -> LtiPlatform | None:
@@ -174,6 +195,21 @@ class LoginStore(SessionService):
         raise NotImplementedError("a launch keeps what it needs in its own tables")
 
 
+class StateCookies(FlaskCookieService):
+    """The login's state, kept in the browser that started it, so that only that browser can
+    complete the launch (a stolen state and id_token posted from another browser are refused).
+    ``SameSite=None; Secure`` so it comes back with the platform's cross-site POST, and
+    ``Partitioned`` so a browser keeps it inside the platform's frame even when it blocks
+    third-party cookies."""
+
+    def update_response(self, response: Any) -> None:
+        for key, data in self._cookie_data_to_set.items():
+            response.set_cookie(
+                key, data["value"], max_age=data["exp"], path="/lti/", secure=True,
+                httponly=True, samesite="None", partitioned=True,
+            )  # fmt: skip
+
+
 class Login(FlaskOIDCLogin):
     def _generate_nonce(self) -> str:
         return secrets.token_urlsafe(32)
@@ -200,7 +236,9 @@ def start_login(session: Session, params: dict[str, str], launch_url: str, secur
         raise _unregistered(iss, client_id)
     request = _FlaskRequest(request_data=params, request_is_secure=secure)
     store = LoginStore(request, session, platform.id)
-    login = Login(request, PlatformConf(session), session_service=store)
+    login = Login(
+        request, PlatformConf(session), session_service=store, cookie_service=StateCookies(request)
+    )
     login.pass_params_to_launch({"platform": platform.id})
     try:
         return login.redirect(launch_url)
@@ -225,7 +263,7 @@ class Launch(FlaskMessageLaunch):
 
     def __init__(self, request: _FlaskRequest, conf: PlatformConf, store: LoginStore) -> None:
         super().__init__(
-            request, conf, session_service=store, cookie_service=FlaskCookieService(request),
+            request, conf, session_service=store, cookie_service=StateCookies(request),
             requests_session=http_session(),
         )  # fmt: skip
         self.conf, self.store = conf, store
@@ -246,13 +284,31 @@ class Launch(FlaskMessageLaunch):
         try:
             return super().get_public_key()
         except LtiException:
-            # The platform may have rotated its keys since they were kept: fetch them once more.
-            url = self._registration.get_key_set_url() if self._registration else None
-            if not url or url not in _key_sets or self._registration.get_key_set() is not None:
+            # The platform may have rotated its keys since they were kept: fetch them once more,
+            # unless they were fetched in the last minute (so unsigned tokens naming an unknown
+            # key cannot make every launch fetch them) or were pasted into the registration.
+            platform = self.conf.platform
+            url = platform.key_set_url if platform is not None else None
+            cached = _key_sets.get(url) if url else None
+            if platform is None or platform.key_set is not None or cached is None:
+                raise
+            if time.monotonic() - cached[0] < KEY_SET_REFETCH_SECONDS:
                 raise
             _key_sets.pop(url, None)
             self._registration.set_key_set(None)
             return super().get_public_key()
+
+    def validate_jwt_signature(self) -> Launch:
+        """As PyLTI1p3's, allowing a minute of difference between the platform's clock and ours."""
+        public_key, key_alg = self.get_public_key()
+        try:
+            jwt.decode(
+                self._get_id_token(), public_key, algorithms=[key_alg],
+                options=self._jwt_verify_options, leeway=CLOCK_SKEW_SECONDS,
+            )  # fmt: skip
+        except jwt.InvalidTokenError as exc:
+            raise LtiException(f"Can't decode id_token: {exc}") from exc
+        return self
 
     def _stage(self, check: Any, title: str, message: str, status: int = 403) -> None:
         try:
@@ -352,11 +408,18 @@ class Launch(FlaskMessageLaunch):
     def check_fresh(self) -> LtiLogin:
         """The state is one this tool issued and not yet used, and the token carries its nonce.
         Uses the state up, so call it inside the transaction that records the launch."""
-        state = self._request.get_param("state")
+        state = str(self._request.get_param("state"))
         cookie = self._cookie_service.get_cookie(state)
-        if cookie is not None and not secrets.compare_digest(str(cookie), str(state)):
-            raise _replayed("The launch's state does not match this browser's login.")
-        login = self.store.take_state(str(state))
+        if cookie is None or not secrets.compare_digest(str(cookie), state):
+            raise LaunchRefused(
+                "This launch did not start in this browser",
+                "The launch was sent by a different browser from the one that started it, or "
+                "your browser did not keep Countersign's cookie. Open the activity again from "
+                "your course; if this keeps happening, ask your LMS administrator to open "
+                "Countersign in a new window.",
+                detail="no state cookie, or another",
+            )
+        login = self.store.take_state(state)
         platform = self.conf.platform
         if login is None or platform is None or login.platform_id != platform.id:
             raise _replayed("The launch's state is unknown, used or expired.")
@@ -379,10 +442,17 @@ def _check_shape(body: dict[str, Any]) -> None:
     audiences = aud if isinstance(aud, list) else [aud]
     if not audiences or not all(isinstance(a, str) and a for a in audiences):
         raise unreadable("audience is missing or not a client id")
-    for claim in ("iss", "sub", "nonce", CLAIM + "deployment_id"):
+    for claim, longest in (
+        ("iss", 500),
+        ("sub", 255),
+        ("nonce", 255),
+        (CLAIM + "deployment_id", 255),
+    ):
         value = body.get(claim)
-        if not isinstance(value, str) or not value or len(value) > 255:
+        if not isinstance(value, str) or not value or len(value) > longest:
             raise unreadable(f"{claim.removeprefix(CLAIM)} is missing or not valid")
+    if "\\u0000" in json.dumps(body):  # nothing holding a NUL can be stored
+        raise unreadable("claims hold a NUL character")
     link = body.get(CLAIM + "resource_link")
     if link is not None and (
         not isinstance(link, dict) or not isinstance(link.get("id"), str) or len(link["id"]) > 255
@@ -391,6 +461,11 @@ def _check_shape(body: dict[str, Any]) -> None:
     for name in (CLAIM + "context", CLAIM + "custom", AGS_CLAIM):
         if name in body and not isinstance(body[name], dict):
             raise unreadable(f"{name.rsplit('/', 1)[-1]} claim is not valid")
+    scope = (body.get(AGS_CLAIM) or {}).get("scope")
+    if scope is not None and not (
+        isinstance(scope, list) and all(isinstance(x, str) for x in scope)
+    ):
+        raise unreadable("grade service scopes are not valid")
 
 
 def _replayed(detail: str) -> LaunchRefused:

@@ -64,10 +64,15 @@ class TestPlatform:
     lineitems: list[dict[str, Any]] = field(default_factory=list)
     tokens_issued: int = 0
     fail_scores: int = 0  # answer this many score posts with 503 before accepting
+    token_answer: Any = None  # when set, what the token endpoint answers instead of a token
     _server: Any = None
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
+        self.rotate_key()
+
+    def rotate_key(self) -> None:
+        """A new key pair, served from then on (the old one is gone from the key set)."""
         self.private_pem, self.public_jwk = new_key()
         # Loaded once: loading an RSA key checks it, which takes tens of milliseconds.
         self.private_key = serialization.load_pem_private_key(self.private_pem.encode(), None)
@@ -141,6 +146,8 @@ class TestPlatform:
 
     def _token(self, request: Request) -> Response:
         """client_credentials with a JWT assertion signed by the tool (RFC 7523), checked."""
+        if self.token_answer is not None:
+            return self._json(self.token_answer)
         form = request.form
         if (
             form.get("grant_type") != "client_credentials"

@@ -19,7 +19,7 @@ from lti.models import LtiGradeLink, LtiIdentity, LtiLogin, LtiPlatform, LtiScor
 from lti.registry import PlatformData, register_platform
 from people.models import Person
 from tests.conftest import Auth, csrf_token
-from tests.lti_platform import AGS, LTI, ROLE, TestPlatform, new_key
+from tests.lti_platform import AGS, LINEITEM_SCOPE, LTI, ROLE, SCORE_SCOPE, TestPlatform, new_key
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules
 
 pytestmark = pytest.mark.usefixtures("published")
@@ -105,20 +105,45 @@ def test_a_valid_launch_adds_the_person_signs_them_in_and_lands_on_their_trainin
 def test_a_launch_finds_an_existing_person_by_email_and_never_changes_their_roles(
     app, client, platform, registered, make_person
 ):
-    pid = make_person("governor", name="Gill Governor", email="gill@ladysmith.example")
+    pid = make_person("staff", "volunteer", name="Sam Staff", email="sam@ladysmith.example")
+    system_admin = "http://purl.imsglobal.org/vocab/lis/v2/system/person#Administrator"
     response, _, _ = platform.launch(
-        client, email="Gill@Ladysmith.example", sub="moodle-gill",
-        **{LTI + "roles": [ROLE + "Instructor", "http://purl.imsglobal.org/vocab/lis/v2/institution/person#Administrator"]},
+        client, email="Sam@Ladysmith.example", sub="moodle-sam",
+        **{LTI + "roles": [ROLE + "Instructor", system_admin]},
     )  # fmt: skip
     assert response.status_code == 302
     assert len(people(app)) == 1
     with app.app_context():
-        assert db.session.get(Person, pid).roles == ["governor"]
+        assert db.session.get(Person, pid).roles == ["staff", "volunteer"]
     # Later launches find them by the platform's user id, even if the email there changes.
     client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
-    response, _, _ = platform.launch(client, email="gill.new@elsewhere.example", sub="moodle-gill")
+    response, _, _ = platform.launch(client, email="sam.new@elsewhere.example", sub="moodle-sam")
     assert response.status_code == 302
-    assert "Gill Governor" in client.get("/").get_data(as_text=True)
+    assert "Sam Staff" in client.get("/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("role", ["governor", "slt", "admin"])
+def test_an_account_that_sees_everyones_records_is_never_opened_on_an_emails_word(
+    app, client, platform, registered, make_person, role
+):
+    make_person(role, "staff", name="Pat Powerful", email="pat@ladysmith.example")
+    response, _, _ = platform.launch(client, email="pat@ladysmith.example", sub="anyone")
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+
+
+def test_one_schools_platform_does_not_open_another_schools_accounts(
+    app, client, platform, make_person
+):
+    register(app, platform, school="infant")
+    make_person("staff", email="jo@ladysmith.example", schools=("junior",))
+    response, _, _ = platform.launch(client, email="jo@ladysmith.example")
+    assert_refused(response, "Your account belongs to another school")
+    make_person("staff", email="ivy@ladysmith.example", schools=("infant",))
+    response, _, _ = platform.launch(client, email="ivy@ladysmith.example", sub="ivy")
+    assert response.status_code == 302
 
 
 def test_lms_instructors_and_administrators_become_staff_unless_an_administrator_says_otherwise(
@@ -187,18 +212,33 @@ def test_a_launch_for_another_audience_is_refused(app, client, platform, registe
 def test_a_replayed_launch_is_refused(app, client, platform, registered):
     response, auth, id_token = platform.launch(client)
     assert response.status_code == 302
-    replay = app.test_client()
-    response = replay.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]})
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    response = client.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]})
     assert_refused(response, "This launch has already been used")
     # The same token with a fresh login's state: its nonce is not that login's.
-    fresh = platform.login(replay)
-    response = replay.post("/lti/launch", data={"id_token": id_token, "state": fresh["state"]})
+    fresh = platform.login(client)
+    response = client.post("/lti/launch", data={"id_token": id_token, "state": fresh["state"]})
     assert_refused(response, "This launch has already been used")
-    assert_not_signed_in(replay)
+    assert_not_signed_in(client)
+
+
+def test_a_launch_posted_from_another_browser_is_refused(app, client, platform, registered):
+    """A state and id_token taken from one browser (login CSRF: someone posting their own launch
+    from a victim's browser) are refused without the cookie the login left in the first."""
+    auth = platform.login(client)
+    id_token = platform.sign(platform.claims(auth["nonce"]))
+    victim = app.test_client()
+    response = victim.post("/lti/launch", data={"id_token": id_token, "state": auth["state"]})
+    assert_refused(response, "This launch did not start in this browser")
+    assert_not_signed_in(victim)
+    cookie = next(c for c in client.post("/lti/login", data={
+        "iss": platform.issuer, "login_hint": "1", "client_id": platform.client_id,
+    }).headers.getlist("Set-Cookie") if c.startswith("lti1p3-"))  # fmt: skip
+    assert all(a in cookie for a in ("Secure", "HttpOnly", "SameSite=None", "Partitioned"))
 
 
 def test_an_expired_launch_is_refused(app, client, platform, registered):
-    response, _, _ = platform.launch(client, exp=int(utcnow().timestamp()) - 60)
+    response, _, _ = platform.launch(client, exp=int(utcnow().timestamp()) - 600)
     assert_refused(response, "This launch has expired")
     response, _, _ = platform.launch(client, exp=None)  # a token must say when it expires
     assert_refused(response, "The launch&#39;s signature is not valid")
@@ -226,7 +266,7 @@ def test_a_login_from_an_unregistered_platform_is_refused(app, client, platform)
 
 def test_a_launch_with_a_stale_or_unknown_state_is_refused(app, client, platform, registered):
     response, _, _ = platform.launch(client, state="state-made-up")
-    assert_refused(response, "This launch has already been used")
+    assert_refused(response, "This launch did not start in this browser")
     auth = platform.login(client)
     with app.app_context():
         login = db.session.get(LtiLogin, auth["state"])
@@ -496,3 +536,56 @@ def test_a_persons_data_download_lists_their_learning_platform_accounts(
     assert account["grades_sent_to"] == [
         {"course": "Staff induction", "line_item": platform.lineitem_url}
     ]
+
+
+def test_grades_go_only_to_the_platforms_own_addresses(app, client, platform, registered):
+    for ags in (
+        {"scope": [SCORE_SCOPE], "lineitem": "http://169.254.169.254/latest/meta-data"},
+        {
+            "scope": [SCORE_SCOPE],
+            "lineitem": platform.lineitem_url.replace("127.0.0.1", "localhost"),
+        },
+        {"scope": [SCORE_SCOPE, LINEITEM_SCOPE], "lineitems": "https://elsewhere.example/items"},
+        {"scope": [SCORE_SCOPE], "lineitems": platform.lineitems_url},  # no line item scope
+    ):
+        response, _, _ = platform.launch(app.test_client(), **{AGS: ags})
+        assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
+    assert platform.scores == [] and platform.tokens_issued == 0
+
+
+def test_a_platform_that_rotates_its_key_is_followed(app, client, platform, registered):
+    from lti import launch as lti_launch
+
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    platform.rotate_key()
+    # Fetched under a minute ago: a token naming an unknown key does not make it fetch again.
+    response, _, _ = platform.launch(app.test_client())
+    assert_refused(response, "The launch&#39;s signature is not valid")
+    url = f"{platform.url}/jwks"
+    fetched_at, keys = lti_launch._key_sets[url]
+    lti_launch._key_sets[url] = (fetched_at - 120, keys)
+    response, _, _ = platform.launch(app.test_client())
+    assert response.status_code == 302
+
+
+def test_a_platform_clock_a_little_ahead_is_allowed(app, client, platform, registered):
+    ahead = int(utcnow().timestamp()) + 30
+    response, _, _ = platform.launch(client, iat=ahead, exp=ahead + 300)
+    assert response.status_code == 302
+
+
+def test_an_unexpected_answer_from_a_platform_is_recorded_and_retried(
+    app, client, platform, registered
+):
+    platform.token_answer = ["not", "a", "token"]
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    with app.app_context():
+        post = db.session.scalar(select(LtiScorePost))
+        assert post.sent_at is None and "Unexpected answer" in post.last_error
+        platform.token_answer = None
+        assert grades.send_due(db.session, now=utcnow() + timedelta(minutes=2)) == 1
+    assert len(platform.scores) == 1
