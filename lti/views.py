@@ -52,16 +52,24 @@ def _refused(exc: LaunchRefused, origins: list[str] | None = None) -> Any:
 
 def _params() -> dict[str, str]:
     source = request.args if request.method == "GET" else request.form
-    return {key: source.get(key, "") for key in source}
+    params = {key: source.get(key, "") for key in source}
+    if any("\x00" in key or "\x00" in value for key, value in params.items()):
+        raise LaunchRefused(
+            "This link did not come from an LMS",
+            "The request holds characters no learning platform sends.",
+            status=400,
+        )
+    return params
 
 
 @lti_bp.route("/lti/login", methods=["GET", "POST"])
 def login() -> Any:
     """OIDC login initiation: the platform sends the browser here first."""
     try:
+        params = _params()
         with writing(db.session):
             return start_login(
-                db.session, _params(), external_url("lti.launch"), secure=request.is_secure
+                db.session, params, external_url("lti.launch"), secure=request.is_secure
             )
     except LaunchRefused as exc:
         return _refused(exc)

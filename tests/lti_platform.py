@@ -80,6 +80,11 @@ class TestPlatform:
     # --- the HTTP side ----------------------------------------------------------------------
 
     def start(self) -> TestPlatform:
+        from lti import launch
+
+        # The tool keeps platforms' key sets by address for a while, and a port is soon reused:
+        # a new platform must not meet the keys an earlier one served from the same address.
+        launch._key_sets.clear()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

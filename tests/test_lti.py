@@ -589,3 +589,12 @@ def test_an_unexpected_answer_from_a_platform_is_recorded_and_retried(
         platform.token_answer = None
         assert grades.send_due(db.session, now=utcnow() + timedelta(minutes=2)) == 1
     assert len(platform.scores) == 1
+
+
+def test_a_nul_in_a_login_or_launch_is_refused_plainly(app, client, platform, registered):
+    response = client.post("/lti/login", data={"iss": "\x00x", "login_hint": "1"})
+    assert_refused(response, "This link did not come from an LMS")
+    response = client.get("/lti/login?iss=a%00&login_hint=1")
+    assert response.status_code == 400
+    response = client.post("/lti/launch", data={"state": "a\x00", "id_token": "a.b.c"})
+    assert_refused(response, "This link did not come from an LMS")
