@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.log import record
@@ -103,8 +104,10 @@ def person_for_launch(
         person = find_by_email(session, email)
         if person is None:
             person = _create(session, platform, info, email, federation)
-            created = True
-        else:
+            created = person is not None
+        if not created:
+            # Known already, or added this moment by the same person's launch in another tab.
+            person = person or find_by_email(session, email)
             _may_link_by_email(platform, person)
         insert_ignoring_conflict(
             session, LtiIdentity.__table__,
@@ -143,7 +146,9 @@ def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
 
 def _create(
     session: Session, platform: LtiPlatform, info: LaunchInfo, email: str, federation: Federation
-) -> Person:
+) -> Person | None:
+    """Someone new, with the roles the platform's table gives; None if a person with this email
+    was added meanwhile (two first launches at once: the second finds the first's)."""
     roles = mapped_roles(platform.role_map or {}, info.roles)
     if not roles:
         raise LaunchRefused(
@@ -154,8 +159,13 @@ def _create(
     schools = (platform.school,) if platform.school else ()
     name = info.name or email.split("@", 1)[0]
     try:
-        return create_person(session, PersonData(name[:200], email, roles, schools), federation)
+        with session.begin_nested():
+            return create_person(session, PersonData(name[:200], email, roles, schools), federation)
+    except IntegrityError:
+        return None
     except PeopleError as exc:
+        if find_by_email(session, email) is not None:
+            return None
         raise LaunchRefused("Your account could not be created", str(exc), status=400) from exc
 
 

@@ -598,3 +598,29 @@ def test_a_nul_in_a_login_or_launch_is_refused_plainly(app, client, platform, re
     assert response.status_code == 400
     response = client.post("/lti/launch", data={"state": "a\x00", "id_token": "a.b.c"})
     assert_refused(response, "This link did not come from an LMS")
+
+
+def test_two_first_launches_at_once_make_one_person(app, client, platform, registered, monkeypatch):
+    """The same new person launching in two tabs: the second launch's look-up ran before the first
+    committed, so its insert meets the first's row. It signs in the person the first one made."""
+    import lti.accounts
+    from people import service as people_service
+
+    first, _, _ = platform.launch(app.test_client())
+    assert first.status_code == 302
+    real = people_service.find_by_email
+    calls = {"n": 0}
+
+    def not_yet_committed(session, email):
+        calls["n"] += 1
+        return None if calls["n"] <= 2 else real(session, email)
+
+    monkeypatch.setattr(lti.accounts, "find_by_email", not_yet_committed)
+    monkeypatch.setattr(people_service, "find_by_email", not_yet_committed)
+    response, _, _ = platform.launch(client, sub="the-same-person-in-another-tab")
+    assert response.status_code == 302, response.get_data(as_text=True)
+    assert calls["n"] == 3
+    assert len(people(app)) == 1
+    assert "Tessa Assistant" in client.get("/").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 2
