@@ -6,6 +6,7 @@ import api.models  # noqa: F401  (registers tables on the metadata)
 import approvals.models  # noqa: F401
 import audit.models  # noqa: F401
 import certificates.models  # noqa: F401
+import core.mail  # noqa: F401  (mail_failure)
 import lti.models  # noqa: F401
 import people.models  # noqa: F401
 import quizzes.models  # noqa: F401

@@ -27,6 +27,7 @@ from wtforms.fields.choices import SelectChoice
 from audit.log import record
 from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
+from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.web import client_ip, external_url, federation
 from people.auth import (
@@ -369,6 +370,7 @@ def people() -> Any:
         "people/people.html", people=rows, total=total, page=page, pages=pages,
         q=q, role=role, school=school, state=state, roles=ROLES, form=ConfirmForm(),
         policies=policies, uninvited=uninvited,
+        mail_failures=recent_mail_failures() if smtp_configured(current_app.config) else [],
     )  # fmt: skip
 
 

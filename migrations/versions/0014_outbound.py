@@ -1,4 +1,7 @@
-"""outbound and approvals: webhooks, decisions, token scopes
+"""outbound and approvals: webhooks, decisions, token scopes; mail_failure
+
+``mail_failure`` keeps recent email send failures (a certificate that could not be verified, a
+refused password) so that administrators are shown them; it holds no personal data or secrets.
 
 Revision ID: 0014
 Revises: 0013
@@ -7,18 +10,29 @@ Create Date: 2026-12-05 08:00:00
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
-revision: str = '0014'
-down_revision: str | None = '0013'
+import core.db
+
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "mail_failure",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", core.db.UTCDateTime(), nullable=False),
+        sa.Column("reason", sa.String(length=40), nullable=False),
+        sa.Column("detail", sa.String(length=300), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mail_failure")),
+    )
+    op.create_index("ix_mail_failure_at", "mail_failure", ["at"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index("ix_mail_failure_at", table_name="mail_failure")
+    op.drop_table("mail_failure")
