@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from approvals.models import (
@@ -24,13 +24,16 @@ from approvals.models import (
 )
 from audit.log import record
 from core.db import insert_ignoring_conflict, utcnow
-from people.models import Person
+from people.models import Person, PersonRole, PersonSchool
 from training.models import Policy
 from training.status import REASON_TEXT, Status, statuses_for
 
 VISIBILITY = {"open": "Open (anyone can see it)", "private": "Private or closed (members only)"}
 PLATFORMS = ["Facebook", "X (Twitter)", "Instagram", "YouTube", "LinkedIn", "TikTok", "Other"]
 STAFF_ROLES = ("staff", "slt")
+# The policy: staff run accounts, and volunteers and parents may help. Governors and
+# administrators are named only when they also hold one of these roles.
+RUNNER_ROLES = ("staff", "slt", "volunteer", "parent")
 MIN_STAFF_RUNNERS = 2
 # Looks like a credential: the app refuses to keep one.
 _SECRET_RE = re.compile(r"pass(word)?\s*[:=]|pwd\s*[:=]", re.I)
@@ -108,6 +111,36 @@ def runner_statuses(
     return result
 
 
+def runner_candidates(session: Session, applicant: Person) -> list[Person]:
+    """The people ``applicant`` may name as runners, by name.
+
+    Staff, volunteers and parents of the applicant's own school(s), plus federation-wide staff (who
+    have no school). An applicant with no school works across the federation and may choose from
+    everyone who can run an account. Nobody else is listed, so the form is not a staff directory.
+    """
+    query = (
+        select(Person)
+        .where(
+            Person.active.is_(True),
+            Person.role_rows.any(PersonRole.role.in_(RUNNER_ROLES)),
+        )
+        .options(selectinload(Person.role_rows))
+        .order_by(func.lower(Person.name), Person.id)
+    )
+    schools = applicant.schools
+    if schools:
+        query = query.where(
+            or_(
+                Person.school_rows.any(PersonSchool.school.in_(schools)),
+                and_(
+                    ~Person.school_rows.any(),
+                    Person.role_rows.any(PersonRole.role.in_(STAFF_ROLES)),
+                ),
+            )
+        )
+    return list(session.scalars(query))
+
+
 def _check_runners(session: Session, runner_ids: tuple[int, ...]) -> list[Person]:
     ids = list(dict.fromkeys(runner_ids))
     people = session.scalars(
@@ -139,6 +172,9 @@ def submit_application(
         raise ApprovalError("Say whether the account will be open or private/closed.")
     if data.platform not in PLATFORMS:
         raise ApprovalError("Choose the platform.")
+    allowed = {p.id for p in runner_candidates(session, applicant)}
+    if not set(data.runner_ids) <= allowed:
+        raise ApprovalError("Choose runners from the people listed.")
     runners = _check_runners(session, data.runner_ids)
     application = AccountApplication(
         applicant_id=applicant.id,
@@ -165,6 +201,29 @@ class RunnersNotTrained(ApprovalError):
         )
 
 
+class NotIndependent(ApprovalError):
+    """The person deciding has a stake in the application (segregation of duties)."""
+
+
+def conflict_of_interest(application: AccountApplication, person: Person) -> str | None:
+    """Why ``person`` may not decide ``application``, or None when they may.
+
+    Whoever made the business case, or is named to run the account, cannot be the one who approves
+    it: another member of the senior leadership team decides.
+    """
+    if application.applicant_id == person.id:
+        return (
+            "You made this application, so another member of the senior leadership team must "
+            "decide it."
+        )
+    if any(runner.id == person.id for runner in application.runners):
+        return (
+            "You are named to run this account, so another member of the senior leadership team "
+            "must decide it."
+        )
+    return None
+
+
 def decide(
     session: Session,
     application: AccountApplication,
@@ -177,6 +236,9 @@ def decide(
     now = now or utcnow()
     if application.decision is not None:
         raise ApprovalError("This application has already been decided.")
+    conflict = conflict_of_interest(application, decided_by)
+    if conflict:
+        raise NotIndependent(conflict)
     reason = reason.strip()
     if not approve and not reason:
         raise ApprovalError("Give a reason for rejecting the application.")
@@ -246,6 +308,10 @@ def record_account(
     ]
     session.add(account)
     session.flush()
+    record(
+        session, "account.recorded", actor_id=admin.id, subject_type="social_account",
+        subject_id=account.id, detail={"application_id": application.id},
+    )  # fmt: skip
     return account
 
 
@@ -307,6 +373,14 @@ def transfer(
                 AccountRunner(person_id=person.id, added_at=now, added_by_id=admin.id)
             )
     session.flush()
+    record(
+        session, "account.handed_over", actor_id=admin.id, subject_type="social_account",
+        subject_id=account.id,
+        detail={
+            "added": " ".join(str(p.id) for p in people if p.id not in current),
+            "removed": " ".join(str(i) for i in sorted(current) if i not in keep),
+        },
+    )  # fmt: skip
 
 
 def close(session: Session, account: SocialAccount, admin: Person, reason: str) -> None:
@@ -318,3 +392,7 @@ def close(session: Session, account: SocialAccount, admin: Person, reason: str) 
     account.closed_by_id = admin.id
     account.close_reason = reason.strip()[:2000]
     session.flush()
+    record(
+        session, "account.closed", actor_id=admin.id, subject_type="social_account",
+        subject_id=account.id,
+    )  # fmt: skip

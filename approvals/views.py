@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 from wtforms.fields.choices import SelectChoice
 
@@ -22,11 +22,14 @@ from approvals.rules import (
     VISIBILITY,
     ApplicationData,
     ApprovalError,
+    NotIndependent,
     RunnersNotTrained,
     close,
+    conflict_of_interest,
     decide,
     record_account,
     register,
+    runner_candidates,
     runner_statuses,
     submit_application,
     transfer,
@@ -42,13 +45,9 @@ REVIEWERS = ("slt", "admin")
 READERS = ("slt", "admin", "governor")
 
 
-def _people_choices() -> list[SelectChoice]:
-    people = db.session.scalars(
-        select(Person)
-        .where(Person.active.is_(True))
-        .options(selectinload(Person.role_rows))
-        .order_by(func.lower(Person.name))
-    )
+def _people_choices(applicant: Person) -> list[SelectChoice]:
+    """Only the people ``applicant`` may choose (see ``runner_candidates``), never the directory."""
+    people = runner_candidates(db.session, applicant)
     return [
         SelectChoice(p.id, f"{p.name} ({', '.join(ROLES[r] for r in p.roles)})") for p in people
     ]
@@ -68,7 +67,7 @@ def _application_or_404(application_id: int) -> AccountApplication:
 @roles_required(*APPLICANTS)
 def apply() -> Any:
     form = ApplicationForm()
-    form.runners.choices = _people_choices()
+    form.runners.choices = _people_choices(current_user)
     if form.validate_on_submit():
         data = ApplicationData(
             name=form.name.data, platform=form.platform.data, aim=form.aim.data,
@@ -123,6 +122,10 @@ def application(application_id: int) -> Any:
                 db.session.rollback()
                 form.form_errors.append(str(exc))
                 status = 409
+            except NotIndependent as exc:
+                db.session.rollback()
+                form.form_errors.append(str(exc))
+                status = 403
             except ApprovalError as exc:
                 db.session.rollback()
                 form.form_errors.append(str(exc))
@@ -138,6 +141,9 @@ def application(application_id: int) -> Any:
         "approvals/application.html", application=application, runners=runners, form=form,
         record_form=record_form, visibility=VISIBILITY,
         can_approve=all(r.trained and r.person.active for r in runners),
+        conflict=conflict_of_interest(application, current_user),
+        # Module-by-module detail is for those who decide or oversee, not for colleagues.
+        show_detail=current_user.has_role(*READERS),
     ), status  # fmt: skip
 
 
@@ -178,7 +184,7 @@ def account(account_id: int) -> Any:
     if account is None:
         abort(404)
     transfer_form = TransferForm(prefix="transfer")
-    transfer_form.runners.choices = _people_choices()
+    transfer_form.runners.choices = _people_choices(current_user)
     close_form = CloseForm(prefix="close")
     status = 200
     if request.method == "POST":

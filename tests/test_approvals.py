@@ -190,3 +190,103 @@ def test_hand_over_to_trained_runners_or_close(app, people):
     page = admin.client.get("/accounts/register").get_data(as_text=True)
     assert "Junior history" not in page
     assert "Department merged" in admin.client.get(url).get_data(as_text=True)
+
+
+# --- segregation of duties (F7) ---
+
+
+def test_nobody_decides_an_application_they_made(app, people):
+    train_people(app, people["ann"], people["bob"])
+    client = sign_in(app, people["sue"])
+    made = Auth(app, client).post(
+        "/accounts/apply",
+        {"name": "Senior news", "platform": "Facebook", "aim": "News.", "audience": "Families.",
+         "promotion": "Newsletter.", "visibility": "open",
+         "runners": [people["ann"], people["bob"]]},
+    )  # fmt: skip
+    application_id = int(made.location.rsplit("/", 1)[1])
+    page = client.get(made.location).get_data(as_text=True)
+    assert "You made this application" in page and "Record the decision" not in page
+    refused = decide(app, people["sue"], application_id, "approve")
+    assert refused.status_code == 403
+    assert "You made this application, so another member of the senior leadership team" in (
+        refused.get_data(as_text=True)
+    )
+    with app.app_context():
+        assert count(Decision) == 0
+    assert decide(app, people["ada"], application_id, "approve").status_code == 302
+
+
+def test_a_named_runner_cannot_decide_the_application(app, people):
+    train_people(app, people["ann"], people["sue"])
+    created = apply(app, people, ["ann", "sue"])
+    application_id = int(created.location.rsplit("/", 1)[1])
+    page = sign_in(app, people["sue"]).get(created.location).get_data(as_text=True)
+    assert "You are named to run this account" in page and "Record the decision" not in page
+    refused = decide(app, people["sue"], application_id, "reject", "Not me")
+    assert refused.status_code == 403
+    assert "You are named to run this account" in refused.get_data(as_text=True)
+    with app.app_context():
+        assert count(Decision) == 0
+        assert db.session.get(AccountApplication, application_id).state == "pending"
+
+
+# --- what applicants see (F16) ---
+
+
+def test_applicants_choose_only_people_of_their_own_schools(app, make_person):
+    amy = make_person("staff", name="Amy Infant", schools=("infant",))
+    make_person("staff", name="Ian Infant Staff", schools=("infant",))
+    make_person("parent", name="Pia Infant Parent", schools=("infant",))
+    make_person("volunteer", name="Val Infant Volunteer", schools=("infant",))
+    make_person("staff", name="Fay Federation Staff")
+    junior = make_person("staff", name="Jo Junior Staff", schools=("junior",))
+    make_person("parent", name="Jay Junior Parent", schools=("junior",))
+    make_person("governor", name="Gil Infant Governor", schools=("infant",))
+    make_person("parent", name="Pat Schoolless Parent")
+    page = sign_in(app, amy).get("/accounts/apply").get_data(as_text=True)
+    for shown in ("Amy Infant", "Ian Infant Staff", "Pia Infant Parent", "Val Infant Volunteer",
+                  "Fay Federation Staff"):  # fmt: skip
+        assert shown in page
+    for hidden in ("Jo Junior Staff", "Jay Junior Parent", "Gil Infant Governor",
+                   "Pat Schoolless Parent"):  # fmt: skip
+        assert hidden not in page
+    refused = Auth(app, sign_in(app, amy)).post(
+        "/accounts/apply",
+        {"name": "Infant news", "platform": "Facebook", "aim": "News.", "audience": "Families.",
+         "promotion": "Newsletter.", "visibility": "open", "runners": [amy, junior]},
+    )  # fmt: skip
+    assert refused.status_code == 400
+    with app.app_context():
+        assert count(AccountApplication) == 0
+
+
+def test_only_reviewers_see_a_runners_module_by_module_status(app, people):
+    created = apply(app, people, ["ann", "bob", "vic"])
+    applicant_page = sign_in(app, people["applicant"]).get(created.location).get_data(as_text=True)
+    assert "Vic Volunteer" in applicant_page and "Not trained" in applicant_page
+    assert "Not started" not in applicant_page and "Signature:" not in applicant_page
+    for reviewer in ("sue", "gus"):
+        page = sign_in(app, people[reviewer]).get(created.location).get_data(as_text=True)
+        assert "Not started: all 10 modules" in page
+
+
+# --- the register's changes are audited (F13) ---
+
+
+def test_register_account_recorded_handed_over_and_closed_are_audited(app, people):
+    from audit.models import AuditEvent
+
+    admin, url = approved_account(app, people)
+    train_people(app, people["ada"])
+    admin.post(url, {"action": "transfer", "transfer-runners": [people["ann"], people["ada"]]})
+    admin.post(url, {"action": "close", "close-reason": "Department merged"})
+    with app.app_context():
+        account = db.session.scalar(select(SocialAccount))
+        rows = db.session.scalars(
+            select(AuditEvent).where(AuditEvent.event.like("account.%")).order_by(AuditEvent.seq)
+        ).all()
+    assert [r.event for r in rows] == ["account.recorded", "account.handed_over", "account.closed"]
+    assert all(r.actor_id == people["ada"] and r.subject_id == str(account.id) for r in rows)
+    assert rows[1].detail == (f'{{"added":"{people["ada"]}","removed":"{people["bob"]}"}}')
+    assert all("Staff" not in r.detail and "facebook" not in r.detail for r in rows)
