@@ -14,6 +14,7 @@ from wtforms.validators import DataRequired, Length
 from api.models import ApiToken, Webhook, WebhookDelivery
 from api.tokens import SCOPES, TokenError, create_token, revoke
 from api.webhooks import create_webhook
+from api.webhooks import stop_webhook as stop
 from core.db import db
 from core.forms import Form
 from people.forms import MultiCheckboxField
@@ -114,7 +115,7 @@ def stop_webhook(webhook_id: int) -> Any:
     if hook is None:
         abort(404)
     Form()
-    hook.active = False
+    stop(db.session, hook, current_user.id)
     db.session.commit()
     flash("The webhook is stopped; no more events are sent to it.", "success")
     return redirect(url_for("webhooks.webhooks"))

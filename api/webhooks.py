@@ -5,27 +5,39 @@ change a status, the rule is asked again and every difference becomes an event, 
 active webhook. Deliveries are POSTed as JSON signed with HMAC-SHA256 of the body under the
 webhook's secret, and retried with back-off until they succeed or give up. ``flask webhooks run``
 (from cron, every minute) retries what is due and notices expiries, which no request announces.
+
+An address is a way into the network the server sits in, so it must be https and its host must be
+public: the name is resolved and every address checked when the webhook is added, and again before
+each delivery, which then connects to exactly the address that was checked (the certificate is
+still verified against the name). Redirects are never followed, and a failure is recorded in
+generic words, never the remote server's own text (which would make the page a network probe).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import ipaddress
 import json
 import logging
 import secrets
+import socket
+import ssl
 import threading
-import urllib.error
-import urllib.request
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Flask
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from api.models import StatusSnapshot, Webhook, WebhookDelivery
+from audit.log import record
 from core.db import utcnow
 from people.models import Person
 from training.models import Policy
@@ -42,14 +54,165 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+Resolver = Callable[[str, int], list[str]]
+
+
+class AddressRefused(ValueError):
+    """A webhook address Countersign will not send to; the message says why, for the form."""
+
+
+def system_resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (IPv4 and IPv6)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _setting(name: str, default: Any = None) -> Any:
+    return current_app.config.get(name, default) if has_app_context() else default
+
+
+def _resolver() -> Resolver:
+    """``WEBHOOKS_RESOLVER`` lets a test stand in for DNS (as a rebinding attacker would)."""
+    return _setting("WEBHOOKS_RESOLVER") or system_resolve
+
+
+def _allow_loopback() -> bool:
+    value = _setting("WEBHOOKS_ALLOW_HTTP_LOOPBACK", False)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, Teredo, NAT64), which is where it goes."""
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address.teredo:
+        return address.teredo[1]
+    if address in ipaddress.IPv6Network("64:ff9b::/96"):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def address_refusal(text: str) -> str | None:
+    """Why Countersign will not connect to the IP address ``text``, or None when it is public."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(address)
+        if inner is not None:
+            return address_refusal(str(inner))
+    if address.is_loopback:
+        return None if _allow_loopback() else "it is this server itself (loopback)"
+    if address.is_multicast:
+        return "it is a multicast address"
+    if address.is_link_local:
+        return "it is a link-local address"
+    if address.is_unspecified or address.is_reserved or not address.is_global:
+        return "it is a private or reserved address, not one on the internet"
+    return None
+
+
+def _literal_ip(host: str) -> str | None:
+    """``host`` as an IP address if it is written as one, in any form the C library accepts
+    (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``), else None."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a delivery goes: the name (for Host, SNI and the certificate) and a checked address."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str
+
+
+def check_url(url: str) -> tuple[str, str, int, str]:
+    """The scheme, host, port and path of an acceptable webhook address; raises AddressRefused."""
+    if len(url) > 500 or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise AddressRefused("Give the full address that receives events, starting https://.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise AddressRefused("That is not a web address Countersign can use.") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise AddressRefused("Give the full address that receives events, starting https://.")
+    if parts.username is not None or parts.password is not None:
+        raise AddressRefused("Leave user names and passwords out of the address.")
+    host = parts.hostname.rstrip(".")
+    if parts.scheme == "http":
+        literal = _literal_ip(host)
+        loopback = host == "localhost" or (
+            literal is not None and ipaddress.ip_address(literal).is_loopback
+        )
+        if not (_allow_loopback() and loopback):
+            raise AddressRefused("The address must start https://, so events travel encrypted.")
+    port = port or (443 if parts.scheme == "https" else 80)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.scheme, host, port, path
+
+
+def resolve_target(url: str, resolve: Resolver | None = None) -> Target:
+    """Check ``url``, resolve its host and check every address it has; connect to the first.
+
+    Raises AddressRefused when the address is not allowed, and OSError when the name does not
+    resolve.
+    """
+    scheme, host, port, path = check_url(url)
+    literal = _literal_ip(host)
+    addresses = [literal] if literal else (resolve or _resolver())(host, port)
+    if not addresses:
+        raise OSError(f"{host} has no address")
+    for address in addresses:
+        reason = address_refusal(address)
+        if reason:
+            raise AddressRefused(
+                f"Countersign does not send events to {host}: {reason}. Give an address on the "
+                "internet."
+            )
+    return Target(scheme, host, port, path, addresses[0])
+
+
 def create_webhook(session: Session, url: str, created_by_id: int | None) -> Webhook:
+    """Register ``url``; raises AddressRefused (a ValueError) with the reason when it is not allowed.
+
+    A name that does not resolve yet is accepted: every delivery resolves and checks it again.
+    """
     url = url.strip()
-    if not url.startswith(("https://", "http://")) or len(url) > 500 or " " in url:
-        raise ValueError("Give the full address that receives events, starting https://.")
+    try:
+        resolve_target(url)
+    except OSError:
+        pass
     webhook = Webhook(url=url, secret=secrets.token_urlsafe(32), created_by_id=created_by_id)
     session.add(webhook)
     session.flush()
+    record(session, "webhook.added", actor_id=created_by_id, subject_type="webhook",
+           subject_id=webhook.id)  # fmt: skip
     return webhook
+
+
+def stop_webhook(session: Session, webhook: Webhook, stopped_by_id: int | None) -> None:
+    if webhook.active:
+        webhook.active = False
+        session.flush()
+        record(session, "webhook.stopped", actor_id=stopped_by_id, subject_type="webhook",
+               subject_id=webhook.id)  # fmt: skip
 
 
 def detect_changes(
@@ -142,34 +305,78 @@ def deliver_due(session: Session, now: datetime | None = None, limit: int = 100)
     return ok
 
 
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the checked address, whatever the name resolves to by now."""
+
+    def __init__(self, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As above, with TLS: SNI and the certificate check use the name, not the address."""
+
+    def __init__(self, target: Target, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=context)
+        self._address = target.address
+        self._tls = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+
+
+def _post(target: Target, body: bytes, headers: dict[str, str]) -> int:
+    """POST ``body`` to ``target``; the response status. http.client follows no redirects."""
+    if target.scheme == "https":
+        context = ssl.create_default_context(cafile=_setting("WEBHOOKS_CA_FILE") or None)
+        connection: http.client.HTTPConnection = _PinnedHTTPSConnection(
+            target, TIMEOUT_SECONDS, context
+        )
+    else:
+        connection = _PinnedHTTPConnection(target, TIMEOUT_SECONDS)
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read(64 * 1024)  # the answer's body is not ours to keep
+        return response.status
+    finally:
+        connection.close()
+
+
 def _attempt(session: Session, delivery: WebhookDelivery, now: datetime) -> bool:
     hook = session.get(Webhook, delivery.webhook_id)
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    request = urllib.request.Request(
-        hook.url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": "Countersign-Webhooks/1",
-            "X-Countersign-Event": delivery.payload["type"],
-            "X-Countersign-Delivery": str(delivery.id),
-            "X-Countersign-Signature": sign(hook.secret, body),
-        },
-    )
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Countersign-Webhooks/1",
+        "X-Countersign-Event": delivery.payload["type"],
+        "X-Countersign-Delivery": str(delivery.id),
+        "X-Countersign-Signature": sign(hook.secret, body),
+    }
     delivery.attempts += 1
     delivery.last_attempt_at = now
+    status: int | None = None
     try:
-        # add_webhook accepts only http:// and https:// addresses, never file: or others.
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # nosec B310
-            delivery.last_status = response.status
-        delivery.delivered_at = now
-        delivery.last_error = None
-        return True
-    except urllib.error.HTTPError as exc:
-        delivery.last_status, delivery.last_error = exc.code, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        delivery.last_status, delivery.last_error = None, str(getattr(exc, "reason", exc))[:500]
+        target = resolve_target(hook.url)  # again: what the name points at may have changed
+        status = _post(target, body, headers)
+    except AddressRefused:
+        error = "not sent: the address is not on the internet"
+    except ssl.SSLError:
+        error = "could not connect securely (certificate not accepted)"
+    except (OSError, http.client.HTTPException):
+        error = "could not connect"
+    else:
+        if 200 <= status < 300:
+            delivery.last_status, delivery.delivered_at, delivery.last_error = status, now, None
+            return True
+        error = f"the receiving server answered {status}"
+        if 300 <= status < 400:
+            error += " (a redirect, which is not followed)"
+    delivery.last_status, delivery.last_error = status, error
     if delivery.attempts > len(BACKOFF):
         delivery.gave_up_at = now
     else:

@@ -105,6 +105,7 @@ def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) 
         "SECRET_KEY": "test-secret-key-not-for-production",
         "SERVER_NAME": "countersign.test",
         "BASE_URL": "http://countersign.test",
+        "WEBHOOKS_ALLOW_HTTP_LOOPBACK": True,  # test receivers listen on 127.0.0.1
         **app_config,
     }
     application = create_app(config)

@@ -2,6 +2,7 @@
 
 ``mail_failure`` keeps recent email send failures (a certificate that could not be verified, a
 refused password) so that administrators are shown them; it holds no personal data or secrets.
+Webhook deliveries recorded the remote server's own error text; it is replaced by generic words.
 
 Revision ID: 0014
 Revises: 0013
@@ -31,6 +32,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mail_failure")),
     )
     op.create_index("ix_mail_failure_at", "mail_failure", ["at"])
+    op.execute(
+        "UPDATE webhook_delivery SET last_error = CASE WHEN last_status IS NULL "
+        "THEN 'could not connect' "
+        "ELSE 'the receiving server answered ' || CAST(last_status AS VARCHAR(10)) END "
+        "WHERE last_error IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
