@@ -95,6 +95,20 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def status_only(body: str) -> str:
+    """An answer cut down for a ``training:status`` token: the person's id and the verdict, never
+    their name, email, roles or module-by-module progress."""
+    full = json.loads(body)
+    return dumps(
+        {
+            "person": {"id": full["person"]["id"]},
+            "policy": full["policy"],
+            "trained": full["trained"],
+            "valid_until": full["valid_until"],
+        }
+    )
+
+
 _POLICIES = Sql("SELECT id, slug, status_rev FROM policy ORDER BY slug")
 
 # One query: each person asked about, with their answer when a valid one is stored.

@@ -37,7 +37,11 @@ def document() -> dict[str, Any]:
             "title": "Countersign API",
             "version": "1.0.0",
             "description": "Is this person trained on a policy? For approval workflows and other "
-            'systems. Every error is JSON: {"error": {"code", "message"}}.',
+            'systems. Every error is JSON: {"error": {"code", "message"}}. '
+            "A token with the training:read scope sees each person's name, email, roles and "
+            "module-by-module status (TrainingStatus). A token with only training:status sees "
+            "the person's id and the verdict (StatusOnly): no name, email, roles or modules, "
+            "and an email it asked about is not echoed back.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -67,7 +71,12 @@ def document() -> dict[str, Any]:
                             "description": "The person's status.",
                             "content": {
                                 "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/TrainingStatus"}
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/TrainingStatus"},
+                                            {"$ref": "#/components/schemas/StatusOnly"},
+                                        ]
+                                    }
                                 }
                             },
                         },
@@ -115,7 +124,14 @@ def document() -> dict[str, Any]:
             },
         },
         "components": {
-            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token with the training:read scope (names, emails and "
+                    "module detail) or training:status (ids and the verdict only).",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -211,6 +227,33 @@ def document() -> dict[str, Any]:
                         },
                     },
                 },
+                "StatusOnly": {
+                    "description": "For a training:status token: no name, email, roles or "
+                    "module detail.",
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["person", "policy", "trained", "valid_until"],
+                    "properties": {
+                        "person": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["id"],
+                            "properties": {"id": {"type": "integer"}},
+                        },
+                        "policy": {"$ref": "#/components/schemas/PolicyRef"},
+                        "trained": {"type": "boolean"},
+                        "valid_until": timestamp,
+                    },
+                },
+                "PolicyRef": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["slug", "version"],
+                    "properties": {
+                        "slug": {"type": "string"},
+                        "version": {"type": "string"},
+                    },
+                },
                 "CheckRequest": {
                     "type": "object",
                     "additionalProperties": False,
@@ -241,12 +284,17 @@ def document() -> dict[str, Any]:
                             "items": {
                                 "oneOf": [
                                     {"$ref": "#/components/schemas/TrainingStatus"},
+                                    {"$ref": "#/components/schemas/StatusOnly"},
                                     {
                                         "type": "object",
                                         "additionalProperties": False,
                                         "required": ["ref", "error"],
                                         "properties": {
-                                            "ref": {"type": ["integer", "string"]},
+                                            "ref": {
+                                                "type": ["integer", "string", "null"],
+                                                "description": "What was asked, or null for an "
+                                                "email asked by a training:status token.",
+                                            },
                                             "error": {"const": "not_found"},
                                         },
                                     },

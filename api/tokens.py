@@ -14,7 +14,13 @@ from api.models import ApiToken
 from audit.log import record
 from core.db import Sql, db, utcnow, writing
 
-SCOPES = {"training:read": "Read people's training status"}
+# training:status answers with ids and the verdict only, for systems that need no more (a door
+# system, a rota); training:read adds name, email, roles and module-by-module detail.
+SCOPES = {
+    "training:status": "Whether people are trained, by id: no names, emails or module detail",
+    "training:read": "People's training status with their name, email, roles and each module",
+}
+PERSONAL_SCOPE = "training:read"
 TOKEN_PREFIX = "cs_"
 # Recording every use would make each lookup a write; once a minute says enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -8,9 +8,9 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from api.answers import Answer, PolicyRef, dumps, find_answers, policies
+from api.answers import Answer, PolicyRef, dumps, find_answers, policies, status_only
 from api.openapi import document
-from api.tokens import authenticate
+from api.tokens import PERSONAL_SCOPE, authenticate
 from core.db import reads_only
 from core.web import json_error
 from training.loader import SLUG_RE
@@ -35,7 +35,9 @@ def _api_error(error: ApiError) -> Any:
     return json_error(error.status, error.code, error.message)
 
 
-def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def requires(*scopes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Any one of ``scopes`` lets the caller in; the view decides how much it may see."""
+
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -46,8 +48,9 @@ def requires(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
             token = authenticate(secret.strip())
             if token is None:
                 raise ApiError(401, "unauthorized", "The token is not valid or has been revoked.")
-            if scope not in token.scopes:
-                raise ApiError(403, "forbidden", f"This token does not have the {scope!r} scope.")
+            if not token.scopes & set(scopes):
+                wanted = " or ".join(repr(scope) for scope in scopes)
+                raise ApiError(403, "forbidden", f"This token does not have the {wanted} scope.")
             g.api_token = token
             return view(*args, **kwargs)
 
@@ -84,8 +87,13 @@ def _json(body: str) -> Response:
     return Response(body, mimetype="application/json")
 
 
+def _visible(body: str) -> str:
+    """The answer as this token may see it: in full, or without personal details."""
+    return body if PERSONAL_SCOPE in g.api_token.scopes else status_only(body)
+
+
 @api_bp.get("/people/<ref>/training-status")
-@requires("training:read")
+@requires("training:read", "training:status")
 def person_status(ref: str) -> Any:
     unknown = set(request.args) - {"policy"}
     if unknown:
@@ -95,11 +103,11 @@ def person_status(ref: str) -> Any:
     answer = _answers(_policy(request.args.get("policy")), [ref]).get(ref)
     if answer is None:
         raise ApiError(404, "person_not_found", "Nobody has that id or email address.")
-    return _json(answer.body)
+    return _json(_visible(answer.body))
 
 
 @api_bp.post("/training-status/check")
-@requires("training:read")
+@requires("training:read", "training:status")
 def check() -> Any:
     if not request.is_json:
         raise ApiError(
@@ -142,13 +150,19 @@ def check() -> Any:
     for original, ref in zip(refs, cleaned, strict=True):
         answer = answers.get(ref)
         if answer is None:
-            results.append(dumps({"ref": original, "error": "not_found"}))
+            # An email asked about is not echoed to a token that may not see emails.
+            echo = original if _visible_ref(original) else None
+            results.append(dumps({"ref": echo, "error": "not_found"}))
             all_trained = False
         else:
-            results.append(answer.body)
+            results.append(_visible(answer.body))
             all_trained = all_trained and answer.trained
     trained = "true" if all_trained else "false"
     return _json(f'{{"all_trained":{trained},"results":[{",".join(results)}]}}')
+
+
+def _visible_ref(ref: Any) -> bool:
+    return PERSONAL_SCOPE in g.api_token.scopes or isinstance(ref, int | float)
 
 
 @api_bp.get("/openapi.json")

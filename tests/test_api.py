@@ -344,3 +344,69 @@ def check_operation(operation, token, examples) -> None:
     run()
     # An operation with no inputs has one request to make; the others make the full count.
     assert len(calls) >= (examples * 0.9 if has_inputs else 1), (operation.label, len(calls))
+
+
+# --- a token that sees no personal details (F15) ------------------------------------------------
+
+
+def test_a_status_only_token_never_sees_names_or_emails(app, client, make_person, runner):
+    created = runner.invoke(
+        args=["tokens", "create", "--name", "Rota", "--scope", "training:status"]
+    )
+    assert created.exit_code == 0, created.output
+    headers = {"Authorization": f"Bearer {created.output.strip().splitlines()[-1]}"}
+    tess = make_person("parent", name="Tess Trained", email="tess@ladysmith.example")
+    una = make_person("volunteer", name="Una Untrained", email="una@ladysmith.example")
+    train_people(app, tess)
+    responses = [
+        client.get(f"/api/v1/people/{tess}/training-status", headers=headers),
+        client.get("/api/v1/people/una@ladysmith.example/training-status", headers=headers),
+        client.get("/api/v1/people/ghost@ladysmith.example/training-status", headers=headers),
+        client.get(f"/api/v1/people/{tess}/training-status?policy=nope", headers=headers),
+        client.post("/api/v1/training-status/check", headers=headers,
+                    json={"people": [tess, "UNA@ladysmith.example", "ghost@ladysmith.example", 9]}),
+        client.post("/api/v1/training-status/check", headers=headers,
+                    json={"people": ["una@ladysmith.example"], "colour": "red"}),
+        client.post("/api/v1/training-status/check", headers=headers,
+                    json={"people": list(range(1, 60))}),
+    ]  # fmt: skip
+    for response in responses:
+        text = response.get_data(as_text=True).lower()
+        for secret in ("tess", "una", "ghost", "ladysmith", "parent", "volunteer"):
+            assert secret not in text, (response.request.path, text)
+        assert '"modules"' not in text and '"missing"' not in text
+    first, by_email, unknown = (r.get_json() for r in responses[:3])
+    STATUS_OP.validate_response(responses[0])
+    assert first == {"person": {"id": tess}, "policy": {"slug": "social-media-policy",
+                     "version": "1.0"}, "trained": True, "valid_until": first["valid_until"]}  # fmt: skip
+    assert by_email["person"] == {"id": una} and by_email["trained"] is False
+    assert responses[2].status_code == 404 and responses[3].status_code == 404
+    CHECK_OP.validate_response(responses[4])
+    batch = responses[4].get_json()
+    assert [r.get("trained") for r in batch["results"]] == [True, False, None, None]
+    assert batch["results"][2] == {"ref": None, "error": "not_found"}
+    assert batch["results"][3] == {"ref": 9, "error": "not_found"}
+    assert responses[5].status_code == 400
+    assert {r["person"]["id"] for r in responses[6].get_json()["results"] if "person" in r} == {
+        tess,
+        una,
+    }
+
+
+def test_administrators_create_a_status_only_token(app, auth, make_person):
+    auth.as_person(make_person("admin"))
+    pid = make_person("staff", name="Sam Staff", email="sam@ladysmith.example")
+    response = auth.post("/admin/tokens/", {"name": "Door system", "scopes": ["training:status"]})
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "no names, emails or module detail" in page
+    secret = page.split('<code class="copyable">')[1].split("<")[0]
+    answer = app.test_client().get(
+        f"/api/v1/people/{pid}/training-status", headers={"Authorization": f"Bearer {secret}"}
+    )
+    assert answer.status_code == 200 and answer.get_json()["person"] == {"id": pid}
+    assert "Sam" not in answer.get_data(as_text=True)
+
+
+def test_the_openapi_document_describes_the_status_only_scope(client):
+    text = client.get("/api/v1/openapi.json").get_data(as_text=True)
+    assert "training:status" in text and "StatusOnly" in text
