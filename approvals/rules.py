@@ -116,7 +116,8 @@ def runner_candidates(session: Session, applicant: Person) -> list[Person]:
 
     Staff, volunteers and parents of the applicant's own school(s), plus federation-wide staff (who
     have no school). An applicant with no school works across the federation and may choose from
-    everyone who can run an account. Nobody else is listed, so the form is not a staff directory.
+    everyone who can run an account. Nobody else is listed, so the form is not a staff directory;
+    the form refuses anyone not offered.
     """
     query = (
         select(Person)
@@ -172,9 +173,6 @@ def submit_application(
         raise ApprovalError("Say whether the account will be open or private/closed.")
     if data.platform not in PLATFORMS:
         raise ApprovalError("Choose the platform.")
-    allowed = {p.id for p in runner_candidates(session, applicant)}
-    if not set(data.runner_ids) <= allowed:
-        raise ApprovalError("Choose runners from the people listed.")
     runners = _check_runners(session, data.runner_ids)
     application = AccountApplication(
         applicant_id=applicant.id,

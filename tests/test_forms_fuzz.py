@@ -782,8 +782,9 @@ def _apply(c: Ctx, endpoint: str) -> None:
 @form("approvals.application")
 def _decide(c: Ctx, endpoint: str) -> None:
     runners = _runners(c, trained=False)
-    slt = c.as_role("slt")
-    pending = {"id": _application(c, slt, runners)}
+    applicant = c.person("staff")  # someone else: nobody decides their own application
+    c.as_role("slt")
+    pending = {"id": _application(c, applicant, runners)}
     fuzz = Fuzz(c.app, c.client, f"/accounts/applications/{pending['id']}")
     ids = st.one_of(st.just(None), weird_ids())
 
@@ -791,7 +792,7 @@ def _decide(c: Ctx, endpoint: str) -> None:
         url_id, body = example
         url = f"/accounts/applications/{pending['id'] if url_id is None else url_id}"
         if fuzz.post(url, body).status_code == 302:  # decided: the next examples get a new one
-            pending["id"] = _application(c, slt, runners)
+            pending["id"] = _application(c, applicant, runners)
 
     c.run(st.tuples(ids, c.bodies(decision=texts("approve", "reject"), reason=texts("No"))),
           check)  # fmt: skip
@@ -801,7 +802,8 @@ def _decide(c: Ctx, endpoint: str) -> None:
 def _record_and_register(c: Ctx, endpoint: str) -> None:
     runners = _runners(c, trained=True)
     admin = c.as_role("admin", "slt")
-    current = {"application": _application(c, admin, runners, approve_as=admin), "account": 0}
+    applicant = c.person("staff")  # someone else: nobody decides their own application
+    current = {"application": _application(c, applicant, runners, approve_as=admin), "account": 0}
     fuzz = Fuzz(c.app, c.client, f"/accounts/applications/{current['application']}")
     handles = texts("@LadysmithHistory", "https://facebook.com/x", "password: hunter2",
                     "javascript:alert(1)")  # fmt: skip
@@ -819,7 +821,7 @@ def _record_and_register(c: Ctx, endpoint: str) -> None:
         if response.status_code == 302 and "/accounts/register/" in (response.location or ""):
             if which == "record":  # recorded: the next record needs another approved application
                 current["account"] = int(response.location.rstrip("/").rsplit("/", 1)[1])
-                current["application"] = _application(c, admin, runners, approve_as=admin)
+                current["application"] = _application(c, applicant, runners, approve_as=admin)
 
     if endpoint == "approvals.account":  # an account on the register to hand over or close
         check(("record", None, Body([("platform", "Facebook"), ("handle", "@History")], "percent")))

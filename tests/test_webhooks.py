@@ -291,9 +291,9 @@ def _deliver_once(app, url: str) -> WebhookDelivery:
         hook = Webhook(url=url, secret="s")  # added directly: as if registered earlier
         db.session.add(hook)
         db.session.flush()
+        payload = {"type": EVENT, "data": {"person": {"id": 1}, "trained": True}}
         db.session.add(WebhookDelivery(webhook_id=hook.id, event_id="e", attempts=0,
-                                       payload={"type": EVENT, "data": {"person": {"id": 1}, "trained": True}},
-                                       next_attempt_at=utcnow()))  # fmt: skip
+                                       payload=payload, next_attempt_at=utcnow()))  # fmt: skip
         db.session.commit()
         deliver_due(db.session)
         delivery = db.session.scalar(select(WebhookDelivery).order_by(WebhookDelivery.id.desc()))
