@@ -73,7 +73,8 @@ def _setting(name: str, default: Any = None) -> Any:
 
 def _resolver() -> Resolver:
     """``WEBHOOKS_RESOLVER`` lets a test stand in for DNS (as a rebinding attacker would)."""
-    return _setting("WEBHOOKS_RESOLVER") or system_resolve
+    resolver = _setting("WEBHOOKS_RESOLVER")
+    return resolver if callable(resolver) else system_resolve
 
 
 def _allow_loopback() -> bool:

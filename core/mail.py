@@ -188,7 +188,10 @@ def _deliver(config: Any, to: str, subject: str, body: str) -> None:
     message["To"] = to
     message["Subject"] = subject
     message.set_content(body)
-    context = tls_context(config) if implicit or starttls else None
+    try:
+        context = tls_context(config) if implicit or starttls else None
+    except (OSError, ssl.SSLError):
+        raise MailError("tls", "COUNTERSIGN_SMTP_CA_FILE could not be read as PEM") from None
     if implicit:
         smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=15, context=context)
     else:

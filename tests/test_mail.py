@@ -164,3 +164,12 @@ def test_administrator_is_shown_that_email_is_failing(app, auth, make_person, tm
     assert "Email is not being sent" in page
     assert "certificate not accepted" in page and "COUNTERSIGN_SMTP_CA_FILE" in page
     assert SECRET not in page
+
+
+def test_an_unreadable_ca_file_is_reported_not_ignored(app, smtp, tmp_path):
+    app.config.update(SMTP_STARTTLS=True, SMTP_CA_FILE=str(tmp_path / "missing.pem"))
+    with app.app_context(), pytest.raises(MailError) as failure:
+        send_mail(app.config, "s@ladysmith.example", "Hello", "body")
+    assert failure.value.reason == "tls" and "SMTP_CA_FILE" in failure.value.detail
+    assert smtp.received == []
+    assert _wait_for(lambda: _failures(app))
