@@ -105,6 +105,8 @@ def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) 
         "SECRET_KEY": "test-secret-key-not-for-production",
         "SERVER_NAME": "countersign.test",
         "BASE_URL": "http://countersign.test",
+        # The shared sign-in helpers use a password alone; tests of the second factor turn it on.
+        "MFA_ROLES": "",
         **app_config,
     }
     application = create_app(config)

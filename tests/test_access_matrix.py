@@ -350,7 +350,7 @@ def create_matrix_app(url: str, instance: Path) -> Flask:
     app = create_app({
         "TESTING": True, "DATABASE_URL": url, "CONTENT_DIR": str(ROOT / "content"),
         "SECRET_KEY": "test-secret-key-not-for-production", "SERVER_NAME": "countersign.test",
-        "BASE_URL": "http://countersign.test", "WTF_CSRF_ENABLED": True,
+        "BASE_URL": "http://countersign.test", "WTF_CSRF_ENABLED": True, "MFA_ROLES": "",
     })  # fmt: skip
     app.instance_path = str(instance)
     return app
