@@ -54,7 +54,7 @@ from people.views import roles_required, safe_next
 
 mfa_bp = Blueprint(
     "mfa", __name__, template_folder="templates", static_folder="static",
-    static_url_path="/mfa/static",
+    static_url_path="/static/mfa",
 )  # fmt: skip
 
 EXPIRED = "Signing in took too long, or was started in another window. Sign in again."
