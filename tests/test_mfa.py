@@ -422,3 +422,48 @@ def test_setup_says_privileged_demo_people_set_up_a_second_factor(app, runner):
     assert result.exit_code == 0, result.output
     assert "asked to set up a second factor" in result.output
     assert "Administrator" in result.output.split("second factor")[-1]
+
+
+def test_changing_the_second_factor_needs_a_recent_sign_in(app, client, make_person):
+    pid = make_person("admin")
+    secret, _, _ = enrol_after_password(app, client, pid)
+    with app.app_context():
+        (factor,) = db.session.scalars(select(SecondFactor.id)).all()
+    token = csrf_token(client, "/account/second-factor")
+    with client.session_transaction() as state:
+        state["_started"] -= 11 * 60  # signed in eleven minutes ago (and active since)
+    response = client.post(f"/account/second-factor/{factor}/remove", data={"csrf_token": token})
+    assert response.status_code == 302
+    assert response.location == "/sign-in?next=/account/second-factor"
+    assert not signed_in(client)
+    response = client.get("/account/second-factor/authenticator")
+    assert response.status_code == 302 and response.location.startswith("/sign-in")
+    # A full sign-in again, and the change is possible.
+    password_step(client, email_of(app, pid), next_="/account/second-factor")
+    response = post_form(
+        client, "/sign-in/second-factor", "/sign-in/second-factor",
+        {"code": code_for(secret, last_step(app, pid) + 1)},
+    )  # fmt: skip
+    assert response.location == "/account/second-factor"
+    assert client.get("/account/second-factor/authenticator").status_code == 200
+
+
+def test_giving_the_password_again_does_not_reset_the_count_of_wrong_codes(
+    app, client, make_person
+):
+    pid = make_person("admin")
+    secret, _, _ = enrol_after_password(app, client, pid)
+    sign_out(client)
+    step = last_step(app, pid)
+    wrong = f"{(int(code_for(secret, step + 1)) + 1) % 1_000_000:06d}"
+    password_step(client, email_of(app, pid))
+    for _ in range(4):
+        post_form(client, "/sign-in/second-factor", "/sign-in/second-factor", {"code": wrong})
+    response = password_step(client, email_of(app, pid))  # the password alone is no success
+    assert response.location.endswith("/sign-in/second-factor")
+    post_form(client, "/sign-in/second-factor", "/sign-in/second-factor", {"code": wrong})
+    response = post_form(
+        client, "/sign-in/second-factor", "/sign-in/second-factor",
+        {"code": code_for(secret, step + 1)},
+    )  # fmt: skip
+    assert response.status_code == 429 and not signed_in(client)
