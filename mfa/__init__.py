@@ -7,6 +7,7 @@ from flask import Flask
 from audit.log import EVENTS
 
 AUDIT_EVENTS = {
+    "sign_in.password_accepted": "Password right, second factor asked for",
     "second_factor.enrolled": "Second factor set up",
     "second_factor.removed": "Second factor removed",
     "second_factor.recovery_used": "Recovery code used to sign in",

@@ -13,6 +13,7 @@ from typing import Any
 from flask import current_app, redirect, session, url_for
 from sqlalchemy.orm import Session
 
+from audit.log import record
 from mfa.rules import factors, second_step_needed
 from people.models import Person
 
@@ -30,6 +31,12 @@ def needs_second_step(session_: Session, person: Person) -> bool:
 
 def start_second_step(session_: Session, person: Person, next_url: str | None) -> Any:
     """Remember who gave the right password, then ask for (or set up) their second factor."""
+    enrolled = bool(factors(session_, person.id))
+    record(
+        session_, "sign_in.password_accepted", actor_id=person.id,
+        detail={"next_step": "second_factor" if enrolled else "set_up"},
+    )  # fmt: skip
+    session_.commit()
     session.clear()  # nothing carried over from before the password
     session[PENDING] = {
         "p": person.id,
@@ -37,7 +44,7 @@ def start_second_step(session_: Session, person: Person, next_url: str | None) -
         "t": int(time.time()),
         "n": next_url or "",
     }
-    if factors(session_, person.id):
+    if enrolled:
         return redirect(url_for("mfa.verify"))
     return redirect(url_for("mfa.enrol"))
 

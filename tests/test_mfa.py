@@ -214,6 +214,11 @@ def test_right_code_signs_in_and_wrong_code_is_refused(app, client, make_person)
             select(SignInAttempt.succeeded).where(SignInAttempt.email == email_of(app, pid))
         ).all()
     assert outcomes == [True, False, True]  # enrolment, the wrong code, the right one
+    asked = events(app, "sign_in.password_accepted")
+    assert [(e.actor_id, e.detail) for e in asked] == [
+        (pid, '{"next_step":"set_up"}'),
+        (pid, '{"next_step":"second_factor"}'),
+    ]
 
 
 def test_a_code_is_never_accepted_twice(app, client, make_person):
