@@ -6,6 +6,7 @@ at the field. Every change is audited here, in the caller's transaction.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -101,7 +102,8 @@ def second_step_needed(session: Session, person: Person, config: Mapping[str, An
 
 
 def new_totp_secret() -> str:
-    return pyotp.random_base32(32)  # 160 bits, as RFC 4226 recommends
+    """160 random bits from the operating system's CSPRNG, as RFC 4226 recommends; base32."""
+    return base64.b32encode(secrets.token_bytes(20)).decode()
 
 
 def totp_uri(secret: str, email: str, issuer: str) -> str:
