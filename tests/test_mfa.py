@@ -3,6 +3,8 @@ throttling, removing a method, and an administrator's reset."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import time
 from typing import Any
@@ -20,8 +22,9 @@ from mfa.flow import PENDING
 from mfa.models import RecoveryCode, SecondFactor
 from people.auth import RESET, make_link_token
 from people.models import Person, SignInAttempt
-from tests.conftest import PASSWORD, csrf_token
+from tests.conftest import CSRF_RE, PASSWORD, csrf_token
 from tests.smtp_server import SMTPServer
+from tests.soft_authenticator import SoftPasskey
 
 PRIVILEGED = ("admin", "slt", "governor")
 SECRET_RE = re.compile(r'id="totp-secret">([A-Z2-7 ]+)</code>')
@@ -472,3 +475,76 @@ def test_giving_the_password_again_does_not_reset_the_count_of_wrong_codes(
         {"code": code_for(secret, step + 1)},
     )  # fmt: skip
     assert response.status_code == 429 and not signed_in(client)
+
+
+# --- passkeys, server side (the browser test drives a real one) ------------------------------------
+
+OPTIONS_RE = re.compile(r'data-options="([^"]*)"')
+
+
+def passkey_page(client: FlaskClient, url: str) -> tuple[dict, str]:
+    """The passkey options and the CSRF token of one showing of a page (each makes a challenge)."""
+    page = client.get(url).get_data(as_text=True)
+    options = json.loads(html.unescape(OPTIONS_RE.search(page).group(1)))
+    match = CSRF_RE.search(page)
+    return options, match.group(1) or match.group(2)
+
+
+def enrol_passkey(app: Flask, client: FlaskClient, pid: int) -> SoftPasskey:
+    password_step(client, email_of(app, pid))
+    key = SoftPasskey("countersign.test", "http://countersign.test")
+    options, token = passkey_page(client, "/sign-in/second-factor/set-up")
+    response = client.post(
+        "/sign-in/second-factor/set-up/passkey",
+        data={"credential": key.register(options), "csrf_token": token},
+    )
+    assert response.status_code == 200 and "Your recovery codes" in response.get_data(as_text=True)
+    return key
+
+
+def use_passkey(client: FlaskClient, answer: str, token: str) -> Any:
+    return client.post(
+        "/sign-in/second-factor/passkey", data={"credential": answer, "csrf_token": token}
+    )
+
+
+def test_passkey_signs_in_and_its_challenge_works_once(app, client, make_person):
+    pid = make_person("admin")
+    key = enrol_passkey(app, client, pid)
+    assert signed_in(client)
+    sign_out(client)
+    password_step(client, email_of(app, pid))
+    stale, _ = passkey_page(client, "/sign-in/second-factor")
+    # The page is shown again before the answer comes back: the earlier challenge is gone.
+    _, token = passkey_page(client, "/sign-in/second-factor")
+    response = use_passkey(client, key.assert_(stale), token)
+    assert response.status_code == 400 and not signed_in(client)
+    options, token = passkey_page(client, "/sign-in/second-factor")
+    answer = key.assert_(options)
+    response = use_passkey(client, answer, token)
+    assert response.status_code == 302 and signed_in(client)
+    # The same answer again, in a new sign-in: refused.
+    sign_out(client)
+    password_step(client, email_of(app, pid))
+    _, token = passkey_page(client, "/sign-in/second-factor")
+    assert use_passkey(client, answer, token).status_code == 400 and not signed_in(client)
+
+
+def test_passkey_answer_for_another_site_or_person_is_refused(app, client, make_person):
+    pid = make_person("admin")
+    key = enrol_passkey(app, client, pid)
+    other_key = enrol_passkey(app, app.test_client(), make_person("slt"))
+    sign_out(client)
+    password_step(client, email_of(app, pid))
+    for answer in (
+        lambda o: key.assert_(o, origin="https://countersign.test.evil.example"),
+        lambda o: other_key.assert_(o),  # someone else's passkey
+        lambda o: SoftPasskey("countersign.test", "http://countersign.test").assert_(o),
+    ):
+        options, token = passkey_page(client, "/sign-in/second-factor")
+        response = use_passkey(client, answer(options), token)
+        assert response.status_code == 400, response.get_data(as_text=True)
+        assert "That passkey is not one set up for your account." in response.get_data(as_text=True)
+        assert not signed_in(client)
+    options, token = passkey_page(client, "/sign-in/second-factor")
+    assert use_passkey(client, key.assert_(options), token).status_code == 302
