@@ -232,19 +232,24 @@ def recover() -> Any:
 # --- setting up a method ------------------------------------------------------------------------
 
 
-def _setup_context(person: Person, code_form: Any = None, passkey_form: Any = None) -> dict:
-    """A fresh passkey challenge, and the authenticator app's secret kept while the page is used."""
-    secret = session.get(TOTP_SECRET)
-    if not isinstance(secret, str) or len(secret) != 32:
-        secret = new_totp_secret()
-        session[TOTP_SECRET] = secret
-    options, challenge = registration_options(db.session, person, _rp())
-    session[CHALLENGE] = _b64(challenge)
+def _setup_context(
+    person: Person, code_form: Any = None, passkey_form: Any = None, only: str | None = None
+) -> dict:
+    """A fresh passkey challenge, and the authenticator app's secret kept while the page is used
+    (``only`` one of them, for a page that offers one method)."""
+    context: dict[str, Any] = {}
+    if only != PASSKEY:
+        secret = session.get(TOTP_SECRET)
+        if not isinstance(secret, str) or len(secret) != 32:
+            secret = new_totp_secret()
+            session[TOTP_SECRET] = secret
+        context["qr"] = qr_svg(totp_uri(secret, person.email, federation().name))
+        context["spaced_secret"] = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+    if only != TOTP:
+        context["options"], challenge = registration_options(db.session, person, _rp())
+        session[CHALLENGE] = _b64(challenge)
     return {
-        "person": person, "secret": secret,
-        "qr": qr_svg(totp_uri(secret, person.email, federation().name)),
-        "spaced_secret": " ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
-        "options": options,
+        **context, "person": person,
         "code_form": code_form or CodeForm(formdata=None),
         "passkey_form": passkey_form or PasskeyForm(formdata=None),
     }  # fmt: skip
@@ -384,7 +389,7 @@ def add_totp() -> Any:
             return _added("Authenticator app")
     elif request.method == "POST" and not form.code.errors:
         form.code.errors = ["The page was out of date. Scan the new QR code and try again."]
-    context = _setup_context(current_user, code_form=form)
+    context = _setup_context(current_user, code_form=form, only=TOTP)
     return render_template("mfa/add_totp.html", **context), 400 if request.method == "POST" else 200
 
 
@@ -404,7 +409,7 @@ def add_passkey() -> Any:
                 return _added("Passkey")
         elif not form.credential.errors:
             form.credential.errors = ["The page was out of date. Try again."]
-    context = _setup_context(current_user, passkey_form=form)
+    context = _setup_context(current_user, passkey_form=form, only=PASSKEY)
     return render_template("mfa/add_passkey.html", **context), (
         400 if request.method == "POST" else 200
     )
