@@ -110,6 +110,7 @@ def test_passkey_enrol_sign_in_and_wrong_or_removed_keys_refused(page, site, app
     page.get_by_role("button", name="Set up a passkey").click()
     page.get_by_role("heading", name="Your recovery codes").wait_for()
     assert page.locator(".recovery-codes li").count() == 10
+    check_accessibility(page, "recovery codes")
     page.get_by_role("link", name="I have saved them, continue").click()
     page.get_by_role("button", name="Sign out").wait_for()
     (credential,) = page.cdp.send("WebAuthn.getCredentials", {"authenticatorId": first})[
