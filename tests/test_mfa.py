@@ -548,3 +548,18 @@ def test_passkey_answer_for_another_site_or_person_is_refused(app, client, make_
         assert not signed_in(client)
     options, token = passkey_page(client, "/sign-in/second-factor")
     assert use_passkey(client, key.assert_(options), token).status_code == 302
+
+
+def test_anyone_who_sets_one_up_is_asked_for_it(app, client, make_person):
+    pid = make_person("staff")
+    password_step(client, email_of(app, pid))
+    page = client.get("/account/second-factor/authenticator").get_data(as_text=True)
+    secret = SECRET_RE.search(page).group(1).replace(" ", "")
+    response = post_form(
+        client, "/account/second-factor/authenticator", "/account/second-factor/authenticator",
+        {"code": pyotp.TOTP(secret).now()},
+    )  # fmt: skip
+    assert len(CODE_RE.findall(response.get_data(as_text=True))) == 10  # with the first method
+    sign_out(client)
+    response = password_step(client, email_of(app, pid))
+    assert response.location.endswith("/sign-in/second-factor") and not signed_in(client)
