@@ -35,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from lti import grades as lti_grades
     from lti.cli import lti_cli
     from lti.views import lti_bp
+    from mfa import init_app as second_factor_init_app
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -79,6 +80,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     certificate_issuing.init_app(app)
     lti_grades.init_app(app)
     xapi_outbox.init_app(app)
+    second_factor_init_app(app)
     app.cli.add_command(setup_command)
     return app
 

@@ -43,7 +43,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="countersign-bench-certificates-"))
     try:
         url = f"sqlite:///{workdir / 'certificates.db'}"
-        app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench", "WTF_CSRF_ENABLED": False})
+        app = create_app(
+            {"DATABASE_URL": url, "SECRET_KEY": "bench", "WTF_CSRF_ENABLED": False, "MFA_ROLES": ""}
+        )
         with app.app_context():
             upgrade()
             publish_all()

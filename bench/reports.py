@@ -35,7 +35,9 @@ def governor_client(url: str):  # type: ignore[no-untyped-def]
     from people.models import Person, PersonRole
     from people.service import set_password
 
-    app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench", "WTF_CSRF_ENABLED": False})
+    app = create_app(
+        {"DATABASE_URL": url, "SECRET_KEY": "bench", "WTF_CSRF_ENABLED": False, "MFA_ROLES": ""}
+    )
     with app.app_context():
         person = Person(name="Bench Governor", email="governor@bench.example")
         person.role_rows = [PersonRole(role="governor")]

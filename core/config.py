@@ -52,6 +52,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "XAPI_ENDPOINT": "",
         "XAPI_USERNAME": "",
         "XAPI_PASSWORD": "",
+        # Roles that must pass a second factor (authenticator app or passkey) after their
+        # password, comma-separated; empty means none (for development only).
+        "MFA_ROLES": "admin,slt,governor",
     }
 
 

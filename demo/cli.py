@@ -22,6 +22,7 @@ from demo.build import (
     standings,
 )
 from demo.population import CAST, MIN_ORDINARY
+from mfa.rules import first_sign_in_note
 from people.demo import DEMO_DOMAIN
 from training.cli import publish_all
 from training.loader import ContentError
@@ -121,6 +122,8 @@ def demo_command(target: int, seed: int, force: bool) -> None:
         click.echo(f"\nSign in at {base}/sign-in with these passwords, set just now:")
         for label, person, password in accounts:
             click.echo(f"  {label:<15} {person.name:<18} {person.email:<40} {password}")
+        if note := first_sign_in_note(current_app.config):
+            click.echo(note)
     if result.added and "certificates" in current_app.cli.commands:
         click.echo("\nCertificates for the new signatures: .venv/bin/flask certificates issue")
     click.echo(f"\nDone in {time.perf_counter() - started:.1f} s.")

@@ -10,6 +10,7 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from core.db import db
+from mfa.rules import first_sign_in_note
 from people.models import Person, PersonRole, PersonSchool
 from people.roles import ROLES
 from people.service import set_password
@@ -52,6 +53,9 @@ def seed_demo(echo: Callable[[str], None]) -> bool:
         lines.append(f"  {ROLES[role]:<24} {person.email:<34} {password}")
     session.commit()
     text = "Demo people (role, email, password):\n" + "\n".join(lines) + "\n"
+    note = first_sign_in_note(current_app.config)
+    if note:
+        text += note + "\n"
     if notes is None:
         echo(text)
     else:

@@ -30,6 +30,7 @@ from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.web import client_ip, external_url, federation
+from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
     INVITE,
     RESET,
@@ -139,6 +140,10 @@ def sign_in() -> Any:
             return response
         person = find_by_email(s, email)
         ok = password_ok and person is not None and person.active
+        if ok and needs_second_step(s, person):
+            # Not signed in yet: the second step records this sign-in, passed or failed.
+            s.commit()
+            return start_second_step(s, person, request.args.get("next"))
         attempt = record_attempt(s, email, ip, ok)
         # The attempt's row holds the email and address; the log holds only ids.
         record(
@@ -281,6 +286,10 @@ def _set_password_page(purpose: str, token: str) -> Any:
                 s, "password.reset", actor_id=person.id, detail={"link": purpose}
             )  # fmt: skip
             s.commit()
+            if needs_second_step(s, person):  # the link stands in for the password only
+                response = start_second_step(s, person, None)
+                flash("Your password is set. Now the second step of signing in.", "success")
+                return response
             # The link proved who they are: sign them straight in, in a fresh session.
             session.clear()
             session.permanent = True

@@ -106,6 +106,8 @@ def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) 
         "SERVER_NAME": "countersign.test",
         "BASE_URL": "http://countersign.test",
         "WEBHOOKS_ALLOW_HTTP_LOOPBACK": True,  # test receivers listen on 127.0.0.1
+        # The shared sign-in helpers use a password alone; tests of the second factor turn it on.
+        "MFA_ROLES": "",
         **app_config,
     }
     application = create_app(config)

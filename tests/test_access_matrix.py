@@ -81,6 +81,23 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("auth.change_password", "GET", ""):                    (L,   200, 200, 200, 200, 200, 200),
     ("auth.change_password", "POST", ""):                   (L,   400, 400, 400, 400, 400, 400),
     ("auth.my_data", "GET", ""):                            (L,   200, 200, 200, 200, 200, 200),
+    # the second step of signing in: only for a browser half-way through (others start again)
+    ("mfa.verify", "GET", ""):                              (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.verify", "POST", ""):                             (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.verify_passkey", "POST", ""):                     (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.recover", "POST", ""):                            (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.enrol", "GET", ""):                               (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.enrol", "POST", ""):                              (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.enrol_with_passkey", "POST", ""):                 (302, 302, 302, 302, 302, 302, 302),
+    ("mfa.static", "GET", ""):                              (200, 200, 200, 200, 200, 200, 200),
+    # the person's own second factor
+    ("mfa.account", "GET", ""):                             (L,   200, 200, 200, 200, 200, 200),
+    ("mfa.add_totp", "GET", ""):                            (L,   200, 200, 200, 200, 200, 200),
+    ("mfa.add_totp", "POST", ""):                           (L,   400, 400, 400, 400, 400, 400),
+    ("mfa.add_passkey", "GET", ""):                         (L,   200, 200, 200, 200, 200, 200),
+    ("mfa.add_passkey", "POST", ""):                        (L,   400, 400, 400, 400, 400, 400),
+    ("mfa.remove", "POST", "other"):                        (L,   302, 302, 302, 302, 302, 302),
+    ("mfa.renew_codes", "POST", ""):                        (L,   302, 302, 302, 302, 302, 302),
     # the learner's journey: every signed-in person, on their own records only
     ("training.dashboard", "GET", ""):                      (L,   200, 200, 200, 200, 200, 200),
     ("training.module", "GET", ""):                         (L,   200, 200, 200, 200, 200, 200),
@@ -137,6 +154,8 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("admin.erase", "GET", "other"):                        (L,   403, 403, 403, 403, 403, 409),
     ("admin.erase", "POST", "other"):                       (L,   403, 403, 403, 403, 403, 409),
     ("admin.invite_all", "POST", ""):                       (L,   403, 403, 403, 403, 403, 200),
+    ("mfa.admin_reset", "GET", "other"):                    (L,   403, 403, 403, 403, 403, 200),
+    ("mfa.admin_reset", "POST", "other"):                   (L,   403, 403, 403, 403, 403, 302),
     ("admin.import_page", "GET", ""):                       (L,   403, 403, 403, 403, 403, 200),
     ("admin.import_page", "POST", ""):                      (L,   403, 403, 403, 403, 403, 400),
     ("admin.import_template", "GET", ""):                   (L,   403, 403, 403, 403, 403, 200),
@@ -173,7 +192,9 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
 GOVERNOR_OWN_ACTIONS = {
     "auth.sign_in", "auth.sign_out", "auth.forgot_password", "auth.accept_invite",
     "auth.reset_password", "auth.change_password", "training.mark_read", "training.sign",
-    "quiz.intro", "quiz.attempt", "lti.login", "lti.launch",
+    "quiz.intro", "quiz.attempt", "lti.login", "lti.launch", "mfa.verify", "mfa.verify_passkey",
+    "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey", "mfa.add_totp", "mfa.add_passkey",
+    "mfa.remove", "mfa.renew_codes",
 }  # fmt: skip
 
 # Tables a page view may write to: derived caches, the record that a module was opened, a
@@ -350,7 +371,7 @@ def create_matrix_app(url: str, instance: Path) -> Flask:
     app = create_app({
         "TESTING": True, "DATABASE_URL": url, "CONTENT_DIR": str(ROOT / "content"),
         "SECRET_KEY": "test-secret-key-not-for-production", "SERVER_NAME": "countersign.test",
-        "BASE_URL": "http://countersign.test", "WTF_CSRF_ENABLED": True,
+        "BASE_URL": "http://countersign.test", "WTF_CSRF_ENABLED": True, "MFA_ROLES": "",
     })  # fmt: skip
     app.instance_path = str(instance)
     return app
@@ -389,6 +410,9 @@ URL_ARGS: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "admin.reactivate_person": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.invite_person": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.erase": lambda w, whose, who: {"person_id": w.people["subject"]},
+    "mfa.admin_reset": lambda w, whose, who: {"person_id": w.people["subject"]},
+    "mfa.remove": lambda w, whose, who: {"factor_id": 2147483647},  # nobody's: refused plainly
+    "mfa.static": lambda w, whose, who: {"filename": "passkeys.js"},
     "tokens.revoke_token": lambda w, whose, who: {"token_id": w.spare_token_id},
     "webhooks.stop_webhook": lambda w, whose, who: {"webhook_id": w.webhook_id},
     "lti.edit_platform": lambda w, whose, who: {"platform_id": w.platform_id},

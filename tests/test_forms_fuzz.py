@@ -41,14 +41,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.security import generate_password_hash
 from werkzeug.test import TestResponse, encode_multipart
 
 from core.db import db, utcnow
+from mfa.models import PASSKEY, TOTP, SecondFactor
+from mfa.rules import new_recovery_codes
 from people.auth import INVITE, RESET, make_link_token
-from people.models import Person
+from people.models import Person, SignInAttempt
 from tests.conftest import PASSWORD, csrf_token, right_answers, train_people
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))  # fewer for a quick local run
@@ -927,6 +929,86 @@ def _sign(c: Ctx, endpoint: str) -> None:
             assert response.status_code == 400
 
     c.run(fields, check)
+
+
+# The second factor: a person half-way through signing in, and a signed-in person's own methods.
+CODES = texts("123456", "000000", "abcd-efgh-ijkm-npqr-stuv-wxyz", "12 34 56")
+CREDENTIALS = texts('{"rawId": "ZnV6ei1jcmVkZW50aWFs", "id": "x", "type": "public-key", '
+                    '"response": {}}', "{}", "[]", "null", '{"rawId": 1}', '{"rawId": "%%%"}')  # fmt: skip
+
+
+def _methods(c: Ctx, pid: int, credential: bytes = b"fuzz-credential") -> list[int]:
+    """An authenticator app and a (made-up) passkey, plus recovery codes; their ids."""
+
+    def add(s: Any) -> list[int]:
+        rows = [
+            SecondFactor(person_id=pid, method=TOTP, label="App", totp_secret="A" * 32,
+                         created_at=utcnow()),
+            SecondFactor(person_id=pid, method=PASSKEY, label="Key", credential_id=credential,
+                         public_key=b"\xa5\x01\x02", sign_count=0, created_at=utcnow()),
+        ]  # fmt: skip
+        s.add_all(rows)
+        new_recovery_codes(s, s.get(Person, pid))
+        s.flush()
+        return [r.id for r in rows]
+
+    return c.sql(add)
+
+
+@form("mfa.verify", "mfa.verify_passkey", "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey")
+def _second_step(c: Ctx, endpoint: str) -> None:
+    enrolling = endpoint.startswith("mfa.enrol")
+    c.app.config["MFA_ROLES"] = "admin"
+    pid = c.person("admin", name="<svg onload=alert(1)>")
+    if not enrolling:
+        _methods(c, pid)
+    page = "/sign-in/second-factor/set-up" if enrolling else "/sign-in/second-factor"
+    url = {"mfa.verify": page, "mfa.enrol": page, "mfa.recover": page + "/recovery"}.get(
+        endpoint, page + "/passkey"
+    )
+
+    def password_step() -> None:
+        c.sql(lambda s: s.execute(delete(SignInAttempt)))  # the fuzz's wrong codes: forgotten
+        sign_in(c.app, c.client, pid)
+
+    password_step()
+    fuzz = Fuzz(c.app, c.client, page)
+
+    def check(body: Body) -> None:
+        response = fuzz.post(url, body)
+        assert response.status_code != 302 or "/sign-in" in response.location
+        if response.status_code == 302 and "second-factor" not in response.location:
+            password_step()  # the half-signed state ended: start again
+            fuzz.refresh()
+
+    c.run(c.bodies(code=CODES, recovery_code=CODES, credential=CREDENTIALS), check)
+
+
+@form("mfa.add_totp", "mfa.add_passkey", "mfa.remove", "mfa.renew_codes")
+def _own_methods(c: Ctx, endpoint: str) -> None:
+    pid = c.as_role("staff", name="<svg onload=alert(1)>")
+    mine = _methods(c, pid)
+    theirs = _methods(c, c.person("staff"), b"theirs")
+    fuzz = Fuzz(c.app, c.client, "/account/second-factor")
+    fields = c.bodies(code=CODES, credential=CREDENTIALS)
+    if endpoint == "mfa.remove":
+        urls = weird_ids(*mine, *theirs).map(lambda i: f"/account/second-factor/{i}/remove")
+    else:
+        path = {"mfa.add_totp": "authenticator", "mfa.add_passkey": "passkey",
+                "mfa.renew_codes": "recovery-codes"}[endpoint]  # fmt: skip
+        urls = st.just(f"/account/second-factor/{path}")
+    c.run(st.tuples(urls, fields), lambda e: fuzz.post(*e))
+
+
+@form("mfa.admin_reset")
+def _admin_reset(c: Ctx, endpoint: str) -> None:
+    me = c.as_role("admin")
+    other = c.person("governor", name="<svg onload=alert(1)>")
+    _methods(c, me)
+    _methods(c, other, b"theirs")
+    fuzz = Fuzz(c.app, c.client, f"/admin/people/{other}")
+    urls = weird_ids(me, other).map(lambda i: f"/admin/people/{i}/second-factor/reset")
+    c.run(st.tuples(urls, c.bodies()), lambda e: fuzz.post(*e))
 
 
 def _post_endpoints(app: Flask) -> set[str]:
