@@ -1,14 +1,16 @@
-"""Sign-in throttling, invitation and password-reset links."""
+"""Sign-in throttling, where to go after signing in, invitation and password-reset links."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from werkzeug.urls import iri_to_uri
 
 from core.db import utcnow
 from people.models import Person, SignInAttempt
@@ -80,6 +82,32 @@ def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> Si
     session.add(attempt)
     session.flush()
     return attempt
+
+
+# --- where to go after signing in ----------------------------------------------------------------
+
+
+def _is_path_only(url: str) -> bool:
+    if not url.startswith("/") or url.startswith("//"):
+        return False
+    parts = urlsplit(url)
+    return not parts.scheme and not parts.netloc
+
+
+def local_path(target: str | None) -> str | None:
+    """``target`` when it is a path on this site, else None.
+
+    Browsers read ``//host``, ``/\\host`` and paths with a tab or newline inside as another host, and
+    Werkzeug rewrites the Location header (``////x`` leaves as ``//x``), so the path is judged both
+    as given and as it will be sent.
+    """
+    if not target or len(target) > 2000 or "\\" in target:
+        return None
+    if any(c < " " or c == "\x7f" or not c.isprintable() for c in target):
+        return None  # tabs, newlines and other controls: dropped by browsers, split headers
+    if not _is_path_only(target) or not _is_path_only(iri_to_uri(target)):
+        return None
+    return target
 
 
 # --- links -------------------------------------------------------------------------------------------

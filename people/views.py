@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -34,6 +33,7 @@ from people.auth import (
     RESET,
     LinkError,
     ThrottlePolicy,
+    local_path,
     lock_sign_in,
     make_link_token,
     person_for_token,
@@ -97,12 +97,7 @@ def roles_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def safe_next(target: str | None) -> str:
     """Only redirect within this site: a path, never another host or scheme."""
-    if target:
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
-            if target.isprintable():  # a newline or other control would break the Location header
-                return target
-    return url_for("training.dashboard")
+    return local_path(target) or url_for("training.dashboard")
 
 
 # --- sign-in -------------------------------------------------------------------------------------
