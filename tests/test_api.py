@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -344,3 +346,37 @@ def check_operation(operation, token, examples) -> None:
     run()
     # An operation with no inputs has one request to make; the others make the full count.
     assert len(calls) >= (examples * 0.9 if has_inputs else 1), (operation.label, len(calls))
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_refused_as_invalid_json(api, depth):
+    body = '{"people":' + "[" * depth + "]" * depth + "}"
+    response = api.post("/api/v1/training-status/check", data=body,
+                        content_type="application/json")  # fmt: skip
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    CHECK_OP.validate_response(response)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_too_large(app, client, api):
+    """Sent without a Content-Length (chunked), so only reading it can tell its size. Gunicorn
+    hands such a body over de-chunked and marks the stream as ending where the body ends."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = b'{"people": [' + b"1," * limit + b"1]}"
+    response = client.post(
+        "/api/v1/training-status/check",
+        input_stream=io.BytesIO(body),
+        headers={**api.headers, "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    small = client.post(
+        "/api/v1/training-status/check",
+        input_stream=io.BytesIO(b'{"people": [1]}'),
+        headers={**api.headers, "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert small.status_code == 200
