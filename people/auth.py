@@ -20,11 +20,13 @@ from people.models import Person, SignInAttempt
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    free_failures: int = 5  # failures allowed before waiting is required
+    free_failures: int = 5  # failures allowed for one email before waiting is required
     window: timedelta = timedelta(minutes=15)
     first_wait: timedelta = timedelta(seconds=30)
     max_wait: timedelta = timedelta(minutes=15)
-    ip_free_failures: int = 20  # across all emails, from one address
+    # Failures from one address against accounts that exist (password spraying); failures for
+    # made-up emails are left out, so they cannot lock out everyone behind a school's address.
+    ip_free_failures: int = 20
 
 
 def _wait_after(failures: int, last: datetime, policy: ThrottlePolicy, free: int) -> datetime:
@@ -43,13 +45,27 @@ def lock_sign_in(session: Session, email: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:email))"), {"email": email})
 
 
+def _seconds_left(count: int, last: datetime | None, free: int, policy: ThrottlePolicy,
+                  now: datetime) -> int:  # fmt: skip
+    if count < free or last is None:
+        return 0
+    until = _wait_after(count, last, policy, free)
+    return max(0, int((until - now).total_seconds() + 0.999))
+
+
 def retry_after(
     session: Session, email: str, ip: str, policy: ThrottlePolicy, now: datetime | None = None
 ) -> int:
     """Seconds the caller must wait before trying again; 0 when a try is allowed.
 
-    Counted per email (since its last success) and per address, in the database so every worker
-    sees the same counts. Unknown emails are throttled exactly like known ones.
+    Two counts, both in the database so every worker sees them:
+
+    - per email, failures since its last success: one account's password cannot be guessed
+      quickly. Unknown emails are counted exactly like known ones, so the answer does not say
+      which accounts exist.
+    - per address, failures against accounts that exist: spraying one password over many real
+      accounts from one address is slowed down, while failures with made-up emails (which guess
+      nobody's password) do not count, so they cannot lock out the real people at that address.
     """
     now = now or utcnow()
     since = now - policy.window
@@ -58,23 +74,26 @@ def retry_after(
             SignInAttempt.email == email, SignInAttempt.succeeded.is_(True)
         )
     )
-    start = max(since, last_success) if last_success else since
-    waits = [0]
-    for column, value, free in (
-        (SignInAttempt.email, email, policy.free_failures),
-        (SignInAttempt.ip, ip, policy.ip_free_failures),
-    ):
-        count, last = session.execute(
-            select(func.count(), func.max(SignInAttempt.at)).where(
-                column == value,
-                SignInAttempt.succeeded.is_(False),
-                SignInAttempt.at > (start if column is SignInAttempt.email else since),
-            )
-        ).one()
-        if count >= free and last is not None:
-            until = _wait_after(count, last, policy, free)
-            waits.append(max(0, int((until - now).total_seconds() + 0.999)))
-    return max(waits)
+    failed = SignInAttempt.succeeded.is_(False)
+    per_email = session.execute(
+        select(func.count(), func.max(SignInAttempt.at)).where(
+            SignInAttempt.email == email,
+            failed,
+            SignInAttempt.at > (max(since, last_success) if last_success else since),
+        )
+    ).one()
+    per_address = session.execute(
+        select(func.count(), func.max(SignInAttempt.at)).where(
+            SignInAttempt.ip == ip,
+            failed,
+            SignInAttempt.at > since,
+            SignInAttempt.email.in_(select(Person.email)),
+        )
+    ).one()
+    return max(
+        _seconds_left(*per_email, policy.free_failures, policy, now),
+        _seconds_left(*per_address, policy.ip_free_failures, policy, now),
+    )
 
 
 def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> SignInAttempt:
