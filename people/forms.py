@@ -46,8 +46,8 @@ def _new_password_fields() -> tuple[PasswordField, PasswordField]:
     password = PasswordField(
         "New password",
         validators=[DataRequired("Enter a new password."), acceptable_password],
-        description=f"At least {MIN_LENGTH} characters (at most {MAX_LENGTH}), and not a common "
-        "password. A few unrelated words work well.",
+        description=f"At least {MIN_LENGTH} characters (at most {MAX_LENGTH}); not a common "
+        "password, nor your name or email address. A few unrelated words work well.",
     )
     confirm = PasswordField(
         "Type the password again",

@@ -33,12 +33,33 @@ def is_common(password: str) -> bool:
     return password.lower() in common_passwords()
 
 
-def password_problem(password: str) -> str | None:
-    """Why this password cannot be used, in words for the person choosing it; None if it can."""
+# Words anyone guessing a password here would try first, besides the person's own name and email.
+SITE_WORDS = ("countersign",)
+CONTEXT_MESSAGE = (
+    "Do not use your name, your email address or the name of this site in your password."
+)
+
+
+def context_words(name: str, email: str) -> tuple[str, ...]:
+    """The person's whole name and their email's local part (4 characters or more), and the
+    site's own name: a password containing any of them is among an attacker's first guesses."""
+    whole_name = "".join(name.split())
+    words = (whole_name, email.partition("@")[0], *SITE_WORDS)
+    return tuple(dict.fromkeys(w.lower() for w in words if len(w) >= 4))
+
+
+def password_problem(password: str, context: tuple[str, ...] = ()) -> str | None:
+    """Why this password cannot be used, in words for the person choosing it; None if it can.
+
+    ``context`` holds words specific to the person and the site (see :func:`context_words`).
+    """
     if len(password) < MIN_LENGTH:
         return f"Use at least {MIN_LENGTH} characters."
     if len(password) > MAX_LENGTH:
         return f"Use at most {MAX_LENGTH} characters."
     if is_common(password):
         return COMMON_MESSAGE
+    squeezed = "".join(password.lower().split())  # "Sam Smith 2026" contains "samsmith"
+    if any(word in squeezed for word in context):
+        return CONTEXT_MESSAGE
     return None

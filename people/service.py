@@ -15,7 +15,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from audit.log import record
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
-from people.passwords import MIN_LENGTH, password_problem
+from people.passwords import MIN_LENGTH, context_words, password_problem
 from people.roles import ROLES, role_code
 from training.loader import Federation
 
@@ -163,7 +163,7 @@ def _record_on(person: Person, event: str, by_id: int | None) -> None:
 def set_password(person: Person, password: str) -> None:
     """Every way of setting a password comes here, so the rules hold for forms, commands and
     the demo alike (PeopleError says why one is refused)."""
-    problem = password_problem(password)
+    problem = password_problem(password, context_words(person.name or "", person.email or ""))
     if problem:
         raise PeopleError(problem)
     person.password_hash = generate_password_hash(password)

@@ -96,3 +96,23 @@ def test_demo_people_get_passwords_the_rules_accept(app):
     passwords = re.findall(r"\S+@demo\.ladysmith\.example\s+(\S+)", "\n".join(printed))
     assert len(passwords) == 6
     assert all(password_problem(p) is None for p in passwords)
+
+
+@pytest.mark.parametrize(
+    "password", ["Sam Smith 2026!", "samsmith-rules", "sam.smith.password", "my countersign pw"]
+)
+def test_passwords_with_the_persons_name_email_or_the_site_are_refused(app, make_person, password):
+    from people.passwords import CONTEXT_MESSAGE
+
+    pid = make_person("staff", name="Sam Smith", email="sam.smith@ladysmith.example", password=None)
+    with app.app_context():
+        token = make_link_token(app.config["SECRET_KEY"], INVITE, db.session.get(Person, pid))
+    client = app.test_client()
+    link = f"/invite/{token}"
+    response = client.post(link, data={"password": password, "confirm": password,
+                                       "csrf_token": csrf_token(client, link)})  # fmt: skip
+    assert response.status_code == 400
+    error = re.search(r'<p class="field-error" id="password-error">(.*?)</p>',
+                      response.get_data(as_text=True), re.S)  # fmt: skip
+    assert error and CONTEXT_MESSAGE.split(",")[0] in error.group(1)
+    assert _hash(app, pid) is None
