@@ -241,7 +241,7 @@ def host_allowed(host: str, allowed: list[str]) -> bool:
 
 def _refuse_other_hosts() -> Any:
     """A request addressed to a host name this site is not (DNS rebinding, poisoned links from a
-    forged Host header) is refused before anything reads or writes."""
+    forged Host header) is refused before any other hook or view runs."""
     host = request.environ.get("HTTP_HOST") or request.environ.get("SERVER_NAME", "")
     if host_allowed(host, allowed_hosts(current_app.config)):
         return None

@@ -269,14 +269,15 @@ def forgot_password() -> Any:
         if person is not None and person.active and emailed:
             token = make_link_token(current_app.config["SECRET_KEY"], RESET, person)
             link = external_url("auth.reset_password", token=token)
+            _link_issued(person, RESET, "email", None)
+            s.commit()
             subject, body = _link_message(person, RESET, link)
             send_mail_later(current_app.config, person.email, subject, body)
-            _link_issued(person, RESET, "email", None)
         else:
             # No link: unknown, a leaver, or no email to send it by (the page says to ask an
             # administrator). One row either way, so the answer takes as long whoever asks.
             record(s, "password.reset_requested")
-        s.commit()
+            s.commit()
         # The same answer whether or not the address is known.
         return render_template(
             "people/reset_sent.html",
