@@ -18,6 +18,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         static_folder="core/static",
     )
     config.load(app, test_config)
+    config.protect_files(app)
     db.init_app(app)
     web.init_app(app)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -83,6 +84,29 @@ def _answers(policy: PolicyRef, refs: list[str]) -> dict[str, Answer]:
         ) from None
 
 
+def json_body() -> Any:
+    """The request's JSON body, or an ApiError saying why there is none.
+
+    Reading the body enforces MAX_CONTENT_LENGTH, chunked bodies included (413); JSON nested too
+    deeply for the parser is as unreadable as malformed JSON (400), never a 500.
+    """
+    if not request.is_json:
+        raise ApiError(
+            415, "unsupported_media_type", "Send JSON with 'Content-Type: application/json'."
+        )
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(data) >= limit:
+        # A body without a length (chunked) is cut off silently at the limit: one more byte
+        # waiting means it was longer, not that it ended exactly there.
+        if request.environ["wsgi.input"].read(1):
+            raise ApiError(413, "payload_too_large", "The body is too large.")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
+
+
 def _json(body: str) -> Response:
     return Response(body, mimetype="application/json")
 
@@ -109,13 +133,7 @@ def person_status(ref: str) -> Any:
 @api_bp.post("/training-status/check")
 @requires("training:read", "training:status")
 def check() -> Any:
-    if not request.is_json:
-        raise ApiError(
-            415, "unsupported_media_type", "Send JSON with 'Content-Type: application/json'."
-        )
-    body = request.get_json(silent=True)
-    if body is None:
-        raise ApiError(400, "invalid_json", "The body is not valid JSON.")
+    body = json_body()
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_body", "The body must be a JSON object.")
     unknown = set(body) - {"people", "policy"}

@@ -7,6 +7,7 @@ import secrets
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 
@@ -21,6 +22,11 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "SESSION_COOKIE_SAMESITE": "Lax",
         "SESSION_COOKIE_SECURE": False,
         "SESSION_COOKIE_NAME": "countersign_session",
+        # Secure cookies (with the __Host- prefix) and HSTS; None means: when BASE_URL is https.
+        "SECURE_COOKIES": None,
+        # Host names, besides BASE_URL's, that requests may be addressed to (comma-separated; a
+        # leading dot allows subdomains). Others are refused with 400.
+        "TRUSTED_HOSTS": "",
         # A signed-in session ends after this long without a request, and after SESSION_MAX_HOURS
         # whatever happens: a shared staffroom computer or a lost phone stops being signed in.
         "SESSION_IDLE_MINUTES": 60,
@@ -59,6 +65,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
 
 
 def load(app: Flask, overrides: dict[str, Any] | None) -> None:
+    # Everything the app creates (database, keys, exports) is private to its own user, whatever
+    # the shell's umask: the database holds password hashes and personal data.
+    os.umask(0o077)
     app.config.from_mapping(defaults(app.instance_path))
     # The conventional DATABASE_URL is honoured; COUNTERSIGN_DATABASE_URL wins over it.
     if os.environ.get("DATABASE_URL"):
@@ -68,8 +77,7 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
         app.config.from_mapping(overrides)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
-    if app.config.get("SECURE_COOKIES"):
-        app.config["SESSION_COOKIE_SECURE"] = True
+    _cookies(app)
     if app.config.get("HSTS_SECONDS") is None:
         app.config["HSTS_SECONDS"] = 365 * 24 * 3600 if app.config.get("SECURE_COOKIES") else 0
     for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "IMPORT_MAX_BYTES"):
@@ -81,10 +89,95 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["SESSION_MAX_HOURS"])
 
 
+def is_https(app: Flask) -> bool:
+    return urlsplit(str(app.config["BASE_URL"])).scheme.lower() == "https"
+
+
+def _flag(value: Any) -> bool | None:
+    """A setting that is on, off or unset, from a mapping or an environment variable."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none"):
+            return None
+        if text in ("0", "false", "no", "off"):
+            return False
+        if text in ("1", "true", "yes", "on"):
+            return True
+        raise ValueError(f"COUNTERSIGN_SECURE_COOKIES must be true or false, not {value!r}")
+    return bool(value)
+
+
+def host_list(value: Any) -> list[str]:
+    """``a.example, .b.example`` (or a list) as lower-case host names without ports."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    hosts = []
+    for item in items:
+        host = str(item).strip().lower()
+        if host.startswith("[") and "]" in host:
+            host = host[1 : host.index("]")]
+        elif host.count(":") == 1:
+            host = host.partition(":")[0]
+        if host:
+            hosts.append(host)
+    return hosts
+
+
+def _cookies(app: Flask) -> None:
+    """Under an https address every cookie is Secure, and the session cookie's name carries the
+    __Host- prefix: a browser then accepts it only over https, for this host alone and the whole
+    path, so neither a plain-http page nor a sibling subdomain can plant or overwrite it."""
+    secure = _flag(app.config.get("SECURE_COOKIES"))
+    app.config["SECURE_COOKIES"] = is_https(app) if secure is None else secure
+    # Flask's own TRUSTED_HOSTS would be fixed at start; the check in core.web follows BASE_URL.
+    app.config["ALLOWED_HOSTS"] = host_list(app.config.get("TRUSTED_HOSTS"))
+    app.config["TRUSTED_HOSTS"] = None
+    if app.config["SECURE_COOKIES"]:
+        app.config["SESSION_COOKIE_SECURE"] = True
+        name = app.config["SESSION_COOKIE_NAME"]
+        if not name.startswith(("__Host-", "__Secure-")):
+            app.config["SESSION_COOKIE_NAME"] = f"__Host-{name}"
+        app.config["SESSION_COOKIE_PATH"] = "/"
+        app.config["SESSION_COOKIE_DOMAIN"] = None
+
+
 def _positive(app: Flask, key: str) -> None:
     value = app.config[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"COUNTERSIGN_{key} must be a positive number, not {value!r}")
+
+
+# Files Countersign makes in the instance folder that hold secrets or personal data.
+INSTANCE_FILES = ("secret_key", "audit_key", "lti_private_key.pem", "demo-people.txt")
+
+
+def _make_private(path: Path, mode: int) -> None:
+    """Narrow the permissions of a file or folder we own; leave anyone else's alone."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    if info.st_uid == os.geteuid() and info.st_mode & 0o777 & ~mode:
+        path.chmod(mode)
+
+
+def protect_files(app: Flask) -> None:
+    """The instance folder 0700, and the SQLite database and key files in it 0600, including
+    those made before this rule by an earlier version (the umask covers new ones)."""
+    instance = Path(app.instance_path)
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_private(instance, 0o700)
+    for name in INSTANCE_FILES:
+        _make_private(instance / name, 0o600)
+    url = str(app.config["DATABASE_URL"])
+    if url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+        if database and database != ":memory:":
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                _make_private(Path(database + suffix), 0o600)
 
 
 def _instance_secret(instance: Path) -> str:
@@ -94,7 +187,7 @@ def _instance_secret(instance: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    instance.mkdir(parents=True, exist_ok=True)
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another worker made it first

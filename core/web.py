@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
@@ -9,6 +10,7 @@ import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from flask import (
@@ -31,6 +33,7 @@ from flask_login import LoginManager, user_logged_in
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
+from core.config import host_list, is_https
 from core.db import db
 from training.loader import Federation, load_federation
 
@@ -196,6 +199,62 @@ def external_url(endpoint: str, **values: Any) -> str:
     return current_app.config["BASE_URL"].rstrip("/") + url_for(endpoint, **values)
 
 
+# --- which host names this site answers to ---------------------------------------------------------
+
+_HOST = re.compile(r"(?P<name>[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(config: Any) -> list[str]:
+    """BASE_URL's host, the configured TRUSTED_HOSTS, and, when BASE_URL is on loopback, both
+    ``localhost`` and ``127.0.0.1`` (and ``::1``), so a local installation answers to either."""
+    base = (urlsplit(str(config["BASE_URL"])).hostname or "").lower()
+    hosts = [base, *host_list(config.get("ALLOWED_HOSTS"))]
+    if _is_loopback(base):
+        hosts.extend(LOOPBACK_NAMES)
+    return [h for h in hosts if h]
+
+
+def host_allowed(host: str, allowed: list[str]) -> bool:
+    """Whether a request's Host header (``name[:port]``; any port) names this site.
+
+    A leading dot in the list allows every subdomain of the name.
+    """
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return False
+    name = match.group("name").strip("[]")
+    for ref in allowed:
+        if name == ref or (ref.startswith(".") and (name == ref[1:] or name.endswith(ref))):
+            return True
+    return False
+
+
+def _refuse_other_hosts() -> Any:
+    """A request addressed to a host name this site is not (DNS rebinding, poisoned links from a
+    forged Host header) is refused before any other hook or view runs."""
+    host = request.environ.get("HTTP_HOST") or request.environ.get("SERVER_NAME", "")
+    if host_allowed(host, allowed_hosts(current_app.config)):
+        return None
+    message = "This site does not answer to that host name."
+    if _is_api():
+        return json_error(400, "invalid_host", message)
+    page = render_template(
+        "error.html", code=400, title="Wrong address",
+        message=f"{message} Check the address, or use {current_app.config['BASE_URL']}.",
+    )  # fmt: skip
+    return page, 400
+
+
 def client_ip() -> str:
     return request.remote_addr or "unknown"
 
@@ -212,6 +271,11 @@ def _configure_logging() -> None:
 
 def init_app(app: Flask) -> None:
     _configure_logging()
+    if is_https(app) and not app.config["SECURE_COOKIES"]:
+        logging.getLogger("countersign").warning(
+            "COUNTERSIGN_BASE_URL is https but COUNTERSIGN_SECURE_COOKIES is off: the session "
+            "cookie can be sent over plain http and there is no HSTS. Turn it back on."
+        )
     app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
     if app.config["PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -219,6 +283,8 @@ def init_app(app: Flask) -> None:
         n = int(app.config["PROXY_COUNT"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
     app.session_interface = SessionInterface()
+    # First of all the request hooks: nothing runs for a request to a host that is not this site.
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_other_hosts)
     csrf.init_app(app)
 
     @app.before_request

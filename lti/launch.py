@@ -200,7 +200,10 @@ class StateCookies(FlaskCookieService):
     complete the launch (a stolen state and id_token posted from another browser are refused).
     ``SameSite=None; Secure`` so it comes back with the platform's cross-site POST, and
     ``Partitioned`` so a browser keeps it inside the platform's frame even when it blocks
-    third-party cookies."""
+    third-party cookies. Always Secure, so its name carries the ``__Secure-`` prefix (its path,
+    /lti/, rules out ``__Host-``): a browser refuses it from any page that is not https."""
+
+    _cookie_prefix = "__Secure-lti1p3"
 
     def update_response(self, response: Any) -> None:
         for key, data in self._cookie_data_to_set.items():

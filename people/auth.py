@@ -1,14 +1,16 @@
-"""Sign-in throttling, invitation and password-reset links."""
+"""Sign-in throttling, where to go after signing in, invitation and password-reset links."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from werkzeug.urls import iri_to_uri
 
 from core.db import utcnow
 from people.models import Person, SignInAttempt
@@ -18,11 +20,13 @@ from people.models import Person, SignInAttempt
 
 @dataclass(frozen=True)
 class ThrottlePolicy:
-    free_failures: int = 5  # failures allowed before waiting is required
+    free_failures: int = 5  # failures allowed for one email before waiting is required
     window: timedelta = timedelta(minutes=15)
     first_wait: timedelta = timedelta(seconds=30)
     max_wait: timedelta = timedelta(minutes=15)
-    ip_free_failures: int = 20  # across all emails, from one address
+    # Failures from one address against accounts that exist (password spraying); failures for
+    # made-up emails are left out, so they cannot lock out everyone behind a school's address.
+    ip_free_failures: int = 20
 
 
 def _wait_after(failures: int, last: datetime, policy: ThrottlePolicy, free: int) -> datetime:
@@ -41,13 +45,27 @@ def lock_sign_in(session: Session, email: str) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:email))"), {"email": email})
 
 
+def _seconds_left(count: int, last: datetime | None, free: int, policy: ThrottlePolicy,
+                  now: datetime) -> int:  # fmt: skip
+    if count < free or last is None:
+        return 0
+    until = _wait_after(count, last, policy, free)
+    return max(0, int((until - now).total_seconds() + 0.999))
+
+
 def retry_after(
     session: Session, email: str, ip: str, policy: ThrottlePolicy, now: datetime | None = None
 ) -> int:
     """Seconds the caller must wait before trying again; 0 when a try is allowed.
 
-    Counted per email (since its last success) and per address, in the database so every worker
-    sees the same counts. Unknown emails are throttled exactly like known ones.
+    Two counts, both in the database so every worker sees them:
+
+    - per email, failures since its last success: one account's password cannot be guessed
+      quickly. Unknown emails are counted exactly like known ones, so the answer does not say
+      which accounts exist.
+    - per address, failures against accounts that exist: spraying one password over many real
+      accounts from one address is slowed down, while failures with made-up emails (which guess
+      nobody's password) do not count, so they cannot lock out the real people at that address.
     """
     now = now or utcnow()
     since = now - policy.window
@@ -56,23 +74,26 @@ def retry_after(
             SignInAttempt.email == email, SignInAttempt.succeeded.is_(True)
         )
     )
-    start = max(since, last_success) if last_success else since
-    waits = [0]
-    for column, value, free in (
-        (SignInAttempt.email, email, policy.free_failures),
-        (SignInAttempt.ip, ip, policy.ip_free_failures),
-    ):
-        count, last = session.execute(
-            select(func.count(), func.max(SignInAttempt.at)).where(
-                column == value,
-                SignInAttempt.succeeded.is_(False),
-                SignInAttempt.at > (start if column is SignInAttempt.email else since),
-            )
-        ).one()
-        if count >= free and last is not None:
-            until = _wait_after(count, last, policy, free)
-            waits.append(max(0, int((until - now).total_seconds() + 0.999)))
-    return max(waits)
+    failed = SignInAttempt.succeeded.is_(False)
+    per_email = session.execute(
+        select(func.count(), func.max(SignInAttempt.at)).where(
+            SignInAttempt.email == email,
+            failed,
+            SignInAttempt.at > (max(since, last_success) if last_success else since),
+        )
+    ).one()
+    per_address = session.execute(
+        select(func.count(), func.max(SignInAttempt.at)).where(
+            SignInAttempt.ip == ip,
+            failed,
+            SignInAttempt.at > since,
+            SignInAttempt.email.in_(select(Person.email)),
+        )
+    ).one()
+    return max(
+        _seconds_left(*per_email, policy.free_failures, policy, now),
+        _seconds_left(*per_address, policy.ip_free_failures, policy, now),
+    )
 
 
 def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> SignInAttempt:
@@ -80,6 +101,32 @@ def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> Si
     session.add(attempt)
     session.flush()
     return attempt
+
+
+# --- where to go after signing in ----------------------------------------------------------------
+
+
+def _is_path_only(url: str) -> bool:
+    if not url.startswith("/") or url.startswith("//"):
+        return False
+    parts = urlsplit(url)
+    return not parts.scheme and not parts.netloc
+
+
+def local_path(target: str | None) -> str | None:
+    """``target`` when it is a path on this site, else None.
+
+    Browsers read ``//host``, ``/\\host`` and paths with a tab or newline inside as another host, and
+    Werkzeug rewrites the Location header (``////x`` leaves as ``//x``), so the path is judged both
+    as given and as it will be sent.
+    """
+    if not target or len(target) > 2000 or "\\" in target:
+        return None
+    if any(c < " " or c == "\x7f" or not c.isprintable() for c in target):
+        return None  # tabs, newlines and other controls: dropped by browsers, split headers
+    if not _is_path_only(target) or not _is_path_only(iri_to_uri(target)):
+        return None
+    return target
 
 
 # --- links -------------------------------------------------------------------------------------------

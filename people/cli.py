@@ -8,6 +8,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
+from audit.log import record
 from core.db import db
 from core.events import statuses_changed
 from core.web import external_url, federation
@@ -71,6 +72,12 @@ def add_command(name: str, email: str, roles: str, schools: str) -> None:
     token = make_link_token(current_app.config["SECRET_KEY"], INVITE, person)
     with current_app.test_request_context():
         link = external_url("auth.accept_invite", token=token)
+    # Printed for the administrator at the terminal, never logged; the log says only that it was.
+    record(
+        session, "link.invite_issued", subject_type="person", subject_id=person.id,
+        detail={"via": "command"},
+    )  # fmt: skip
+    session.commit()
     click.echo(f"Added {person.name} <{person.email}>. Invitation link (single use):\n{link}")
 
 

@@ -10,8 +10,8 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Email, EqualTo, Length, StopValidation
 
 from core.forms import Form
+from people.passwords import MAX_LENGTH, MIN_LENGTH, password_problem
 from people.roles import ROLES
-from people.service import MIN_PASSWORD_LENGTH
 
 
 class MultiCheckboxField(SelectMultipleField):
@@ -34,19 +34,20 @@ class ForgotPasswordForm(Form):
     )
 
 
+def acceptable_password(form: Any, field: Any) -> None:
+    """The password rules (length, not a common password), with their reason at the field."""
+    problem = password_problem(field.data or "")
+    if problem:
+        raise StopValidation(problem)
+
+
 def _new_password_fields() -> tuple[PasswordField, PasswordField]:
     """A new password and its confirmation; called in each form's body so field order follows."""
     password = PasswordField(
         "New password",
-        validators=[
-            DataRequired("Enter a new password."),
-            Length(
-                min=MIN_PASSWORD_LENGTH,
-                max=200,
-                message=f"Use at least {MIN_PASSWORD_LENGTH} characters.",
-            ),
-        ],  # fmt: skip
-        description=f"At least {MIN_PASSWORD_LENGTH} characters. A few unrelated words work well.",
+        validators=[DataRequired("Enter a new password."), acceptable_password],
+        description=f"At least {MIN_LENGTH} characters (at most {MAX_LENGTH}); not a common "
+        "password, nor your name or email address. A few unrelated words work well.",
     )
     confirm = PasswordField(
         "Type the password again",

@@ -15,10 +15,11 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from audit.log import record
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
+from people.passwords import MIN_LENGTH, context_words, password_problem
 from people.roles import ROLES, role_code
 from training.loader import Federation
 
-MIN_PASSWORD_LENGTH = 10
+MIN_PASSWORD_LENGTH = MIN_LENGTH
 # Spend the same time checking a password for an unknown email as for a known one.
 _DUMMY_HASH = generate_password_hash("countersign-timing-equaliser")
 
@@ -106,12 +107,26 @@ def update_person(
     other = find_by_email(session, data.email)
     if other is not None and other.id != person.id:
         raise PeopleError(f"Someone else already has the email {data.email}.")
-    before = person.roles
+    before, name, email = person.roles, person.name, person.email
     _apply(person, data)
     session.flush()
     if before != list(data.roles):
         record_roles_changed(session, person, before, by_id)
+    record_identity_changed(session, person, name, email, by_id)
     return person
+
+
+def record_identity_changed(
+    session: Session, person: Person, name: str, email: str, by_id: int | None
+) -> None:
+    """Who changed a person's name or email. The values stay out of the log: it keeps ids only,
+    and an erased person's old name must not survive there."""
+    for event, old, new in (
+        ("person.name_changed", name, person.name),
+        ("person.email_changed", email, person.email),
+    ):
+        if old != new:
+            record(session, event, actor_id=by_id, subject_type="person", subject_id=person.id)
 
 
 def record_roles_changed(
@@ -146,8 +161,11 @@ def _record_on(person: Person, event: str, by_id: int | None) -> None:
 
 
 def set_password(person: Person, password: str) -> None:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise PeopleError(f"Use at least {MIN_PASSWORD_LENGTH} characters.")
+    """Every way of setting a password comes here, so the rules hold for forms, commands and
+    the demo alike (PeopleError says why one is refused)."""
+    problem = password_problem(password, context_words(person.name or "", person.email or ""))
+    if problem:
+        raise PeopleError(problem)
     person.password_hash = generate_password_hash(password)
     person.auth_version += 1
 
@@ -281,6 +299,7 @@ def import_people(
         for p in session.scalars(select(Person).where(Person.email.in_([d.email for _, d in rows])))
     }
     role_changes: list[tuple[Person, list[str]]] = []
+    renamed: list[tuple[Person, str]] = []
     for _line, data in rows:
         person = existing.get(data.email)
         if person is None:
@@ -297,11 +316,14 @@ def import_people(
         else:
             if person.roles != list(data.roles):
                 role_changes.append((person, person.roles))
+            renamed.append((person, person.name))
             _apply(person, data)
             result.updated.append(data.email)
     session.flush()
     for person, before in role_changes:
         record_roles_changed(session, person, before, by_id)
+    for person, name in renamed:
+        record_identity_changed(session, person, name, person.email, by_id)
     record(
         session, "people.imported", actor_id=by_id,
         detail={"created": len(result.created), "updated": len(result.updated),

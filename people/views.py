@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -36,6 +35,7 @@ from people.auth import (
     RESET,
     LinkError,
     ThrottlePolicy,
+    local_path,
     lock_sign_in,
     make_link_token,
     person_for_token,
@@ -99,12 +99,7 @@ def roles_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 def safe_next(target: str | None) -> str:
     """Only redirect within this site: a path, never another host or scheme."""
-    if target:
-        parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
-            if target.isprintable():  # a newline or other control would break the Location header
-                return target
-    return url_for("training.dashboard")
+    return local_path(target) or url_for("training.dashboard")
 
 
 # --- sign-in -------------------------------------------------------------------------------------
@@ -185,7 +180,11 @@ def change_password() -> Any:
         if not check_password(current_user, form.current.data):
             form.current.errors = ["Your current password is not right."]
         else:
-            set_password(current_user, form.password.data)  # ends every other session
+            try:
+                set_password(current_user, form.password.data)  # ends every other session
+            except PeopleError as exc:
+                form.password.errors = [str(exc)]
+                return render_template("people/change_password.html", form=form), 400
             record(db.session, "password.changed", actor_id=current_user.id)
             db.session.commit()
             login_user(current_user._get_current_object())  # this one carries on
@@ -208,24 +207,42 @@ def _link_message(person: Person, purpose: str, link: str) -> tuple[str, str]:
     return subject, body
 
 
-def _send_or_show_link(person: Person, purpose: str, link: str, to_admin: bool) -> None:
+def _link_issued(person: Person, purpose: str, via: str, by_id: int | None) -> None:
+    """Who asked for a link for whom, and how it went out; never the link itself."""
+    record(
+        db.session, f"link.{purpose}_issued", actor_id=by_id, subject_type="person",
+        subject_id=person.id, detail={"via": via},
+    )  # fmt: skip
+
+
+def _show_links(links: list[tuple[Person, str]], emailed_failed: bool = False) -> Any:
+    """The links, on this page only: not logged, not kept in the session, not cached."""
+    return render_template(
+        "people/invitation_links.html", links=links, emailed_failed=emailed_failed
+    )
+
+
+def _issue_link_by_admin(person: Person, purpose: str) -> Any:
+    """Email the link when email is set up; otherwise, or when sending fails, show it once to
+    the administrator who asked. Links never reach a log: anyone reading one could use it."""
+    token = make_link_token(current_app.config["SECRET_KEY"], purpose, person)
+    endpoint = "auth.accept_invite" if purpose == INVITE else "auth.reset_password"
+    link = external_url(endpoint, token=token)
     subject, body = _link_message(person, purpose, link)
-    if smtp_configured(current_app.config) and not to_admin:
-        send_mail_later(current_app.config, person.email, subject, body)
-        return
     if smtp_configured(current_app.config):
         try:
             send_mail(current_app.config, person.email, subject, body)
-            if to_admin:
-                flash(f"An email with the link was sent to {person.email}.", "success")
-            return
         except OSError as exc:
-            log.warning("could not send %s email to %s: %s", purpose, person.email, exc)
-            if to_admin:
-                flash(f"The email could not be sent ({exc}). Give them this link instead.", "error")
-    log.info("%s link for %s: %s", purpose, person.email, link)
-    if to_admin:
-        flash(f"Give {person.name} this single-use link to set their password: {link}", "link")
+            log.warning("could not send %s email to person %s: %s", purpose, person.id, exc)
+            flash(f"The email could not be sent ({exc}). Give them this link instead.", "error")
+        else:
+            _link_issued(person, purpose, "email", current_user.id)
+            db.session.commit()
+            flash(f"An email with the link was sent to {person.email}.", "success")
+            return redirect(url_for("admin.person", person_id=person.id))
+    _link_issued(person, purpose, "screen", current_user.id)
+    db.session.commit()
+    return _show_links([(person, link)], emailed_failed=smtp_configured(current_app.config))
 
 
 @auth_bp.route("/account/data.json")
@@ -252,11 +269,21 @@ def my_data() -> Any:
 def forgot_password() -> Any:
     form = ForgotPasswordForm()
     if form.validate_on_submit():
-        person = find_by_email(db.session, form.email.data)
-        if person is not None and person.active:
+        s = db.session
+        person = find_by_email(s, form.email.data)
+        emailed = smtp_configured(current_app.config)
+        if person is not None and person.active and emailed:
             token = make_link_token(current_app.config["SECRET_KEY"], RESET, person)
             link = external_url("auth.reset_password", token=token)
-            _send_or_show_link(person, RESET, link, to_admin=False)
+            _link_issued(person, RESET, "email", None)
+            s.commit()
+            subject, body = _link_message(person, RESET, link)
+            send_mail_later(current_app.config, person.email, subject, body)
+        else:
+            # No link: unknown, a leaver, or no email to send it by (the page says to ask an
+            # administrator). One row either way, so the answer takes as long whoever asks.
+            record(s, "password.reset_requested")
+            s.commit()
         # The same answer whether or not the address is known.
         return render_template(
             "people/reset_sent.html",
@@ -401,15 +428,17 @@ def invite_all() -> Any:
                          token=make_link_token(current_app.config["SECRET_KEY"], INVITE, p)))
         for p in waiting
     ]  # fmt: skip
-    if smtp_configured(current_app.config):
-        for person, link in links:
+    emailed = smtp_configured(current_app.config)
+    for person, link in links:
+        if emailed:
             subject, body = _link_message(person, INVITE, link)
             send_mail_later(current_app.config, person.email, subject, body)
+        _link_issued(person, INVITE, "email" if emailed else "screen", current_user.id)
+    s.commit()
+    if emailed:
         flash(f"Invitations are being emailed to {len(links)} people.", "success")
         return redirect(url_for("admin.people"))
-    for person, link in links:
-        log.info("invite link for %s: %s", person.email, link)
-    return render_template("people/invitation_links.html", links=links)
+    return _show_links(links)
 
 
 @admin_bp.route("/people/new", methods=["GET", "POST"])
@@ -526,10 +555,7 @@ def invite_person(person_id: int) -> Any:
     if not person.active:
         flash("Reactivate this person before inviting them.", "error")
         return redirect(url_for("admin.person", person_id=person.id))
-    token = make_link_token(current_app.config["SECRET_KEY"], INVITE, person)
-    link = external_url("auth.accept_invite", token=token)
-    _send_or_show_link(person, INVITE, link, to_admin=True)
-    return redirect(url_for("admin.person", person_id=person.id))
+    return _issue_link_by_admin(person, INVITE)
 
 
 @admin_bp.route("/people/import/template.csv")

@@ -267,11 +267,21 @@ def _certificates(person_id: int) -> list[Any]:
     )
 
 
+def pack_pdf(html: str, base_url: str) -> bytes:
+    """The evidence pack as PDF, fetching nothing (no URL, no local file), as certificates do.
+
+    The base URL is the configured address, never the request's Host header.
+    """
+    from weasyprint import HTML
+
+    from certificates.render import NoFetching
+
+    return HTML(string=html, base_url=base_url, url_fetcher=NoFetching()).write_pdf()
+
+
 @reports_bp.get("/schools/<school>/evidence.pdf")
 @roles_required(*READERS)
 def evidence_pack(school: str) -> Any:
-    from weasyprint import HTML
-
     names = {sc.code: sc.name for sc in federation().schools}
     if school not in names:
         abort(404)
@@ -295,7 +305,7 @@ def evidence_pack(school: str) -> Any:
         standing_text=STANDING_TEXT, reason_text=REASON_TEXT,
         generated=format_date(now), audit_head=Head(entry.seq, entry.hash),
     )  # fmt: skip
-    pdf = HTML(string=html, base_url=request.host_url).write_pdf()
+    pdf = pack_pdf(html, current_app.config["BASE_URL"])
     filename = f"evidence-{school}-{now:%Y-%m-%d}.pdf"
     return Response(
         pdf,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -410,3 +412,37 @@ def test_administrators_create_a_status_only_token(app, auth, make_person):
 def test_the_openapi_document_describes_the_status_only_scope(client):
     text = client.get("/api/v1/openapi.json").get_data(as_text=True)
     assert "training:status" in text and "StatusOnly" in text
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_refused_as_invalid_json(api, depth):
+    body = '{"people":' + "[" * depth + "]" * depth + "}"
+    response = api.post("/api/v1/training-status/check", data=body,
+                        content_type="application/json")  # fmt: skip
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "invalid_json"
+    CHECK_OP.validate_response(response)
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_too_large(app, client, api):
+    """Sent without a Content-Length (chunked), so only reading it can tell its size. Gunicorn
+    hands such a body over de-chunked and marks the stream as ending where the body ends."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    body = b'{"people": [' + b"1," * limit + b"1]}"
+    response = client.post(
+        "/api/v1/training-status/check",
+        input_stream=io.BytesIO(body),
+        headers={**api.headers, "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    small = client.post(
+        "/api/v1/training-status/check",
+        input_stream=io.BytesIO(b'{"people": [1]}'),
+        headers={**api.headers, "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert small.status_code == 200

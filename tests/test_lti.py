@@ -233,7 +233,7 @@ def test_a_launch_posted_from_another_browser_is_refused(app, client, platform, 
     assert_not_signed_in(victim)
     cookie = next(c for c in client.post("/lti/login", data={
         "iss": platform.issuer, "login_hint": "1", "client_id": platform.client_id,
-    }).headers.getlist("Set-Cookie") if c.startswith("lti1p3-"))  # fmt: skip
+    }).headers.getlist("Set-Cookie") if c.startswith("__Secure-lti1p3-"))  # fmt: skip
     assert all(a in cookie for a in ("Secure", "HttpOnly", "SameSite=None", "Partitioned"))
 
 

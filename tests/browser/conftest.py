@@ -33,7 +33,9 @@ def base_url(app) -> Iterator[str]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
+    url = f"http://127.0.0.1:{server.server_port}"
+    app.config["BASE_URL"] = url  # the site's own address: requests to other hosts are refused
+    yield url
     server.shutdown()
     thread.join(timeout=10)
 
