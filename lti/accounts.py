@@ -174,8 +174,9 @@ def _check_open(person: Person) -> None:
 def _sign_in_directly() -> LaunchRefused:
     return LaunchRefused(
         "Sign in to Countersign directly",
-        "Your Countersign account can see everyone's records, so it is never opened from a "
-        "learning platform. Sign in to Countersign directly, in a new window.",
+        "Your Countersign account can see everyone's records or needs a second factor to sign "
+        "in, so it is never opened from a learning platform. Sign in to Countersign directly, "
+        "in a new window.",
     )
 
 

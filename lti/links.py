@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
+from flask import current_app, has_app_context
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -42,8 +45,21 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def is_privileged(person: Person) -> bool:
-    return person.has_role(*PRIVILEGED)
+def closed_roles(config: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """Roles whose accounts a launch never opens: those that see everyone's records, and any that
+    must sign in with a second factor (``COUNTERSIGN_MFA_ROLES``), which a launch cannot give.
+    Without ``config``, the running app's."""
+    if config is None:
+        config = current_app.config if has_app_context() else {}
+    extra = config.get("MFA_ROLES") or ()
+    if isinstance(extra, str):
+        extra = extra.split(",")
+    return PRIVILEGED | {r.strip() for r in extra if isinstance(r, str) and r.strip()}
+
+
+def is_privileged(person: Person, roles: frozenset[str] | None = None) -> bool:
+    """Whether a launch may never open this person's account."""
+    return person.has_role(*(closed_roles() if roles is None else roles))
 
 
 class LinkError(ValueError):
@@ -147,8 +163,9 @@ def confirm_link(
         raise LinkError("This Countersign account is closed, so nothing can be connected to it.")
     if is_privileged(person):
         raise LinkError(
-            "Your Countersign account can see everyone's records, so it is never opened from a "
-            "learning platform. Sign in to Countersign directly instead."
+            "Your Countersign account can see everyone's records or needs a second factor to "
+            "sign in, so it is never opened from a learning platform. Sign in to Countersign "
+            "directly instead."
         )
     platform_id, subject = request.platform_id, request.subject
     session.execute(delete(LtiLinkRequest).where(LtiLinkRequest.id == request.id))

@@ -772,6 +772,23 @@ def test_a_role_gained_without_the_link_being_suspended_is_still_checked_at_ever
     assert_not_signed_in(client)
 
 
+def test_an_account_that_must_use_a_second_factor_is_never_opened_by_a_launch(
+    app, client, platform, registered
+):
+    """A launch cannot give a second factor, so roles configured to need one are closed to it
+    too, whatever else they may see."""
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    app.config["MFA_ROLES"] = "admin, staff"
+    response, _, _ = platform.launch(client)
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    app.config["MFA_ROLES"] = ""
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+
+
 def test_promoted_then_demoted_the_link_stays_suspended_until_its_owner_confirms_again(
     app, client, platform, registered
 ):
