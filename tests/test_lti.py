@@ -548,13 +548,17 @@ def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, regi
     from people.privacy import erase_person
 
     platform.launch(client)
+    # Another LMS account waiting for them to confirm is forgotten too.
+    platform.launch(app.test_client(), sub="waiting", email="tessa.ta@ladysmith.example")
     with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 1
         person = db.session.scalar(select(Person))
         person.active, person.deactivated_at = False, utcnow() - timedelta(days=4000)
         db.session.commit()
         erase_person(db.session, person.id, actor_id=None, retention_days=2190)
         db.session.commit()
         assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiScorePost)) == 0
     # The same LMS user launching again is a newcomer, not the erased record.
@@ -750,6 +754,23 @@ def test_a_link_made_before_a_promotion_never_opens_the_promoted_account(
     assert_refused(response, "Sign in to Countersign directly")
     assert_not_signed_in(client)
     assert client.get("/admin/people").status_code == 302  # to the sign-in page
+
+
+def test_a_promotion_by_import_suspends_the_link_too(app, client, platform, registered):
+    from people.service import import_people
+
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    with app.app_context():
+        import_people(
+            db.session,
+            "name,email,roles,schools\nTessa Assistant,tessa.ta@ladysmith.example,staff;governor,\n",
+            federation(),
+        )
+        db.session.commit()
+        assert db.session.scalar(select(LtiIdentity)).suspended_at is not None
+    response, _, _ = platform.launch(app.test_client())
+    assert_refused(response, "Sign in to Countersign directly")
 
 
 def test_a_role_gained_without_the_link_being_suspended_is_still_checked_at_every_launch(
