@@ -27,6 +27,7 @@ from lti.links import (
     is_privileged,
     record_new_person_link,
     request_link,
+    subject_hash,
 )
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person
@@ -134,7 +135,7 @@ def person_for_launch(
     assert person is not None
     _check_open(person)
     if is_privileged(person):  # checked at every launch, whenever the role was gained
-        raise _sign_in_directly()
+        raise _sign_in_directly(person)
     if identity.suspended_at is not None:
         pending = request_link(session, platform, info.subject, person, email=can_email)
         return Arrival(person, False, pending)
@@ -171,13 +172,15 @@ def _check_open(person: Person) -> None:
         )
 
 
-def _sign_in_directly() -> LaunchRefused:
-    return LaunchRefused(
+def _sign_in_directly(person: Person) -> LaunchRefused:
+    refused = LaunchRefused(
         "Sign in to Countersign directly",
         "Your Countersign account can see everyone's records or needs a second factor to sign "
         "in, so it is never opened from a learning platform. Sign in to Countersign directly, "
         "in a new window.",
     )
+    refused.person_id = person.id
+    return refused
 
 
 def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
@@ -186,7 +189,7 @@ def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
     platform's administrator, or anyone who can set their own email there, could otherwise try
     to reach it), nor if the platform is one school's and they belong only to others."""
     if person.active and is_privileged(person):
-        raise _sign_in_directly()
+        raise _sign_in_directly(person)
     if platform.school and person.schools and platform.school not in person.schools:
         raise LaunchRefused(
             "Your account belongs to another school",
@@ -265,6 +268,19 @@ def remember_grade_link(
     link.context_title = (info.context_title or "")[:255] or None
     session.flush()
     return link
+
+
+def record_refusal(
+    session: Session, platform: LtiPlatform, subject: str, refused: LaunchRefused
+) -> None:
+    """A launch the platform signed that was refused all the same (an account a launch never
+    opens, a closed account, an unmapped role...): worth an investigator's eye."""
+    record(
+        session, "lti.launch_refused", subject_type="person" if refused.person_id else None,
+        subject_id=refused.person_id,
+        detail={"platform": platform.id, "lms_user": subject_hash(platform.id, subject),
+                "reason": refused.title[:80]},
+    )  # fmt: skip
 
 
 def record_launch(session: Session, platform: LtiPlatform, arrival: Arrival) -> None:

@@ -65,6 +65,7 @@ class LaunchRefused(Exception):
         self.title, self.message, self.status = title, message, status
         self.detail = detail[:200]  # shown to whoever is at the browser: a hint, never a dump
         self.platform: LtiPlatform | None = None  # the registered platform it came from, if known
+        self.person_id: int | None = None  # the account it would have opened, if one was found
 
 
 class TimeoutSession(requests.Session):

@@ -23,7 +23,7 @@ from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAr
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange
 
-from core.db import db, may_write, reads_only
+from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.forms import Form
 from core.mail import send_mail_later, smtp_configured
@@ -37,9 +37,17 @@ from lti.accounts import (
     policy_for_launch,
     privileged_grants,
     record_launch,
+    record_refusal,
     remember_grade_link,
 )
-from lti.launch import LaunchRefused, launch_info, origins_of, read_launch, start_login
+from lti.launch import (
+    LaunchInfo,
+    LaunchRefused,
+    launch_info,
+    origins_of,
+    read_launch,
+    start_login,
+)
 from lti.links import (
     LinkError,
     confirm_link,
@@ -100,6 +108,7 @@ def launch() -> Any:
     s = db.session
     reads_only()  # fetching the platform's keys must not hold the write lock
     platform: LtiPlatform | None = None
+    signed: LaunchInfo | None = None  # a launch the platform signed, once checked
     can_email = smtp_configured(current_app.config)
     try:
         message = read_launch(
@@ -111,6 +120,7 @@ def launch() -> Any:
         may_write()
         message.check_fresh()
         s.commit()  # the nonce is used up even if the person is then refused: one try per launch
+        signed = info
         arrival = person_for_launch(s, platform, info, federation(), can_email=can_email)
         if arrival.pending is None:
             policy = policy_for_launch(s, info)
@@ -120,6 +130,10 @@ def launch() -> Any:
         s.commit()
     except LaunchRefused as exc:
         s.rollback()
+        if signed is not None and platform is not None:
+            # Only launches the platform signed are recorded: anyone can post unsigned ones.
+            with writing(s):
+                record_refusal(s, platform, signed.subject, exc)
         known = exc.platform or platform
         return _refused(exc, origins_of(known) if known is not None else None)
     if arrival.pending is not None:

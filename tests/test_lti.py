@@ -234,6 +234,7 @@ def test_a_launch_signed_with_another_key_is_refused(app, client, platform, regi
     assert_refused(response, "The launch&#39;s signature is not valid")
     assert people(app) == []
     assert_not_signed_in(client)
+    assert lti_events(app) == []  # unsigned launches, which anyone can post, leave no rows
 
 
 def test_a_launch_for_another_audience_is_refused(app, client, platform, registered):
@@ -754,6 +755,14 @@ def test_a_link_made_before_a_promotion_never_opens_the_promoted_account(
     assert_refused(response, "Sign in to Countersign directly")
     assert_not_signed_in(client)
     assert client.get("/admin/people").status_code == 302  # to the sign-in page
+    # The refused attempt is on the record, against the account it tried to open.
+    event, subject, detail = lti_events(app)[-1]
+    assert (event, subject, detail["reason"]) == (
+        "lti.launch_refused",
+        str(pid),
+        "Sign in to Countersign directly",
+    )
+    assert "attacker-1" not in json_text(detail)
 
 
 def test_a_promotion_by_import_suspends_the_link_too(app, client, platform, registered):
