@@ -765,6 +765,34 @@ def test_a_link_made_before_a_promotion_never_opens_the_promoted_account(
     assert "attacker-1" not in json_text(detail)
 
 
+def test_the_reviews_sequence_never_reaches_the_victims_account(
+    app, client, platform, registered, make_person
+):
+    """The security review's F1 reproduction, step by step: an LMS user claims a staff member's
+    email, the staff member is later made an administrator, the LMS user launches again."""
+    vic = make_person("staff", email="vic@school.example")
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@school.example")
+    assert_confirmation_needed(response)  # (1) no longer a session as the victim
+    assert_not_signed_in(client)
+    promote(app, vic, "staff", "admin")  # (2)
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@school.example")  # (3)
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    # With any other email, the LMS user is only ever someone new, never the victim.
+    response, _, _ = platform.launch(client, sub="attacker-1", email="any@elsewhere.example")
+    assert response.status_code == 302
+    assert client.get("/admin/people").status_code == 403
+    with app.app_context():
+        assert db.session.scalar(select(LtiIdentity.person_id)) != vic
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    # Control: a new LMS user claiming the administrator's email is refused too.
+    response, _, _ = platform.launch(client, sub="attacker-2", email="vic@school.example")
+    assert_refused(response, "Sign in to Countersign directly")
+    with app.app_context():
+        linked = db.session.scalars(select(LtiIdentity.person_id)).all()
+        assert vic not in linked
+
+
 def test_a_promotion_by_import_suspends_the_link_too(app, client, platform, registered):
     from people.service import import_people
 
