@@ -1042,6 +1042,18 @@ def test_an_emailed_link_connects_the_account_once(
         assert (identity.person_id, identity.how) == (pid, "email")
 
 
+def test_launches_cannot_flood_a_persons_inbox(
+    app, client, platform, registered, make_person, smtp
+):
+    make_person("staff", email="sam@ladysmith.example")
+    for n in range(5):
+        response, _, _ = platform.launch(app.test_client(), sub=f"lms-{n}",
+                                         email="sam@ladysmith.example")  # fmt: skip
+        assert_confirmation_needed(response)
+        assert ("We have emailed" in response.get_data(as_text=True)) == (n < 3)
+    assert len(wait_for_mail(smtp, 3)) == 3  # at most three waiting at a time, one email each
+
+
 def test_an_emailed_link_expires_and_a_made_up_one_does_nothing(
     app, client, platform, registered, make_person, smtp
 ):
