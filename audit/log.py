@@ -68,6 +68,13 @@ EVENTS: dict[str, str] = {
     "export.certificates_zip": "School certificates downloaded",
     "personal_data.exported": "Personal data downloaded",
     "lti.launch": "Signed in from a learning platform",
+    "lti.launch_refused": "Signed launch from a learning platform refused",
+    "lti.identity_linked": "Learning platform account linked to a new person",
+    "lti.link_requested": "Learning platform account waiting for its owner's confirmation",
+    "lti.link_confirmed": "Learning platform account link confirmed",
+    "lti.link_declined": "Learning platform account link declined",
+    "lti.link_suspended": "Learning platform account link suspended",
+    "lti.link_removed": "Learning platform account link removed",
     "lti.platform_registered": "Learning platform registered",
     "lti.platform_changed": "Learning platform registration changed",
 }

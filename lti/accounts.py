@@ -1,10 +1,13 @@
-"""Who a launch signs in: the person an LMS user already is, or a new one made from the launch.
+"""Who a launch signs in: the person an LMS user is linked to, or a new one made from the launch.
 
-A person is found by the platform's stable user id (``sub``) once linked, else by email. Someone new
-is created with the roles the platform's role table gives their LMS roles. The default table
-grants only staff, volunteer and parent/carer roles: an LMS Instructor or Administrator becomes a
-Countersign governor, SLT member or administrator only if an administrator writes that into the
-platform's table. A launch never changes the roles of someone who already exists.
+A person is found by the platform's stable user id (``sub``) once linked. An LMS user the tool
+does not know yet becomes a new person when no one has their email; when someone does, nobody is
+signed in until that person confirms the link (see ``lti.links``). Accounts that see everyone's
+records are never opened by a launch, whenever the role was gained. Someone new is created with
+the roles the platform's role table gives their LMS roles. The default table grants only staff,
+volunteer and parent/carer roles: an LMS Instructor or Administrator becomes a Countersign
+governor, SLT member or administrator only if an administrator writes that into the platform's
+table. A launch never changes the roles of someone who already exists.
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from audit.log import record
-from core.db import insert_ignoring_conflict, utcnow
-from lti.launch import LaunchInfo, LaunchRefused, service_url_ok, short_role
+from core.db import utcnow
+from lti.launch import LaunchInfo, LaunchRefused, insert_new, service_url_ok, short_role
+from lti.links import (
+    PRIVILEGED,
+    LinkRequested,
+    is_privileged,
+    record_new_person_link,
+    request_link,
+    subject_hash,
+)
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person
 from people.roles import ROLES
@@ -34,8 +45,6 @@ DEFAULT_ROLE_MAP: dict[str, str] = {
     "Member": "staff",
     "Mentor": "parent",
 }
-# Roles that can see everyone's records or approve accounts: never granted by the default table.
-PRIVILEGED = frozenset({"governor", "slt", "admin"})
 AGS_SCORE = "https://purl.imsglobal.org/spec/lti-ags/scope/score"
 AGS_LINEITEM = "https://purl.imsglobal.org/spec/lti-ags/scope/lineitem"
 
@@ -70,24 +79,29 @@ def mapped_roles(table: dict[str, str], lms_roles: tuple[str, ...]) -> tuple[str
 
 @dataclass(frozen=True)
 class Arrival:
+    """Who a launch signs in; or, with ``pending``, nobody yet: the link waits for the person's
+    confirmation."""
+
     person: Person
     created: bool
+    pending: LinkRequested | None = None
 
 
 def person_for_launch(
-    session: Session, platform: LtiPlatform, info: LaunchInfo, federation: Federation
+    session: Session,
+    platform: LtiPlatform,
+    info: LaunchInfo,
+    federation: Federation,
+    *,
+    can_email: bool = False,
 ) -> Arrival:
-    """The person this launch signs in, linked to the LMS user; refused with a reason if none."""
-    identity = session.scalar(
-        select(LtiIdentity).where(
-            LtiIdentity.platform_id == platform.id, LtiIdentity.subject == info.subject
-        )
-    )
-    created = False
-    if identity is not None:
-        person = session.get(Person, identity.person_id)
-        identity.last_launch_at = utcnow()
-    else:
+    """The person this launch signs in, linked to the LMS user; refused with a reason if none.
+
+    Only a live link, or an account the launch itself creates, signs anyone in; an existing
+    account is linked once its owner confirms (``can_email``: a confirmation link can be sent).
+    """
+    identity = _identity(session, platform, info.subject)
+    if identity is None:
         if not info.email:
             raise LaunchRefused(
                 "Your learning platform did not share your email address",
@@ -104,37 +118,78 @@ def person_for_launch(
         person = find_by_email(session, email)
         if person is None:
             person = _create(session, platform, info, email, federation)
-            created = person is not None
-        if not created:
-            # Known already, or added this moment by the same person's launch in another tab.
-            person = person or find_by_email(session, email)
+            if person is not None:
+                _link_new_person(session, platform, info.subject, person)
+                return Arrival(person, True)
+            # Added this moment by another launch: the same LMS user's, in another tab, made
+            # the link too; anyone else's must be confirmed like any existing account's.
+            identity = _identity(session, platform, info.subject)
+            person = find_by_email(session, email)
+        if identity is None:
+            assert person is not None
             _may_link_by_email(platform, person)
-        insert_ignoring_conflict(
-            session, LtiIdentity.__table__,
-            {"platform_id": platform.id, "subject": info.subject, "person_id": person.id,
-             "created_at": utcnow(), "last_launch_at": utcnow()},
-        )  # fmt: skip
-    if person is None or not person.active:
+            _check_open(person)
+            pending = request_link(session, platform, info.subject, person, email=can_email)
+            return Arrival(person, False, pending)
+    person = session.get(Person, identity.person_id)
+    assert person is not None
+    _check_open(person)
+    if is_privileged(person):  # checked at every launch, whenever the role was gained
+        raise _sign_in_directly(person)
+    if identity.suspended_at is not None:
+        pending = request_link(session, platform, info.subject, person, email=can_email)
+        return Arrival(person, False, pending)
+    identity.last_launch_at = utcnow()
+    return Arrival(person, False)
+
+
+def _identity(session: Session, platform: LtiPlatform, subject: str) -> LtiIdentity | None:
+    return session.scalar(
+        select(LtiIdentity).where(
+            LtiIdentity.platform_id == platform.id, LtiIdentity.subject == subject
+        )
+    )
+
+
+def _link_new_person(session: Session, platform: LtiPlatform, subject: str, person: Person) -> None:
+    now = utcnow()
+    insert_new(
+        session, LtiIdentity.__table__,
+        {"platform_id": platform.id, "subject": subject, "person_id": person.id,
+         "created_at": now, "last_launch_at": now, "how": "new_person"},
+    )  # fmt: skip
+    identity = _identity(session, platform, subject)
+    assert identity is not None
+    record_new_person_link(session, identity.id, platform.id, subject, person.id)
+
+
+def _check_open(person: Person) -> None:
+    if not person.active:
         raise LaunchRefused(
             "Your Countersign account is closed",
             "Your account has been closed, so the training can't be opened. If you still work "
             "or volunteer here, ask a Countersign administrator to reopen it.",
         )
-    return Arrival(person, created)
+
+
+def _sign_in_directly(person: Person) -> LaunchRefused:
+    refused = LaunchRefused(
+        "Sign in to Countersign directly",
+        "Your Countersign account can see everyone's records or needs a second factor to sign "
+        "in, so it is never opened from a learning platform. Sign in to Countersign directly, "
+        "in a new window.",
+    )
+    refused.person_id = person.id
+    return refused
 
 
 def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
-    """Whether an existing person may be linked to an LMS account on the platform's word for
-    their email alone. Not if their account can see everyone's records or approve accounts (a
-    platform's administrator, or anyone who can set their own email there, could otherwise sign
-    in as them), nor if the platform is one school's and they belong only to others."""
-    if person.active and person.has_role(*PRIVILEGED):
-        raise LaunchRefused(
-            "Sign in to Countersign directly",
-            "Your Countersign account can see everyone's records, so it is not opened from a "
-            "learning platform on the strength of an email address. Sign in to Countersign "
-            "directly, in a new window.",
-        )
+    """Whether an existing person may be asked to confirm a link to an LMS account claiming
+    their email. Not if their account can see everyone's records or approve accounts (a
+    platform's administrator, or anyone who can set their own email there, could otherwise try
+    to reach it), nor if the platform is one school's and they belong only to others."""
+    if person.active and is_privileged(person):
+        raise _sign_in_directly(person)
     if platform.school and person.schools and platform.school not in person.schools:
         raise LaunchRefused(
             "Your account belongs to another school",
@@ -213,6 +268,19 @@ def remember_grade_link(
     link.context_title = (info.context_title or "")[:255] or None
     session.flush()
     return link
+
+
+def record_refusal(
+    session: Session, platform: LtiPlatform, subject: str, refused: LaunchRefused
+) -> None:
+    """A launch the platform signed that was refused all the same (an account a launch never
+    opens, a closed account, an unmapped role...): worth an investigator's eye."""
+    record(
+        session, "lti.launch_refused", subject_type="person" if refused.person_id else None,
+        subject_id=refused.person_id,
+        detail={"platform": platform.id, "lms_user": subject_hash(platform.id, subject),
+                "reason": refused.title[:80]},
+    )  # fmt: skip
 
 
 def record_launch(session: Session, platform: LtiPlatform, arrival: Arrival) -> None:

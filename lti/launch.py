@@ -2,10 +2,10 @@
 
 PyLTI1p3 does the protocol (the login redirect, the id_token's format, signature, expiry,
 registration, deployment and message claims); this module gives it the registered platforms from
-the database and keeps each login's state and nonce there too, so a launch is accepted once, by
-whichever worker receives it, and a replay finds nothing. Checks that need no writes run first;
-taking the state is the only write, so the database is never locked while a platform's keys are
-fetched.
+the database. A login keeps its state and nonce in a signed cookie in the browser that started it,
+so starting one writes nothing; an accepted launch records its nonce, so a replay, on whichever
+worker, finds it used. Checks that need no writes run first; recording the nonce is the launch's
+first write, so the database is never locked while a platform's keys are fetched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import requests
+from itsdangerous import BadData, URLSafeTimedSerializer
 from pylti1p3.contrib.flask import FlaskCookieService, FlaskMessageLaunch, FlaskOIDCLogin
 from pylti1p3.contrib.flask import FlaskRequest as _FlaskRequest
 from pylti1p3.deployment import Deployment
@@ -28,11 +29,12 @@ from pylti1p3.registration import Registration
 from pylti1p3.session import SessionService
 from pylti1p3.tool_config import ToolConfAbstract
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
 from lti import keys
-from lti.models import LtiDeployment, LtiLogin, LtiPlatform
+from lti.models import LtiDeployment, LtiPlatform, LtiUsedNonce
 
 LOGIN_LIFETIME = timedelta(minutes=10)
 HTTP_TIMEOUT_SECONDS = 10
@@ -44,6 +46,17 @@ AGS_CLAIM = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
 RESOURCE_LINK_REQUEST = "LtiResourceLinkRequest"
 
 
+def insert_new(session: Session, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING; True when a row was inserted. Asks for the new row back
+    rather than trusting the row count, which the PostgreSQL driver reports as -1 here."""
+    dialect_insert = (
+        postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    key = list(table.primary_key.columns)[0]
+    stmt = dialect_insert(table).values(**values).on_conflict_do_nothing().returning(key)
+    return session.execute(stmt).first() is not None
+
+
 class LaunchRefused(Exception):
     """A login or launch that is not accepted, with what to tell the person and an HTTP status."""
 
@@ -52,6 +65,7 @@ class LaunchRefused(Exception):
         self.title, self.message, self.status = title, message, status
         self.detail = detail[:200]  # shown to whoever is at the browser: a hint, never a dump
         self.platform: LtiPlatform | None = None  # the registered platform it came from, if known
+        self.person_id: int | None = None  # the account it would have opened, if one was found
 
 
 class TimeoutSession(requests.Session):
@@ -149,13 +163,26 @@ class PlatformConf(ToolConfAbstract[_FlaskRequest]):
 
 
 class LoginStore(SessionService):
-    """Keeps a login's state and nonce in the database instead of the browser's session, which an
-    LMS iframe may not carry across the platform's redirect."""
+    """Keeps a login's nonce and platform in a signed, short-lived cookie named after its state,
+    instead of the database: starting a login writes nothing, so ``/lti/login`` cannot be used
+    to fill the database. The cookie also ties the launch to the browser that started it (an
+    LMS iframe may not carry the browser's session across the platform's redirect, but it
+    carries this cookie, which is ``SameSite=None; Partitioned``). A launch that is accepted
+    stores its nonce until the login would have expired, so a replay finds it used."""
 
-    def __init__(self, request: _FlaskRequest, session: Session, platform_id: int | None = None):
+    def __init__(
+        self,
+        request: _FlaskRequest,
+        session: Session,
+        secret: str,
+        cookies: FlaskCookieService,
+        platform_id: int | None = None,
+    ) -> None:
         super().__init__(request)
         self.session = session
+        self.cookies = cookies
         self.platform_id = platform_id
+        self._signer = URLSafeTimedSerializer(secret, salt="countersign-lti-login")
         self._nonce: str | None = None
 
     def save_nonce(self, nonce: str) -> None:
@@ -163,30 +190,35 @@ class LoginStore(SessionService):
 
     def save_state_params(self, state: str, params: dict[str, object]) -> None:
         assert self._nonce is not None and self.platform_id is not None
-        now = utcnow()
-        self.session.execute(delete(LtiLogin).where(LtiLogin.expires_at < now))
-        self.session.add(
-            LtiLogin(
-                state=state,
-                nonce=self._nonce,
-                platform_id=self.platform_id,
-                created_at=now,
-                expires_at=now + LOGIN_LIFETIME,
-            )  # fmt: skip
-        )
-        self.session.flush()
+        value = self._signer.dumps({"s": state, "n": self._nonce, "p": self.platform_id})
+        # Replaces the plain state cookie PyLTI1p3 set under the same name.
+        self.cookies.set_cookie(state, value, int(LOGIN_LIFETIME.total_seconds()))
 
-    def take_state(self, state: str) -> LtiLogin | None:
-        """The login this state belongs to, removed so that it can be used only once."""
-        login = self.session.get(LtiLogin, state, with_for_update=True)
-        if login is None:
-            return None
-        self.session.delete(login)
-        self.session.flush()
-        if login.expires_at < utcnow():
-            return None
-        self._nonce = login.nonce
-        return login
+    def take_state(self, state: str, platform_id: int) -> bool:
+        """Whether this browser started a login with this state, for this platform, not too long
+        ago; its nonce is then the one the launch must carry."""
+        value = self.cookies.get_cookie(state)
+        if not value:
+            return False
+        try:
+            data = self._signer.loads(str(value), max_age=int(LOGIN_LIFETIME.total_seconds()))
+        except BadData:
+            return False
+        if not isinstance(data, dict) or data.get("s") != state or data.get("p") != platform_id:
+            return False
+        nonce = data.get("n")
+        self._nonce = nonce if isinstance(nonce, str) else None
+        return self._nonce is not None
+
+    def use_nonce(self) -> bool:
+        """Record the launch's nonce as used; False if it already was (a replay)."""
+        assert self._nonce is not None
+        now = utcnow()
+        self.session.execute(delete(LtiUsedNonce).where(LtiUsedNonce.expires_at < now))
+        return insert_new(
+            self.session, LtiUsedNonce.__table__,
+            {"nonce": self._nonce, "expires_at": now + LOGIN_LIFETIME},
+        )  # fmt: skip
 
     def check_nonce(self, nonce: str) -> bool:
         return self._nonce is not None and secrets.compare_digest(str(nonce), self._nonce)
@@ -221,7 +253,9 @@ class Login(FlaskOIDCLogin):
         return secrets.token_urlsafe(32)
 
 
-def start_login(session: Session, params: dict[str, str], launch_url: str, secure: bool) -> Any:
+def start_login(
+    session: Session, params: dict[str, str], launch_url: str, secure: bool, secret: str
+) -> Any:
     """The redirect that sends the browser to the platform's login, with a state and nonce kept.
 
     ``params`` are the login initiation's parameters (iss, login_hint, client_id, ...).
@@ -238,10 +272,9 @@ def start_login(session: Session, params: dict[str, str], launch_url: str, secur
     if platform is None:
         raise _unregistered(iss, client_id)
     request = _FlaskRequest(request_data=params, request_is_secure=secure)
-    store = LoginStore(request, session, platform.id)
-    login = Login(
-        request, PlatformConf(session), session_service=store, cookie_service=StateCookies(request)
-    )
+    cookies = StateCookies(request)
+    store = LoginStore(request, session, secret, cookies, platform.id)
+    login = Login(request, PlatformConf(session), session_service=store, cookie_service=cookies)
     login.pass_params_to_launch({"platform": platform.id})
     try:
         return login.redirect(launch_url)
@@ -266,7 +299,7 @@ class Launch(FlaskMessageLaunch):
 
     def __init__(self, request: _FlaskRequest, conf: PlatformConf, store: LoginStore) -> None:
         super().__init__(
-            request, conf, session_service=store, cookie_service=StateCookies(request),
+            request, conf, session_service=store, cookie_service=store.cookies,
             requests_session=http_session(),
         )  # fmt: skip
         self.conf, self.store = conf, store
@@ -408,12 +441,13 @@ class Launch(FlaskMessageLaunch):
                 detail=f"aud={aud!r}",
             )
 
-    def check_fresh(self) -> LtiLogin:
-        """The state is one this tool issued and not yet used, and the token carries its nonce.
-        Uses the state up, so call it inside the transaction that records the launch."""
+    def check_fresh(self) -> None:
+        """The state is one this browser's login was given, not expired, the token carries its
+        nonce, and that nonce was not used before. Records the nonce as used, so call it inside
+        a transaction that commits whether or not the person is then signed in."""
         state = str(self._request.get_param("state"))
-        cookie = self._cookie_service.get_cookie(state)
-        if cookie is None or not secrets.compare_digest(str(cookie), state):
+        platform = self.conf.platform
+        if not self.store.cookies.get_cookie(state):
             raise LaunchRefused(
                 "This launch did not start in this browser",
                 "The launch was sent by a different browser from the one that started it, or "
@@ -422,13 +456,12 @@ class Launch(FlaskMessageLaunch):
                 "Countersign in a new window.",
                 detail="no state cookie, or another",
             )
-        login = self.store.take_state(state)
-        platform = self.conf.platform
-        if login is None or platform is None or login.platform_id != platform.id:
-            raise _replayed("The launch's state is unknown, used or expired.")
+        if platform is None or not self.store.take_state(state, platform.id):
+            raise _replayed("The launch's state is unknown or expired.")
         if not self.store.check_nonce(self._jwt["body"].get("nonce")):
             raise _replayed("The launch's nonce is not the one its login was given.")
-        return login
+        if not self.store.use_nonce():
+            raise _replayed("The launch's nonce was used before.")
 
     @property
     def claims(self) -> dict[str, Any]:
@@ -484,10 +517,10 @@ def _text(value: Any) -> str:
     return str(value)[:200] if value is not None else "none given"
 
 
-def read_launch(session: Session, form: dict[str, str], secure: bool) -> Launch:
+def read_launch(session: Session, form: dict[str, str], secure: bool, secret: str) -> Launch:
     request = _FlaskRequest(request_data=form, request_is_secure=secure)
     conf = PlatformConf(session)
-    launch = Launch(request, conf, LoginStore(request, session))
+    launch = Launch(request, conf, LoginStore(request, session, secret, StateCookies(request)))
     try:
         return launch.check_signed()
     except LaunchRefused as exc:

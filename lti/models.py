@@ -55,17 +55,15 @@ class LtiDeployment(Base):
     platform: Mapped[LtiPlatform] = relationship(back_populates="deployments")
 
 
-class LtiLogin(Base):
-    """A login we started: the state we sent with its nonce. A launch must bring both back,
-    once, before it expires; the row is deleted when used, so a replayed launch finds nothing."""
+class LtiUsedNonce(Base):
+    """The nonce of a launch already accepted, kept until its login would have expired, so that
+    a replayed launch is refused. Written only for launches the platform signed: the login that
+    comes before them keeps its state in a signed cookie and writes nothing."""
 
-    __tablename__ = "lti_login"
-    __table_args__ = (Index("ix_lti_login_expires", "expires_at"),)
+    __tablename__ = "lti_used_nonce"
+    __table_args__ = (Index("ix_lti_used_nonce_expires", "expires_at"),)
 
-    state: Mapped[str] = mapped_column(String(100), primary_key=True)
-    nonce: Mapped[str] = mapped_column(String(100))
-    platform_id: Mapped[int] = mapped_column(ForeignKey("lti_platform.id", ondelete="CASCADE"))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    nonce: Mapped[str] = mapped_column(String(100), primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
@@ -81,6 +79,34 @@ class LtiIdentity(Base):
     person_id: Mapped[int] = mapped_column(ForeignKey("person.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_launch_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # How the link was made: "new_person" (the launch created the account), "sign_in" or
+    # "email" (the person confirmed it), "earlier" (made before confirmation was asked for).
+    how: Mapped[str] = mapped_column(String(20), server_default="earlier")
+    # Set when the person gained a role that sees everyone's records: a suspended link signs
+    # nobody in until the person confirms it again.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LtiLinkRequest(Base):
+    """An LMS user who launched with the email of someone Countersign already knows: linked only
+    once that person confirms, signed in or from the single-use link emailed to them (kept here
+    only as a hash)."""
+
+    __tablename__ = "lti_link_request"
+    __table_args__ = (
+        UniqueConstraint("platform_id", "subject"),
+        Index("ix_lti_link_request_person", "person_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform_id: Mapped[int] = mapped_column(ForeignKey("lti_platform.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(String(255))
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id"))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    platform: Mapped[LtiPlatform] = relationship()
 
 
 class LtiGradeLink(Base):

@@ -17,31 +17,56 @@ from flask import (
     session,
     url_for,
 )
-from flask_login import current_user, login_user
+from flask_login import current_user, login_required, login_user
 from sqlalchemy import func, select
-from wtforms import BooleanField, SelectField, StringField, TextAreaField
-from wtforms.validators import Length
+from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import InputRequired, Length, NumberRange
 
 from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.forms import Form
+from core.mail import send_mail_later, smtp_configured
 from core.web import EMBEDDED_IN, external_url, federation
 from lti import grades, keys
 from lti.accounts import (
+    Arrival,
     format_role_map,
     parse_role_map,
     person_for_launch,
     policy_for_launch,
     privileged_grants,
     record_launch,
+    record_refusal,
     remember_grade_link,
 )
-from lti.launch import LaunchRefused, launch_info, origins_of, read_launch, start_login
-from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
+from lti.launch import (
+    LaunchInfo,
+    LaunchRefused,
+    launch_info,
+    origins_of,
+    read_launch,
+    start_login,
+)
+from lti.links import (
+    LinkError,
+    confirm_link,
+    confirm_request_mail,
+    decline_link,
+    link_notice,
+    links_of,
+    open_requests,
+    remove_link,
+    request_for_token,
+)
+from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform, LtiScorePost
 from lti.registry import PlatformData, PlatformError, data_of, register_platform, update_platform
+from people.models import Person
 from people.views import roles_required
 
 lti_bp = Blueprint("lti", __name__, template_folder="templates")
+# Marks a session opened by a launch: it may not confirm links, which needs a direct sign-in.
+LAUNCHED = "_lti_launched"
 
 
 def _refused(exc: LaunchRefused, origins: list[str] | None = None) -> Any:
@@ -67,10 +92,12 @@ def login() -> Any:
     """OIDC login initiation: the platform sends the browser here first."""
     try:
         params = _params()
-        with writing(db.session):
-            return start_login(
-                db.session, params, external_url("lti.launch"), secure=request.is_secure
-            )
+        response = start_login(
+            db.session, params, external_url("lti.launch"), secure=request.is_secure,
+            secret=current_app.config["SECRET_KEY"],
+        )  # fmt: skip
+        db.session.rollback()  # it only read: nothing to keep
+        return response
     except LaunchRefused as exc:
         return _refused(exc)
 
@@ -81,30 +108,153 @@ def launch() -> Any:
     s = db.session
     reads_only()  # fetching the platform's keys must not hold the write lock
     platform: LtiPlatform | None = None
+    signed: LaunchInfo | None = None  # a launch the platform signed, once checked
+    can_email = smtp_configured(current_app.config)
     try:
-        message = read_launch(s, _params(), secure=request.is_secure)
+        message = read_launch(
+            s, _params(), secure=request.is_secure, secret=current_app.config["SECRET_KEY"]
+        )
         platform = message.conf.platform
         info = launch_info(message.claims)
         s.commit()
         may_write()
         message.check_fresh()
-        s.commit()  # the state is used up even if the person is then refused: one try per launch
-        arrival = person_for_launch(s, platform, info, federation())
-        policy = policy_for_launch(s, info)
-        if policy is not None:
-            remember_grade_link(s, platform, arrival.person, policy, info)
-        record_launch(s, platform, arrival)
+        s.commit()  # the nonce is used up even if the person is then refused: one try per launch
+        signed = info
+        arrival = person_for_launch(s, platform, info, federation(), can_email=can_email)
+        if arrival.pending is None:
+            policy = policy_for_launch(s, info)
+            if policy is not None:
+                remember_grade_link(s, platform, arrival.person, policy, info)
+            record_launch(s, platform, arrival)
         s.commit()
     except LaunchRefused as exc:
         s.rollback()
+        if signed is not None and platform is not None:
+            # Only launches the platform signed are recorded: anyone can post unsigned ones.
+            with writing(s):
+                record_refusal(s, platform, signed.subject, exc)
         known = exc.platform or platform
         return _refused(exc, origins_of(known) if known is not None else None)
+    if arrival.pending is not None:
+        return _confirmation_needed(platform, arrival)
+    if arrival.created and can_email:
+        _send_link_notice(arrival.person, platform)
     session.clear()  # a fresh session, as at any sign-in
     session.permanent = True
     session[EMBEDDED_IN] = origins_of(platform)
+    session[LAUNCHED] = True
     login_user(arrival.person)
     statuses_changed([arrival.person.id])  # the gradebook learns where they stand now
     return redirect(url_for("training.dashboard"))
+
+
+def _confirmation_needed(platform: LtiPlatform, arrival: Arrival) -> Any:
+    """The launch found an existing account the LMS user is not yet linked to: nobody is signed
+    in; the account's owner is emailed a link to confirm, or may sign in and confirm."""
+    pending = arrival.pending
+    assert pending is not None
+    if pending.token is not None:
+        link = external_url("lti.connect_link", token=pending.token)
+        subject, body = confirm_request_mail(arrival.person, platform, link, federation().name)
+        send_mail_later(current_app.config, arrival.person.email, subject, body)
+    g.frame_origins = origins_of(platform)
+    return render_template(
+        "lti/confirm_needed.html", platform=platform,
+        emailed=pending.request.token_hash is not None,
+        sign_in=url_for("auth.sign_in", next=url_for("lti.connect")),
+    ), 403  # fmt: skip
+
+
+def _send_link_notice(person: Person, platform: LtiPlatform) -> None:
+    subject, body = link_notice(person, platform, federation().name)
+    send_mail_later(current_app.config, person.email, subject, body)
+
+
+# --- connecting an LMS account to an existing one -------------------------------------------------
+
+
+class ConnectForm(Form):
+    request_id = IntegerField(validators=[InputRequired(), NumberRange(1, 2147483647)])
+    action = SelectField(
+        choices=[SelectChoice("confirm", "Connect"), SelectChoice("decline", "This wasn't me")]
+    )
+
+
+@lti_bp.route("/lti/connect", methods=["GET", "POST"])
+@login_required
+def connect() -> Any:
+    """The signed-in person's LMS accounts waiting to be connected, to confirm or decline. Only
+    after signing in to Countersign itself: a session opened from a platform proves less."""
+    s = db.session
+    if session.get(LAUNCHED):
+        return render_template("lti/connect.html", requests=[], launched=True, form=None)
+    form = ConnectForm()
+    status = 200
+    if form.validate_on_submit():
+        found = s.get(LtiLinkRequest, form.request_id.data)
+        if found is None or found.person_id != current_user.id:
+            form.request_id.errors = ["This request has expired or was already answered."]
+            status = 400
+        else:
+            answered = _answer(found, form.action.data, "sign_in", current_user.id)
+            if answered is not None:
+                return answered
+            form.form_errors.append(_last_refusal())
+            status = 400
+    elif request.method == "POST":
+        status = 400
+    requests = open_requests(s, current_user.id)
+    return render_template("lti/connect.html", requests=requests, launched=False, form=form), status
+
+
+@lti_bp.route("/lti/connect/<token>", methods=["GET", "POST"])
+def connect_link(token: str) -> Any:
+    """The single-use link emailed to the person: following it and confirming is their word."""
+    s = db.session
+    found = request_for_token(s, token)
+    if found is None:
+        return render_template("lti/connect_link_error.html"), 400
+    form = ConnectForm(formdata=None if request.method == "GET" else request.form)
+    person = s.get(Person, found.person_id)
+    if request.method == "POST" and form.validate_on_submit():
+        if form.request_id.data != found.id:
+            form.request_id.errors = ["This request has expired or was already answered."]
+        else:
+            answered = _answer(found, form.action.data, "email", found.person_id)
+            if answered is not None:
+                return answered
+            form.form_errors.append(_last_refusal())
+    return render_template("lti/connect_link.html", found=found, person=person, form=form), (
+        400 if request.method == "POST" else 200
+    )
+
+
+def _answer(found: LtiLinkRequest, action: str, how: str, actor_id: int) -> Any | None:
+    """Confirm or decline a request; the page to go to, or None with the reason in ``g``."""
+    s = db.session
+    platform = found.platform
+    if action == "decline":
+        decline_link(s, found, actor_id)
+        s.commit()
+        flash("Nothing was connected. If you did not open the training from that platform, "
+              "tell a Countersign administrator.", "success")  # fmt: skip
+        return redirect(url_for("lti.connect") if how == "sign_in" else url_for("auth.sign_in"))
+    try:
+        identity = confirm_link(s, found, how)
+    except LinkError as exc:
+        s.rollback()
+        g.link_refusal = str(exc)
+        return None
+    person = s.get(Person, identity.person_id)
+    s.commit()
+    if smtp_configured(current_app.config):
+        _send_link_notice(person, platform)
+    return render_template("lti/connected.html", platform=platform)
+
+
+def _last_refusal() -> str:
+    return g.get("link_refusal") or "This request could not be answered."
 
 
 @lti_bp.route("/lti/jwks.json")
@@ -290,3 +440,27 @@ def retry_grades() -> Any:
     flash(f"{count} score{'s are' if count != 1 else ' is'} being sent again; reload this page "
           "to see how it went.", "success")  # fmt: skip
     return redirect(url_for("lti.platforms"))
+
+
+@lti_bp.app_template_global()
+def lti_links(person_id: int) -> list[tuple[LtiIdentity, str]]:
+    """A person's LMS links, for the administrator's page about them."""
+    return links_of(db.session, person_id)
+
+
+@lti_bp.route(
+    "/admin/people/<int(max=2147483647):person_id>/lti/<int(max=2147483647):identity_id>/remove",
+    methods=["POST"],
+)
+@roles_required("admin")
+def remove_identity(person_id: int, identity_id: int) -> Any:
+    """An administrator removes an LMS link (e.g. the person says it wasn't them)."""
+    Form()  # CSRF is checked globally
+    identity = db.session.get(LtiIdentity, identity_id)
+    if identity is None or identity.person_id != person_id:
+        abort(404)
+    remove_link(db.session, identity, current_user.id)
+    db.session.commit()
+    flash("The learning platform account is no longer connected. Its next launch is treated as "
+          "a new one and must be confirmed.", "success")  # fmt: skip
+    return redirect(url_for("admin.person", person_id=person_id))

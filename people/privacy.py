@@ -30,7 +30,7 @@ from approvals.models import (
 from audit.log import record
 from certificates.models import Certificate
 from core.db import utcnow
-from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
+from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
 from people.models import Person, SignInAttempt
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -401,6 +401,7 @@ def erase_person(
     session.execute(delete(SignInAttempt).where(SignInAttempt.email == old_email))
     # The LMS's id for them (and where their grades went): a later launch links to nobody.
     session.execute(delete(LtiIdentity).where(LtiIdentity.person_id == person.id))
+    session.execute(delete(LtiLinkRequest).where(LtiLinkRequest.person_id == person.id))
     # Derived answers hold the name and email in their JSON; they are rebuilt on the next lookup.
     session.execute(delete(PrecomputedStatus).where(PrecomputedStatus.person_id == person.id))
     for ack in session.scalars(

@@ -136,6 +136,9 @@ def record_roles_changed(
         session, "person.roles_changed", actor_id=by_id, subject_type="person",
         subject_id=person.id, detail={"from": " ".join(before), "to": " ".join(person.roles)},
     )  # fmt: skip
+    from lti.links import roles_changed  # lti builds on people: imported when used
+
+    roles_changed(session, person, by_id)  # a role that sees everyone's records suspends LMS links
 
 
 def deactivate(person: Person, by_id: int | None = None) -> None:

@@ -178,6 +178,12 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("lti.login", "POST", ""):                              (400, 400, 400, 400, 400, 400, 400),
     ("lti.launch", "POST", ""):                             (400, 400, 400, 400, 400, 400, 400),
     ("lti.jwks", "GET", ""):                                (200, 200, 200, 200, 200, 200, 200),
+    # connecting an LMS account to one's own: signed in directly, or from the emailed link
+    ("lti.connect", "GET", ""):                             (L,   200, 200, 200, 200, 200, 200),
+    ("lti.connect", "POST", ""):                            (L,   400, 400, 400, 400, 400, 400),
+    ("lti.connect_link", "GET", ""):                        (400, 400, 400, 400, 400, 400, 400),
+    ("lti.connect_link", "POST", ""):                       (400, 400, 400, 400, 400, 400, 400),
+    ("lti.remove_identity", "POST", ""):                    (L,   403, 403, 403, 403, 403, 404),
     # the audit trail: governors and administrators read it
     ("audit.index", "GET", ""):                             (L,   403, 200, 403, 403, 403, 200),
     ("audit.check", "GET", ""):                             (L,   403, 200, 403, 403, 403, 200),
@@ -192,9 +198,9 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
 GOVERNOR_OWN_ACTIONS = {
     "auth.sign_in", "auth.sign_out", "auth.forgot_password", "auth.accept_invite",
     "auth.reset_password", "auth.change_password", "training.mark_read", "training.sign",
-    "quiz.intro", "quiz.attempt", "lti.login", "lti.launch", "mfa.verify", "mfa.verify_passkey",
-    "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey", "mfa.add_totp", "mfa.add_passkey",
-    "mfa.remove", "mfa.renew_codes",
+    "quiz.intro", "quiz.attempt", "lti.login", "lti.launch", "lti.connect", "lti.connect_link",
+    "mfa.verify", "mfa.verify_passkey", "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey",
+    "mfa.add_totp", "mfa.add_passkey", "mfa.remove", "mfa.renew_codes",
 }  # fmt: skip
 
 # Tables a page view may write to: derived caches, the record that a module was opened, a
@@ -416,6 +422,11 @@ URL_ARGS: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "tokens.revoke_token": lambda w, whose, who: {"token_id": w.spare_token_id},
     "webhooks.stop_webhook": lambda w, whose, who: {"webhook_id": w.webhook_id},
     "lti.edit_platform": lambda w, whose, who: {"platform_id": w.platform_id},
+    "lti.connect_link": lambda w, whose, who: {"token": "a-link-never-sent"},
+    "lti.remove_identity": lambda w, whose, who: {
+        "person_id": w.people["subject"],
+        "identity_id": 2147483647,
+    },
     "api.person_status": lambda w, whose, who: {"ref": str(w.people["other"])},
 }
 

@@ -31,6 +31,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from html.parser import HTMLParser
 from io import BytesIO
 from typing import Any
@@ -731,6 +732,60 @@ def _lti_admin(c: Ctx, endpoint: str) -> None:
     else:
         target = weird_ids(1, 1, 1).map(lambda i: f"/admin/lti/{i}")
     c.run(st.tuples(target, fields), lambda e: fuzz.post(*e))
+
+
+def _lms_requests(c: Ctx, pid: int, count: int) -> tuple[list[int], str]:
+    """Links waiting for ``pid``'s confirmation: their ids, and the emailed link of the first."""
+    from lti.links import _token_hash
+    from lti.models import LtiLinkRequest, LtiPlatform
+
+    def make(s: Any) -> list[int]:
+        platform_id = s.scalar(select(LtiPlatform.id).where(LtiPlatform.issuer == LMS))
+        rows = [LtiLinkRequest(platform_id=platform_id, subject=f"<b>u{n}</b>", person_id=pid,
+                               token_hash=_token_hash("fuzz-link") if n == 0 else None,
+                               expires_at=utcnow() + timedelta(hours=1)) for n in range(count)]  # fmt: skip
+        s.add_all(rows)
+        s.flush()
+        return [r.id for r in rows]
+
+    return c.sql(make), "/lti/connect/fuzz-link"
+
+
+@form("lti.connect", "lti.connect_link", "lti.remove_identity")
+def _lti_connect(c: Ctx, endpoint: str) -> None:
+    from lti.models import LtiIdentity, LtiPlatform
+
+    _lms_platform(c)
+    actions = texts("confirm", "decline")
+    if endpoint == "lti.connect":
+        ids, _ = _lms_requests(c, c.as_role("staff"), 3)
+        fuzz = Fuzz(c.app, c.client, "/lti/connect")
+        c.run(c.bodies(request_id=weird_ids(*ids), action=actions),
+              lambda body: fuzz.post("/lti/connect", body))  # fmt: skip
+        return
+    if endpoint == "lti.connect_link":
+        ids, link = _lms_requests(c, c.person("staff"), 1)
+        fuzz = Fuzz(c.app, c.client, "/sign-in")  # following the link needs no session
+        urls = st.one_of(st.just(link), texts("x").map(lambda t: f"/lti/connect/{t}"))
+        c.run(st.tuples(urls, c.bodies(request_id=weird_ids(*ids), action=actions)),
+              lambda e: fuzz.post(*e))  # fmt: skip
+        return
+    c.as_role("admin")
+    pid = c.person("staff", name="<b>Linked</b>")
+
+    def link(s: Any) -> int:
+        platform_id = s.scalar(select(LtiPlatform.id).where(LtiPlatform.issuer == LMS))
+        identity = LtiIdentity(platform_id=platform_id, subject="<b>u</b>", person_id=pid)
+        s.add(identity)
+        s.flush()
+        return identity.id
+
+    identity_id = c.sql(link)
+    fuzz = Fuzz(c.app, c.client, f"/admin/people/{pid}")
+    urls = st.tuples(weird_ids(pid), weird_ids(identity_id)).map(
+        lambda ids: f"/admin/people/{ids[0]}/lti/{ids[1]}/remove"
+    )
+    c.run(st.tuples(urls, c.bodies()), lambda e: fuzz.post(*e))
 
 
 @form("xapi.retry")

@@ -8,17 +8,26 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from werkzeug.security import generate_password_hash
 
 from audit.models import AuditEvent
 from core.db import db, utcnow
 from core.web import federation
 from lti import grades
 from lti.accounts import DEFAULT_ROLE_MAP
-from lti.models import LtiGradeLink, LtiIdentity, LtiLogin, LtiPlatform, LtiScorePost
+from lti.models import (
+    LtiGradeLink,
+    LtiIdentity,
+    LtiLinkRequest,
+    LtiPlatform,
+    LtiScorePost,
+    LtiUsedNonce,
+)
 from lti.registry import PlatformData, register_platform
 from people.models import Person
-from tests.conftest import Auth, csrf_token
+from tests.conftest import PASSWORD, Auth, csrf_token
 from tests.lti_platform import AGS, LINEITEM_SCOPE, LTI, ROLE, SCORE_SCOPE, TestPlatform, new_key
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules
 
@@ -76,6 +85,27 @@ def assert_not_signed_in(client) -> None:
     assert response.status_code == 302 and "/sign-in" in response.location
 
 
+def assert_confirmation_needed(response) -> None:
+    page = response.get_data(as_text=True)
+    assert response.status_code == 403, page
+    assert "Connect your learning platform account" in page and "You are not signed in" in page
+
+
+def confirm_signed_in(app, person_id: int) -> FlaskClient:
+    """The person signs in to Countersign on their own and confirms every link waiting for them."""
+    own = Auth(app, app.test_client())
+    own.as_person(person_id)
+    with app.app_context():
+        ids = [r.id for r in db.session.scalars(
+            select(LtiLinkRequest).where(LtiLinkRequest.person_id == person_id))]  # fmt: skip
+    assert ids, "no link waiting for confirmation"
+    for request_id in ids:
+        response = own.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
+        assert response.status_code == 200, response.get_data(as_text=True)
+        assert "Learning platform account connected" in response.get_data(as_text=True)
+    return own.client
+
+
 # --- launches ---------------------------------------------------------------------------------
 
 
@@ -98,8 +128,10 @@ def test_a_valid_launch_adds_the_person_signs_them_in_and_lands_on_their_trainin
             registered,
         )
         events = [e.event for e in db.session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
-        assert events[-2:] == ["person.created", "lti.launch"]
-        assert db.session.scalar(select(func.count()).select_from(LtiLogin)) == 0  # used up
+        assert events[-3:] == ["person.created", "lti.identity_linked", "lti.launch"]
+        assert identity.how == "new_person" and identity.suspended_at is None
+        # The login wrote nothing; the launch recorded its nonce as used.
+        assert db.session.scalar(select(func.count()).select_from(LtiUsedNonce)) == 1
 
 
 def test_a_launch_finds_an_existing_person_by_email_and_never_changes_their_roles(
@@ -107,6 +139,12 @@ def test_a_launch_finds_an_existing_person_by_email_and_never_changes_their_role
 ):
     pid = make_person("staff", "volunteer", name="Sam Staff", email="sam@ladysmith.example")
     system_admin = "http://purl.imsglobal.org/vocab/lis/v2/system/person#Administrator"
+    response, _, _ = platform.launch(
+        client, email="Sam@Ladysmith.example", sub="moodle-sam",
+        **{LTI + "roles": [ROLE + "Instructor", system_admin]},
+    )  # fmt: skip
+    assert_confirmation_needed(response)
+    confirm_signed_in(app, pid)
     response, _, _ = platform.launch(
         client, email="Sam@Ladysmith.example", sub="moodle-sam",
         **{LTI + "roles": [ROLE + "Instructor", system_admin]},
@@ -143,7 +181,7 @@ def test_one_schools_platform_does_not_open_another_schools_accounts(
     assert_refused(response, "Your account belongs to another school")
     make_person("staff", email="ivy@ladysmith.example", schools=("infant",))
     response, _, _ = platform.launch(client, email="ivy@ladysmith.example", sub="ivy")
-    assert response.status_code == 302
+    assert_confirmation_needed(response)  # her own school's platform: she may confirm it
 
 
 def test_lms_instructors_and_administrators_become_staff_unless_an_administrator_says_otherwise(
@@ -196,6 +234,7 @@ def test_a_launch_signed_with_another_key_is_refused(app, client, platform, regi
     assert_refused(response, "The launch&#39;s signature is not valid")
     assert people(app) == []
     assert_not_signed_in(client)
+    assert lti_events(app) == []  # unsigned launches, which anyone can post, leave no rows
 
 
 def test_a_launch_for_another_audience_is_refused(app, client, platform, registered):
@@ -264,14 +303,13 @@ def test_a_login_from_an_unregistered_platform_is_refused(app, client, platform)
     assert_refused(response, "The launch could not be read")
 
 
-def test_a_launch_with_a_stale_or_unknown_state_is_refused(app, client, platform, registered):
+def test_a_launch_with_a_stale_or_unknown_state_is_refused(
+    app, client, platform, registered, monkeypatch
+):
     response, _, _ = platform.launch(client, state="state-made-up")
     assert_refused(response, "This launch did not start in this browser")
     auth = platform.login(client)
-    with app.app_context():
-        login = db.session.get(LtiLogin, auth["state"])
-        login.expires_at = utcnow() - timedelta(seconds=1)
-        db.session.commit()
+    monkeypatch.setattr("lti.launch.LOGIN_LIFETIME", timedelta(seconds=-1))  # it has expired
     response = client.post("/lti/launch", data={
         "id_token": platform.sign(platform.claims(auth["nonce"])), "state": auth["state"]})  # fmt: skip
     assert_refused(response, "This launch has already been used")
@@ -511,13 +549,17 @@ def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, regi
     from people.privacy import erase_person
 
     platform.launch(client)
+    # Another LMS account waiting for them to confirm is forgotten too.
+    platform.launch(app.test_client(), sub="waiting", email="tessa.ta@ladysmith.example")
     with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 1
         person = db.session.scalar(select(Person))
         person.active, person.deactivated_at = False, utcnow() - timedelta(days=4000)
         db.session.commit()
         erase_person(db.session, person.id, actor_id=None, retention_days=2190)
         db.session.commit()
         assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiScorePost)) == 0
     # The same LMS user launching again is a newcomer, not the erased record.
@@ -601,8 +643,42 @@ def test_a_nul_in_a_login_or_launch_is_refused_plainly(app, client, platform, re
 
 
 def test_two_first_launches_at_once_make_one_person(app, client, platform, registered, monkeypatch):
-    """The same new person launching in two tabs: the second launch's look-up ran before the first
-    committed, so its insert meets the first's row. It signs in the person the first one made."""
+    """The same new person launching in two tabs: the second launch's look-ups ran before the
+    first committed, so its insert meets the first's row. It signs in the person the first one
+    made, through the link the first one made for the same LMS user."""
+    import lti.accounts
+    from people import service as people_service
+
+    first, _, _ = platform.launch(app.test_client())
+    assert first.status_code == 302
+    real_email, real_identity = people_service.find_by_email, lti.accounts._identity
+    calls = {"email": 0, "identity": 0}
+
+    def not_yet_committed(session, email):
+        calls["email"] += 1
+        return None if calls["email"] <= 2 else real_email(session, email)
+
+    def identity_not_yet_committed(session, platform, subject):
+        calls["identity"] += 1
+        return None if calls["identity"] == 1 else real_identity(session, platform, subject)
+
+    monkeypatch.setattr(lti.accounts, "find_by_email", not_yet_committed)
+    monkeypatch.setattr(people_service, "find_by_email", not_yet_committed)
+    monkeypatch.setattr(lti.accounts, "_identity", identity_not_yet_committed)
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    assert calls["email"] == 3 and calls["identity"] == 2
+    assert len(people(app)) == 1
+    assert "Tessa Assistant" in client.get("/").get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 1
+
+
+def test_another_lms_user_claiming_a_new_persons_email_at_the_same_moment_is_not_signed_in(
+    app, client, platform, registered, monkeypatch
+):
+    """Two first launches at once with one email but different LMS users: the second meets the
+    person the first made, and must be confirmed like any existing account."""
     import lti.accounts
     from people import service as people_service
 
@@ -617,10 +693,524 @@ def test_two_first_launches_at_once_make_one_person(app, client, platform, regis
 
     monkeypatch.setattr(lti.accounts, "find_by_email", not_yet_committed)
     monkeypatch.setattr(people_service, "find_by_email", not_yet_committed)
-    response, _, _ = platform.launch(client, sub="the-same-person-in-another-tab")
-    assert response.status_code == 302, response.get_data(as_text=True)
-    assert calls["n"] == 3
-    assert len(people(app)) == 1
-    assert "Tessa Assistant" in client.get("/").get_data(as_text=True)
+    response, _, _ = platform.launch(client, sub="someone-else-with-that-email")
+    assert_confirmation_needed(response)
+    assert_not_signed_in(client)
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 2
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 1
+
+
+# --- privileged accounts are never opened from a platform (F1) -------------------------------
+
+
+def promote(app, person_id: int, *roles: str, by_id: int | None = None) -> None:
+    """Change a person's roles as the administrator's page and the import do."""
+    from people.service import PersonData, update_person
+
+    with app.app_context():
+        person = db.session.get(Person, person_id)
+        data = PersonData(person.name, person.email, roles, tuple(person.schools))
+        update_person(db.session, person, data, federation(), by_id)
+        db.session.commit()
+
+
+def launched_person(app) -> int:
+    with app.app_context():
+        return db.session.scalar(select(LtiIdentity.person_id))
+
+
+def lti_events(app) -> list[tuple[str, str | None, dict]]:
+    import json
+
+    with app.app_context():
+        return [
+            (e.event, e.subject_id, json.loads(e.detail))
+            for e in db.session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.event.like("lti.%"), AuditEvent.event.not_like("lti.platform_%"))
+                .order_by(AuditEvent.seq)
+            )
+        ]
+
+
+@pytest.mark.parametrize("role", ["governor", "slt", "admin"])
+def test_a_link_made_before_a_promotion_never_opens_the_promoted_account(
+    app, client, platform, registered, make_person, role
+):
+    response, _, _ = platform.launch(client, sub="attacker-1")
+    assert response.status_code == 302
+    pid = launched_person(app)
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    admin = Auth(app, app.test_client())
+    admin.as_person(make_person("admin"))
+    response = admin.post(f"/admin/people/{pid}", {
+        "name": "Tessa Assistant", "email": "tessa.ta@ladysmith.example",
+        "roles": ["staff", role]})  # fmt: skip
+    assert response.status_code == 302
+    with app.app_context():
+        identity = db.session.scalar(select(LtiIdentity))
+        assert identity.suspended_at is not None  # gaining the role suspended the link
+    assert "lti.link_suspended" in [event for event, _, _ in lti_events(app)]
+    response, _, _ = platform.launch(client, sub="attacker-1", email="any@elsewhere.example")
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    assert client.get("/admin/people").status_code == 302  # to the sign-in page
+    # The refused attempt is on the record, against the account it tried to open.
+    event, subject, detail = lti_events(app)[-1]
+    assert (event, subject, detail["reason"]) == (
+        "lti.launch_refused",
+        str(pid),
+        "Sign in to Countersign directly",
+    )
+    assert "attacker-1" not in json_text(detail)
+
+
+def test_the_reviews_sequence_never_reaches_the_victims_account(
+    app, client, platform, registered, make_person
+):
+    """The security review's F1 reproduction, step by step: an LMS user claims a staff member's
+    email, the staff member is later made an administrator, the LMS user launches again."""
+    vic = make_person("staff", email="vic@school.example")
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@school.example")
+    assert_confirmation_needed(response)  # (1) no longer a session as the victim
+    assert_not_signed_in(client)
+    promote(app, vic, "staff", "admin")  # (2)
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@school.example")  # (3)
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    # With any other email, the LMS user is only ever someone new, never the victim.
+    response, _, _ = platform.launch(client, sub="attacker-1", email="any@elsewhere.example")
+    assert response.status_code == 302
+    assert client.get("/admin/people").status_code == 403
+    with app.app_context():
+        assert db.session.scalar(select(LtiIdentity.person_id)) != vic
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    # Control: a new LMS user claiming the administrator's email is refused too.
+    response, _, _ = platform.launch(client, sub="attacker-2", email="vic@school.example")
+    assert_refused(response, "Sign in to Countersign directly")
+    with app.app_context():
+        linked = db.session.scalars(select(LtiIdentity.person_id)).all()
+        assert vic not in linked
+
+
+def test_a_promotion_by_import_suspends_the_link_too(app, client, platform, registered):
+    from people.service import import_people
+
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    with app.app_context():
+        import_people(
+            db.session,
+            "name,email,roles,schools\nTessa Assistant,tessa.ta@ladysmith.example,staff;governor,\n",
+            federation(),
+        )
+        db.session.commit()
+        assert db.session.scalar(select(LtiIdentity)).suspended_at is not None
+    response, _, _ = platform.launch(app.test_client())
+    assert_refused(response, "Sign in to Countersign directly")
+
+
+def test_a_role_gained_without_the_link_being_suspended_is_still_checked_at_every_launch(
+    app, client, platform, registered
+):
+    """However the role was given (a database edit, a path that forgot the hook), the launch
+    itself refuses to open the account."""
+    from people.models import PersonRole
+
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    with app.app_context():
+        person = db.session.get(Person, launched_person(app))
+        person.role_rows = [*person.role_rows, PersonRole(role="slt")]
+        db.session.commit()
+        assert db.session.scalar(select(LtiIdentity)).suspended_at is None
+    response, _, _ = platform.launch(client)
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+
+
+def test_an_account_that_must_use_a_second_factor_is_never_opened_by_a_launch(
+    app, client, platform, registered
+):
+    """A launch cannot give a second factor, so roles configured to need one are closed to it
+    too, whatever else they may see."""
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    app.config["MFA_ROLES"] = "admin, staff"
+    response, _, _ = platform.launch(client)
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    app.config["MFA_ROLES"] = ""
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+
+
+def test_promoted_then_demoted_the_link_stays_suspended_until_its_owner_confirms_again(
+    app, client, platform, registered
+):
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    pid = launched_person(app)
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    promote(app, pid, "staff", "admin")
+    promote(app, pid, "staff")
+    response, _, _ = platform.launch(client)
+    assert_confirmation_needed(response)
+    assert_not_signed_in(client)
+    with app.app_context():
+        person = db.session.get(Person, pid)
+        person.password_hash = generate_password_hash(PASSWORD)
+        db.session.commit()
+    confirm_signed_in(app, pid)
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    with app.app_context():
+        identity = db.session.scalar(select(LtiIdentity))
+        assert identity.suspended_at is None and identity.how == "sign_in"
+
+
+def test_a_new_lms_user_claiming_a_privileged_email_is_refused_and_nothing_waits(
+    app, client, platform, registered, make_person
+):
+    make_person("slt", email="vic@school.example")
+    response, _, _ = platform.launch(client, sub="attacker-2", email="vic@school.example")
+    assert_refused(response, "Sign in to Countersign directly")
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+
+
+def test_a_promotion_drops_the_links_waiting_for_confirmation(
+    app, client, platform, registered, make_person
+):
+    pid = make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, email="sam@ladysmith.example")
+    assert_confirmation_needed(response)
+    promote(app, pid, "staff", "governor")
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+    own = Auth(app, app.test_client())
+    own.as_person(pid)
+    assert "No learning platform account is waiting" in own.client.get("/lti/connect").get_data(
+        as_text=True
+    )
+
+
+def test_a_privileged_person_cannot_confirm_a_link_made_before_the_role(
+    app, client, platform, registered, make_person
+):
+    from people.models import PersonRole
+
+    pid = make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, email="sam@ladysmith.example")
+    assert_confirmation_needed(response)
+    own = Auth(app, app.test_client())
+    own.as_person(pid)
+    with app.app_context():
+        person = db.session.get(Person, pid)
+        person.role_rows = [*person.role_rows, PersonRole(role="admin")]  # behind the app's back
+        db.session.commit()
+        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    response = own.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
+    assert response.status_code == 400
+    assert "never opened from a learning platform" in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+
+
+# --- an existing account is linked only when its owner confirms (F2) --------------------------
+
+
+@pytest.fixture
+def smtp(app):
+    from tests.smtp_server import SMTPServer
+
+    with SMTPServer() as server:
+        app.config.update(SMTP_HOST="127.0.0.1", SMTP_PORT=server.server_address[1],
+                          SMTP_STARTTLS=False, SMTP_FROM="training@ladysmith.example")  # fmt: skip
+        yield server
+
+
+def wait_for_mail(smtp, count: int) -> list:
+    import time
+
+    deadline = time.monotonic() + 10  # sent in the background
+    while len(smtp.received) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # and no more than that
+    return smtp.received
+
+
+def test_an_lms_user_claiming_an_existing_email_is_not_signed_in_until_confirmed(
+    app, client, platform, registered, make_person
+):
+    pid = make_person("staff", name="Vic Victim", email="vic@ladysmith.example")
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@ladysmith.example")
+    assert_confirmation_needed(response)
+    page = response.get_data(as_text=True)
+    assert "Vic Victim" not in page  # the launcher learns nothing about the account
+    assert 'href="/sign-in?next=/lti/connect"' in page
+    assert f"frame-ancestors {platform.url}" in response.headers["Content-Security-Policy"]
+    assert_not_signed_in(client)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+        request = db.session.scalar(select(LtiLinkRequest))
+        assert request.person_id == pid and request.token_hash is None  # no email settings
+    (event, subject, detail), *_ = lti_events(app)
+    assert event == "lti.link_requested" and subject == str(pid)
+    assert detail["lms_user"] != "attacker-1" and "attacker-1" not in json_text(detail)
+    # Launching again waits on the same request.
+    response, _, _ = platform.launch(client, sub="attacker-1", email="vic@ladysmith.example")
+    assert_confirmation_needed(response)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 1
+
+
+def json_text(detail: dict) -> str:
+    import json
+
+    return json.dumps(detail)
+
+
+def test_the_owner_confirms_after_signing_in_with_next_and_is_told_by_email(
+    app, client, platform, registered, make_person, smtp
+):
+    pid = make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert_confirmation_needed(response)
+    assert "We have emailed that address a link" in response.get_data(as_text=True)
+    wait_for_mail(smtp, 1)
+    # Signing in through the normal page with next= brings the person to the request.
+    own = app.test_client()
+    token = csrf_token(own, "/sign-in?next=/lti/connect")
+    response = own.post("/sign-in?next=/lti/connect", data={
+        "email": "sam@ladysmith.example", "password": PASSWORD, "csrf_token": token})  # fmt: skip
+    assert response.status_code == 302 and response.location.endswith("/lti/connect")
+    page = own.get("/lti/connect").get_data(as_text=True)
+    assert "Test Moodle" in page and "Connect my account" in page
+    with app.app_context():
+        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    token = csrf_token(own, "/lti/connect")
+    response = own.post("/lti/connect", data={"request_id": request_id, "action": "confirm",
+                                              "csrf_token": token})  # fmt: skip
+    assert response.status_code == 200
+    (_, request_mail), (to, notice) = wait_for_mail(smtp, 2)
+    assert to == ["sam@ladysmith.example"]
+    assert "A learning platform account was connected" in notice["Subject"]
+    assert (
+        "If this wasn't you, tell a Countersign administrator"
+        in notice.get_payload(decode=True).decode()
+    )
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert response.status_code == 302
+    confirmed = [e for e in lti_events(app) if e[0] == "lti.link_confirmed"]
+    assert confirmed[0][1] == str(pid) and confirmed[0][2]["how"] == "sign_in"
+
+
+def test_an_emailed_link_connects_the_account_once(
+    app, client, platform, registered, make_person, smtp
+):
+    import re
+
+    pid = make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert_confirmation_needed(response)
+    platform.launch(app.test_client(), sub="moodle-sam", email="sam@ladysmith.example")
+    ((to, message),) = wait_for_mail(smtp, 1)  # the second launch sends no second email
+    assert to == ["sam@ladysmith.example"]
+    body = message.get_payload(decode=True).decode()
+    link = re.search(r"http://countersign\.test(/lti/connect/\S+)", body).group(1)
+    with app.app_context():
+        request = db.session.scalar(select(LtiLinkRequest))
+        assert link.rsplit("/", 1)[1] not in (request.token_hash or "")  # kept only as a hash
+    stranger = app.test_client()  # following the link needs no session
+    page = stranger.get(link).get_data(as_text=True)
+    assert "Connect my account" in page and "Test Moodle" in page
+    response = stranger.post(link, data={"request_id": request.id, "action": "confirm",
+                                         "csrf_token": csrf_token(stranger, link)})  # fmt: skip
+    assert response.status_code == 200
+    assert "Learning platform account connected" in response.get_data(as_text=True)
+    assert_not_signed_in(stranger)  # it connects; it does not sign in
+    assert stranger.get(link).status_code == 400  # used up
+    wait_for_mail(smtp, 2)
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert response.status_code == 302
+    with app.app_context():
+        identity = db.session.scalar(select(LtiIdentity))
+        assert (identity.person_id, identity.how) == (pid, "email")
+
+
+def test_launches_cannot_flood_a_persons_inbox(
+    app, client, platform, registered, make_person, smtp
+):
+    make_person("staff", email="sam@ladysmith.example")
+    for n in range(5):
+        response, _, _ = platform.launch(app.test_client(), sub=f"lms-{n}",
+                                         email="sam@ladysmith.example")  # fmt: skip
+        assert_confirmation_needed(response)
+        assert ("We have emailed" in response.get_data(as_text=True)) == (n < 3)
+    assert len(wait_for_mail(smtp, 3)) == 3  # at most three waiting at a time, one email each
+
+
+def test_an_emailed_link_expires_and_a_made_up_one_does_nothing(
+    app, client, platform, registered, make_person, smtp
+):
+    import re
+
+    make_person("staff", email="sam@ladysmith.example")
+    platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    ((_, message),) = wait_for_mail(smtp, 1)
+    link = re.search(r"(/lti/connect/\S+)", message.get_payload(decode=True).decode()).group(1)
+    with app.app_context():
+        db.session.scalar(select(LtiLinkRequest)).expires_at = utcnow() - timedelta(seconds=1)
+        db.session.commit()
+    assert app.test_client().get(link).status_code == 400
+    assert app.test_client().get("/lti/connect/made-up").status_code == 400
+    assert app.test_client().get("/lti/connect/" + "x" * 300).status_code == 400
+
+
+def test_without_email_settings_no_link_is_made_or_logged(
+    app, client, platform, registered, make_person, caplog
+):
+    caplog.set_level("DEBUG")
+    make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, email="sam@ladysmith.example")
+    page = response.get_data(as_text=True)
+    assert "Sign in to Countersign directly</a> once" in page and "emailed" not in page
+    assert "/lti/connect/" not in caplog.text
+    with app.app_context():
+        assert db.session.scalar(select(LtiLinkRequest)).token_hash is None
+
+
+def test_the_owner_may_decline_and_nothing_is_linked(
+    app, client, platform, registered, make_person
+):
+    pid = make_person("staff", email="sam@ladysmith.example")
+    platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
+    own = Auth(app, app.test_client())
+    own.as_person(pid)
+    with app.app_context():
+        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    response = own.post("/lti/connect", {"request_id": request_id, "action": "decline"})
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+    assert "lti.link_declined" in [e for e, _, _ in lti_events(app)]
+
+
+def test_only_the_owner_signed_in_directly_can_confirm(
+    app, client, platform, registered, make_person
+):
+    make_person("staff", email="sam@ladysmith.example")
+    other = make_person("staff", email="olly@ladysmith.example")
+    platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
+    with app.app_context():
+        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    # Someone else, signed in as themselves, cannot answer it.
+    someone = Auth(app, app.test_client())
+    someone.as_person(other)
+    response = someone.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
+    assert response.status_code == 400 and "expired or was already answered" in response.get_data(
+        as_text=True
+    )
+    # Nor can a session opened from a platform, even the person's own.
+    launched = app.test_client()
+    response, _, _ = platform.launch(launched, sub="new-one", email="new@ladysmith.example")
+    assert response.status_code == 302
+    page = launched.get("/lti/connect").get_data(as_text=True)
+    assert "sign in to Countersign directly" in page and "Connect my account" not in page
+    token = csrf_token(launched, "/")
+    response = launched.post("/lti/connect", data={"request_id": request_id, "action": "confirm",
+                                                   "csrf_token": token})  # fmt: skip
+    assert "Learning platform account connected" not in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 1  # new-one's
+
+
+def test_a_new_person_made_by_a_launch_is_told_by_email(app, client, platform, registered, smtp):
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    ((to, message),) = wait_for_mail(smtp, 1)
+    assert to == ["tessa.ta@ladysmith.example"]
+    assert "A learning platform account was connected" in message["Subject"]
+
+
+# --- logins write nothing (F17) ---------------------------------------------------------------
+
+
+def row_counts(app) -> dict[str, int]:
+    from core.db import Base
+
+    with app.app_context():
+        return {
+            name: db.session.scalar(select(func.count()).select_from(table))
+            for name, table in Base.metadata.tables.items()
+        }
+
+
+def test_five_hundred_logins_from_one_address_write_no_rows(app, platform, registered):
+    before = row_counts(app)
+    client = app.test_client()
+    for n in range(500):
+        response = client.post("/lti/login", data={
+            "iss": platform.issuer, "login_hint": str(n), "client_id": platform.client_id})  # fmt: skip
+        assert response.status_code == 302
+    assert row_counts(app) == before
+
+
+def test_two_tabs_launch_at_once_and_a_forged_state_cookie_is_refused(
+    app, client, platform, registered
+):
+    first, second = platform.login(client), platform.login(client)
+    for auth in (second, first):
+        token = platform.sign(platform.claims(auth["nonce"]))
+        response = client.post("/lti/launch", data={"id_token": token, "state": auth["state"]})
+        assert response.status_code == 302, response.get_data(as_text=True)
+    # A state cookie changed by hand (not as Countersign signed it) starts nothing.
+    forged = app.test_client()
+    auth = platform.login(forged)
+    name = f"lti1p3-{auth['state']}"
+    ((domain, path, _),) = [k for k in forged._cookies if k[2] == name]
+    assert forged.get_cookie(name, domain, path).value != auth["state"]  # signed, not bare
+    forged.set_cookie(name, auth["state"], domain=domain, path=path)
+    token = platform.sign(platform.claims(auth["nonce"]))
+    response = forged.post("/lti/launch", data={"id_token": token, "state": auth["state"]})
+    assert_refused(response, "This launch has already been used")
+    assert_not_signed_in(forged)
+
+
+# --- administrators see and remove links (F13) -----------------------------------------------
+
+
+def test_an_administrator_removes_a_link_and_it_is_audited(
+    app, client, platform, registered, make_person
+):
+    response, _, _ = platform.launch(client, sub="moodle-user-17")
+    assert response.status_code == 302
+    pid = launched_person(app)
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    admin = Auth(app, app.test_client())
+    admin.as_person(make_person("admin"))
+    page = admin.client.get(f"/admin/people/{pid}").get_data(as_text=True)
+    assert "Learning platform accounts" in page and "Test Moodle" in page
+    with app.app_context():
+        identity_id = db.session.scalar(select(LtiIdentity.id))
+    url = f"/admin/people/{pid}/lti/{identity_id}/remove"
+    assert admin.client.post(url).status_code == 400  # no CSRF token
+    assert admin.post(f"/admin/people/{pid + 1000}/lti/{identity_id}/remove", {},
+                      form_url=f"/admin/people/{pid}").status_code == 404  # fmt: skip
+    response = admin.post(url, {}, form_url=f"/admin/people/{pid}")
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+    events = lti_events(app)
+    assert [e for e, _, _ in events] == ["lti.identity_linked", "lti.launch", "lti.link_removed"]
+    for _, _, detail in events:
+        assert "moodle-user-17" not in json_text(detail) and "@" not in json_text(detail)
+    assert events[0][2]["lms_user"] == events[2][2]["lms_user"]
+    # The LMS user's next launch is treated afresh: the account now exists, so it waits.
+    response, _, _ = platform.launch(client, sub="moodle-user-17")
+    assert_confirmation_needed(response)
