@@ -318,6 +318,12 @@ def insert_ignoring_conflict(session: Session, table: Any, values: dict[str, Any
     """
     name = session.get_bind().dialect.name
     dialect_insert = postgresql.insert if name == "postgresql" else sqlite.insert
-    stmt = dialect_insert(table).values(**values).on_conflict_do_nothing()
-    result = session.execute(stmt)
-    return bool(result.rowcount)
+    # RETURNING rather than rowcount: psycopg reports -1 for this statement through SQLAlchemy,
+    # which made every conflict look like an insert on PostgreSQL.
+    stmt = (
+        dialect_insert(table)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(*table.primary_key.columns)
+    )
+    return session.execute(stmt).first() is not None

@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 
-from core.db import Base, Sql, db
-from people.models import SignInAttempt
+from core.db import Base, Sql, db, insert_ignoring_conflict
+from people.models import Person, PersonSchool, SignInAttempt
 
 
 def test_migrations_build_exactly_the_schema_the_models_describe(app):
@@ -188,3 +188,20 @@ def test_the_reader_opens_a_fresh_connection_after_an_error(app, make_person):
             broken.all(query, id=pid)
         assert db.reader is not broken
         assert db.reader.all(query, id=pid) == [("Person 1",)]
+
+
+def test_insert_ignoring_conflict_says_whether_it_inserted(app):
+    """Callers write an audit row or a notification only when the row is new: on PostgreSQL the
+    driver's rowcount is -1 here, which once made every duplicate look new."""
+    with app.app_context():
+        table = PersonSchool.__table__
+        person_id = db.session.scalar(select(Person.id).limit(1))
+        if person_id is None:
+            person = Person(email="dup@countersign.test", name="Dup", active=True)
+            db.session.add(person)
+            db.session.flush()
+            person_id = person.id
+        values = {"person_id": person_id, "school": "infant"}
+        assert insert_ignoring_conflict(db.session, table, values) is True
+        assert insert_ignoring_conflict(db.session, table, values) is False
+        db.session.rollback()
