@@ -317,6 +317,36 @@ def _rows(session: Session, batch: int = 2000) -> Iterator[Any]:
         after = page[-1].seq
 
 
+def seal_unrecorded(session: Session) -> dict[str, int]:
+    """Record the current digest of every evidence row the chain does not record yet, one
+    ``evidence.sealed`` row each; returns how many per table. For a database upgraded from a
+    version that kept no digests: run once, straight after upgrading, so that verify can tell
+    later changes from what was there then. Runs in the caller's transaction."""
+    recorded = evidence.Recorded.empty()
+    for row in _rows(session):
+        found = evidence.recorded_in(row.detail)
+        if found is not None:
+            recorded.add(*found, row.seq)
+    sealed: dict[str, int] = {}
+    for table in evidence.DIGESTED:
+        known = recorded.rows[table]
+        for batch in evidence.all_digests(session, table):
+            entries = [
+                Entry(
+                    "evidence.sealed",
+                    subject_type=table,
+                    subject_id=row_id,
+                    detail=evidence.detail_for(table, row_id, row_digest),
+                )  # fmt: skip
+                for row_id, row_digest in batch.items()
+                if row_id not in known
+            ]
+            record_many(session, entries)
+            if entries:
+                sealed[table] = sealed.get(table, 0) + len(entries)
+    return sealed
+
+
 def verify(session: Session, expected_head: Head | None = None) -> Verification:
     """Walk the chain from the first row, reporting every changed, removed or reordered row; with
     ``expected_head`` (printed earlier), also rows removed from the end or a rewritten head. Then

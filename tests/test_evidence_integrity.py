@@ -396,3 +396,22 @@ def test_verify_names_every_evidence_row_edited_deleted_or_inserted(app, world, 
     result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code != 0
     assert expected[0].format(**names) in result.output
+
+
+def test_seal_records_evidence_from_before_digests_once_and_verify_then_passes(app, world, runner):
+    """A database upgraded from a version without digests: its rows have no audit row yet."""
+    _sql(
+        app,
+        "INSERT INTO read_receipt (person_id, module_version_id, seq, at) "
+        "SELECT :sue, module_version_id, 7, at FROM read_receipt WHERE id = :receipt",
+        sue=world["sue"],
+        receipt=world["receipt"],
+    )
+    assert any("inserted without an audit row" in p for p in _problems(app))
+    sealed = runner.invoke(args=["audit", "seal"])
+    assert sealed.exit_code == 0 and "Sealed 1 evidence rows (read receipt: 1)" in sealed.output
+    assert _problems(app) == []
+    again = runner.invoke(args=["audit", "seal"])
+    assert "nothing sealed" in again.output
+    checked = runner.invoke(args=["audit", "verify"])
+    assert checked.exit_code == 0 and "evidence rows match their digests" in checked.output
