@@ -162,6 +162,13 @@ class Recorded:
 def check(session: Session, recorded: Recorded) -> tuple[int, list[str]]:
     """Compare every evidence row with the chain; returns (rows checked, problems)."""
     checked, problems = 0, []
+    # A marker outlives its erasure only if someone put it there: it opens that person's rows.
+    markers = _table("evidence_erasure")
+    for (person_id,) in session.execute(select(markers.c.person_id).order_by(markers.c.person_id)):
+        problems.append(
+            f"an erasure marker for person {person_id} was left in evidence_erasure: the "
+            "database lets their evidence rows be changed while it is there"
+        )
     for table in DIGESTED:
         expected = dict(recorded.rows[table])
         label = table.replace("_", " ")

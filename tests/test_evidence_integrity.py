@@ -211,6 +211,14 @@ def test_an_erasure_marker_opens_only_that_persons_rows_and_only_the_personal_co
     assert _problems(app) == []
 
 
+def test_verify_reports_an_erasure_marker_left_behind(app, world):
+    _sql(app, "INSERT INTO evidence_erasure (person_id) VALUES (:ann)", ann=world["ann"])
+    assert _problems(app) == [
+        f"an erasure marker for person {world['ann']} was left in evidence_erasure: the "
+        "database lets their evidence rows be changed while it is there"
+    ]
+
+
 def _erase(app, person_id: int) -> None:
     with app.app_context():
         s = db.session
