@@ -48,6 +48,8 @@ from training.models import (
 DEFAULT_RETENTION_DAYS = 6 * 365
 
 EXPORTED = "personal_data.exported"
+# The evidence tables erasure changes (only the columns migration 0011's triggers let it).
+EVIDENCE_PSEUDONYMISED = ("acknowledgement", "certificate", "application_decision")
 ERASED = "person.erased"
 
 
@@ -402,8 +404,7 @@ def erase_person(
     # The evidence tables refuse changes (migration 0011) except to this person's rows while this
     # marker exists; it is removed again below, before the caller commits.
     session.execute(insert(ErasureMarker.__table__).values(person_id=person.id))
-    changed: dict[str, set[int]] = {"acknowledgement": set(), "certificate": set()}
-    changed["application_decision"] = set()
+    changed: dict[str, set[int]] = {t: set() for t in EVIDENCE_PSEUDONYMISED}
 
     session.execute(delete(SignInAttempt).where(SignInAttempt.email == old_email))
     # The LMS's id for them (and where their grades went): a later launch links to nobody.
