@@ -406,6 +406,16 @@ def test_verify_names_every_evidence_row_edited_deleted_or_inserted(app, world, 
     assert expected[0].format(**names) in result.output
 
 
+def test_the_check_page_names_a_tampered_evidence_row(app, world, auth, make_person):
+    client = auth.as_person(make_person("governor"))
+    assert "evidence records" in client.get("/audit/check").get_data(as_text=True)
+    _tamper(
+        app, "UPDATE read_receipt SET at = '2020-01-01 00:00:00' WHERE id = :r", r=world["receipt"]
+    )
+    page = client.get("/audit/check").get_data(as_text=True)
+    assert "has been tampered with" in page and f"read receipt {world['receipt']} edited" in page
+
+
 def test_seal_records_evidence_from_before_digests_once_and_verify_then_passes(app, world, runner):
     """A database upgraded from a version without digests: its rows have no audit row yet."""
     _sql(
