@@ -433,3 +433,40 @@ def test_seal_records_evidence_from_before_digests_once_and_verify_then_passes(a
     assert "nothing sealed" in again.output
     checked = runner.invoke(args=["audit", "verify"])
     assert checked.exit_code == 0 and "evidence rows match their digests" in checked.output
+
+
+def test_postgresql_app_role_loses_its_right_to_remove_evidence(app, world, database_url):
+    """Where the app connects as its own role, the migration revokes DELETE and TRUNCATE."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("roles and grants are PostgreSQL's")
+    import importlib.util
+
+    from core.config import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "evidence_migration", ROOT / "migrations" / "versions" / "0011_evidence.py"
+    )
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    role = "countersign_evidence_app_under_test"
+    with app.app_context():
+        conn = db.session.connection()
+        conn.execute(text(f"CREATE ROLE {role}"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        conn.execute(
+            text(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON {', '.join(GUARDED)} TO {role}"
+            )
+        )
+        try:
+            migration.revoke_changes(conn, role)
+            conn.execute(text(f"SET LOCAL ROLE {role}"))
+            for table in GUARDED:
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() >= 1
+                for statement in (f"DELETE FROM {table}", f"TRUNCATE {table}"):
+                    conn.execute(text("SAVEPOINT attempt"))
+                    with pytest.raises(DBAPIError, match="permission denied"):
+                        conn.execute(text(statement))
+                    conn.execute(text("ROLLBACK TO SAVEPOINT attempt"))
+        finally:
+            db.session.rollback()  # the role and its grants were made in this transaction only

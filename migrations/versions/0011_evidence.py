@@ -11,13 +11,17 @@ PostgreSQL), with two exceptions, each limited to the columns it needs:
 - a certificate's PDF is stored once, after issuing: ``pdf`` and ``pdf_sha256`` may go from empty to
   set, nothing else, and never for an erased person.
 
-INSERT is never restricted, so a backup can be restored row for row, ids and all.
+INSERT is never restricted, so a backup can be restored row for row, ids and all. Where
+``COUNTERSIGN_DATABASE_APP_ROLE`` names the role the application connects as, that role's DELETE
+and TRUNCATE grants on the evidence tables are revoked as well (it needs UPDATE for the two
+exceptions above).
 
 Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-05 08:00:00
 """
 
+import os
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -145,9 +149,20 @@ def upgrade() -> None:
         sa.Column("person_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.PrimaryKeyConstraint("person_id", name=op.f("pk_evidence_erasure")),
     )
-    postgresql = op.get_bind().dialect.name == "postgresql"
+    bind = op.get_bind()
+    postgresql = bind.dialect.name == "postgresql"
     for statement in _postgresql_triggers() if postgresql else _sqlite_triggers():
         op.execute(statement)
+    role = os.environ.get("COUNTERSIGN_DATABASE_APP_ROLE", "").strip()
+    if postgresql and role:
+        revoke_changes(bind, role)
+
+
+def revoke_changes(bind: sa.Connection, role: str) -> None:
+    """The application's own role may add evidence but never remove it."""
+    quoted = bind.dialect.identifier_preparer.quote(role)
+    tables = ", ".join(COLUMNS)
+    bind.execute(sa.text(f"REVOKE DELETE, TRUNCATE ON {tables} FROM {quoted}"))
 
 
 def downgrade() -> None:
