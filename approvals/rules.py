@@ -22,7 +22,7 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
-from audit.log import record
+from audit.log import record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person, PersonRole, PersonSchool
 from training.models import Policy
@@ -269,12 +269,14 @@ def decide(
     )
     if not inserted:
         raise ApprovalError("This application has already been decided.")
-    record(
-        session, "approval.decided", actor_id=decided_by.id, subject_type="account_application",
-        subject_id=application.id, detail={"approved": approve},
-    )  # fmt: skip
     session.expire(application, ["decision"])
-    return application.decision
+    decision = application.decision
+    record_evidence(
+        session, "approval.decided", "application_decision", [decision.id],
+        actor_id=decided_by.id, subject_type="account_application", subject_id=application.id,
+        detail={"approved": approve},
+    )  # fmt: skip
+    return decision
 
 
 def record_account(

@@ -15,16 +15,17 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
+from audit import evidence
 from audit.models import AuditEvent
 from core.db import db, utcnow, writing
 
@@ -77,6 +78,13 @@ EVENTS: dict[str, str] = {
     "lti.link_removed": "Learning platform account link removed",
     "lti.platform_registered": "Learning platform registered",
     "lti.platform_changed": "Learning platform registration changed",
+    "module.read": "Module read",
+    "quiz.started": "Quiz started",
+    "quiz.failed": "Quiz not passed",
+    "certificate.issued": "Certificate issued",
+    "certificate.stored": "Certificate document stored",
+    "evidence.pseudonymised": "Evidence pseudonymised on erasure",
+    "evidence.sealed": "Evidence from before digests sealed",
 }
 
 
@@ -200,6 +208,83 @@ def record(
 
 
 @dataclass(frozen=True)
+class Entry:
+    """One event for :func:`record_many`."""
+
+    event: str
+    actor_id: int | None = None
+    subject_type: str | None = None
+    subject_id: int | str | None = None
+    detail: Mapping[str, DetailValue] | None = None
+
+
+def record_many(session: Session, entries: Sequence[Entry]) -> None:
+    """Append several events at once in the caller's transaction: one chain lock, one head read
+    and one multi-row insert, for writes that record many rows together (issuing certificates in
+    bulk, erasure, the demo)."""
+    if not entries:
+        return
+    for entry in entries:
+        if entry.event not in EVENTS:
+            raise ValueError(f"unknown audit event {entry.event!r}")
+    _lock_chain(session)
+    session.flush()
+    key = audit_key()
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
+    ).first()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+    rows = []
+    for entry in entries:
+        row = {
+            "seq": seq,
+            "at": utcnow(),
+            "event": entry.event,
+            "actor_id": entry.actor_id,
+            "subject_type": entry.subject_type,
+            "subject_id": None if entry.subject_id is None else str(entry.subject_id),
+            "detail": canonical_detail(entry.detail),
+            "prev_hash": prev_hash,
+        }
+        row["hash"] = row_hash(key, **row)
+        rows.append(row)
+        seq, prev_hash = seq + 1, row["hash"]
+    for start in range(0, len(rows), 1000):
+        session.execute(insert(AuditEvent.__table__), rows[start : start + 1000])
+
+
+def record_evidence(
+    session: Session,
+    event: str,
+    table: str,
+    ids: Iterable[int],
+    *,
+    actor_id: int | None = None,
+    subject_type: str | None = None,
+    subject_id: int | str | None = None,
+    detail: Mapping[str, DetailValue] | None = None,
+) -> None:
+    """Record evidence rows just written (or changed by erasure), one audit row each, carrying
+    the digest of each row as the database now holds it. Call it in the transaction that wrote
+    them, after they are flushed. The subject is the row itself unless given."""
+    session.flush()
+    found = evidence.digests(session, table, ids)
+    record_many(
+        session,
+        [
+            Entry(
+                event,
+                actor_id=actor_id,
+                subject_type=subject_type or table,
+                subject_id=row_id if subject_id is None else subject_id,
+                detail={**(detail or {}), **evidence.detail_for(table, row_id, row_digest)},
+            )
+            for row_id, row_digest in sorted(found.items())
+        ],
+    )
+
+
+@dataclass(frozen=True)
 class Head:
     seq: int
     hash: str
@@ -225,6 +310,7 @@ def head(session: Session) -> Head | None:
 @dataclass
 class Verification:
     rows: int = 0
+    evidence_rows: int = 0
     head: Head | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -248,14 +334,50 @@ def _rows(session: Session, batch: int = 2000) -> Iterator[Any]:
         after = page[-1].seq
 
 
+def seal_unrecorded(session: Session) -> dict[str, int]:
+    """Record the current digest of every evidence row the chain does not record yet, one
+    ``evidence.sealed`` row each; returns how many per table. For a database upgraded from a
+    version that kept no digests: run once, straight after upgrading, so that verify can tell
+    later changes from what was there then. Runs in the caller's transaction."""
+    recorded = evidence.Recorded.empty()
+    for row in _rows(session):
+        found = evidence.recorded_in(row.detail)
+        if found is not None:
+            recorded.add(*found, row.seq)
+    sealed: dict[str, int] = {}
+    for table in evidence.DIGESTED:
+        known = recorded.rows[table]
+        for batch in evidence.all_digests(session, table):
+            entries = [
+                Entry(
+                    "evidence.sealed",
+                    subject_type=table,
+                    subject_id=row_id,
+                    detail=evidence.detail_for(table, row_id, row_digest),
+                )  # fmt: skip
+                for row_id, row_digest in batch.items()
+                if row_id not in known
+            ]
+            record_many(session, entries)
+            if entries:
+                sealed[table] = sealed.get(table, 0) + len(entries)
+    return sealed
+
+
 def verify(session: Session, expected_head: Head | None = None) -> Verification:
     """Walk the chain from the first row, reporting every changed, removed or reordered row; with
-    ``expected_head`` (printed earlier), also rows removed from the end or a rewritten head."""
+    ``expected_head`` (printed earlier), also rows removed from the end or a rewritten head. Then
+    compare every evidence row with the latest digest the chain records for it (edited, deleted,
+    or inserted without an audit row)."""
     key = audit_key()
     result = Verification()
+    recorded = evidence.Recorded.empty()
     expected_seq, prev_hash = 1, GENESIS
     for row in _rows(session):
         result.rows += 1
+        found = evidence.recorded_in(row.detail)
+        if found is not None:
+            recorded.add(*found, row.seq)
         if row.seq != expected_seq:
             missing = (
                 f"row {expected_seq}"
@@ -286,4 +408,6 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
                     f"row {expected_head.seq} is not the row an earlier head recorded "
                     "(the log was rewritten from there)"
                 )
+    result.evidence_rows, problems = evidence.check(session, recorded)
+    result.problems += problems
     return result

@@ -31,3 +31,15 @@ class AuditEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="{}")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class ErasureMarker(Base):
+    """Present only inside the transaction that erases a person (``people.privacy.erase_person``),
+    which adds it first and removes it before committing. The evidence tables' triggers
+    (migration 0011) let that person's evidence rows be pseudonymised while it is there and refuse
+    every other UPDATE or DELETE. No other transaction can see an uncommitted marker (PostgreSQL),
+    and SQLite has one writer at a time."""
+
+    __tablename__ = "evidence_erasure"
+
+    person_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)

@@ -22,6 +22,7 @@ from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
+from audit.log import record_evidence
 from certificates.models import Certificate
 from certificates.render import render
 from core.db import db, insert_ignoring_conflict, utcnow, writing
@@ -86,6 +87,7 @@ def issue_due(
         issued += session.scalars(
             select(Certificate).where(Certificate.code.in_(chunk_codes)).order_by(Certificate.id)
         ).all()
+    record_evidence(session, "certificate.issued", "certificate", [c.id for c in issued])
     return issued
 
 
@@ -156,11 +158,14 @@ def store_pdf(session: Session, certificate: Certificate) -> bytes:
         return stored
     rendered = render(certificate)
     with writing(session):
-        session.execute(
+        stored_now = session.execute(
             update(Certificate)
             .where(Certificate.id == certificate.id, Certificate.pdf.is_(None))
             .values(pdf=rendered.pdf, pdf_sha256=rendered.sha256)
-        )
+        ).rowcount
+        if stored_now:
+            # The one change a certificate row allows (migration 0011): its PDF's hash, once.
+            record_evidence(session, "certificate.stored", "certificate", [certificate.id])
     stored = stored_pdf(session, certificate.id)
     session.commit()
     if stored is None:

@@ -22,6 +22,8 @@ from werkzeug.security import generate_password_hash
 
 from approvals.models import AccountApplication, Decision
 from approvals.rules import register
+from audit import evidence
+from audit.log import Entry, record_many
 from demo.accounts import make_accounts
 from demo.history import HistoryError, load_timeline, prepare_history
 from demo.learning import Draft, drawn_json, forget_fragments
@@ -186,6 +188,14 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
     ]
     _insert_rows(session, ReadReceipt.__table__, receipts)
     result.receipts += len(receipts)
+    # Each evidence row gets its audit row with its digest, as the app's own writes do.
+    written: list[tuple[str, str, int, int]] = []
+    for person_id, receipt_id in session.execute(
+        select(ReadReceipt.person_id, ReadReceipt.id)
+        .where(ReadReceipt.person_id.in_(ids))
+        .order_by(ReadReceipt.id)
+    ).all():
+        written.append(("module.read", "read_receipt", receipt_id, person_id))
 
     attempts = [(i, a) for i, d in people for a in d.attempts]
     if attempts:
@@ -209,6 +219,20 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
         if a.submission is not None
     ]
     _insert_rows(session, QuizSubmission.__table__, submissions)
+    attempt_people = dict(
+        session.execute(
+            select(QuizAttempt.id, QuizAttempt.person_id).where(QuizAttempt.person_id.in_(ids))
+        ).all()
+    )
+    for attempt_id in sorted(attempt_people):
+        written.append(("quiz.started", "quiz_attempt", attempt_id, attempt_people[attempt_id]))
+    for submission_id, attempt_id, passed in session.execute(
+        select(QuizSubmission.id, QuizSubmission.attempt_id, QuizSubmission.passed)
+        .where(QuizSubmission.attempt_id.in_(list(attempt_people)))
+        .order_by(QuizSubmission.id)
+    ).all():
+        event = "quiz.passed" if passed else "quiz.failed"
+        written.append((event, "quiz_submission", submission_id, attempt_people[attempt_id]))
     result.attempts += len(attempts)
     result.failed += sum(not s["passed"] for s in submissions)
 
@@ -238,7 +262,32 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
         ],
     )
     result.acknowledgements += len(acks)
+    for (person_id, _, _), ack_id in sorted(ack_ids.items(), key=lambda item: item[1]):
+        written.append(("acknowledgement.signed", "acknowledgement", ack_id, person_id))
+    _record_evidence(session, written)
     return ids
+
+
+def _record_evidence(session: Session, written: list[tuple[str, str, int, int]]) -> None:
+    """One audit row per evidence row (event, table, row id, person id), with its digest, as the
+    app's own writes record them; in bulk, and under the person's id as the one who acted."""
+    session.flush()
+    found: dict[str, dict[int, str]] = {}
+    for table in {table for _, table, _, _ in written}:
+        found[table] = evidence.digests(session, table, [r for _, t, r, _ in written if t == table])
+    record_many(
+        session,
+        [
+            Entry(
+                event,
+                actor_id=person_id,
+                subject_type=table,
+                subject_id=row_id,
+                detail=evidence.detail_for(table, row_id, found[table][row_id]),
+            )  # fmt: skip
+            for event, table, row_id, person_id in written
+        ],
+    )
 
 
 def _insert_rows(session: Session, table: Table, rows: list[dict]) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from api.models import ApiToken, PrecomputedStatus, Webhook, WebhookDelivery
@@ -27,7 +27,8 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
-from audit.log import record
+from audit.log import record, record_evidence
+from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
 from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
@@ -47,6 +48,8 @@ from training.models import (
 DEFAULT_RETENTION_DAYS = 6 * 365
 
 EXPORTED = "personal_data.exported"
+# The evidence tables erasure changes (only the columns migration 0011's triggers let it).
+EVIDENCE_PSEUDONYMISED = ("acknowledgement", "certificate", "application_decision")
 ERASED = "person.erased"
 
 
@@ -398,6 +401,11 @@ def erase_person(
         (re.compile(rf"(?<!\w){re.escape(old_name)}(?!\w)", re.IGNORECASE), new_name),
     ]
 
+    # The evidence tables refuse changes (migration 0011) except to this person's rows while this
+    # marker exists; it is removed again below, before the caller commits.
+    session.execute(insert(ErasureMarker.__table__).values(person_id=person.id))
+    changed: dict[str, set[int]] = {t: set() for t in EVIDENCE_PSEUDONYMISED}
+
     session.execute(delete(SignInAttempt).where(SignInAttempt.email == old_email))
     # The LMS's id for them (and where their grades went): a later launch links to nobody.
     session.execute(delete(LtiIdentity).where(LtiIdentity.person_id == person.id))
@@ -411,12 +419,14 @@ def erase_person(
         ack.typed_name = ""
         ack.ip = ""
         ack.user_agent = ""
+        changed["acknowledgement"].add(ack.id)
     for certificate in session.scalars(
         select(Certificate).where(Certificate.person_id == person.id)
     ):
         certificate.person_name = new_name
         certificate.pdf = None
         certificate.pdf_sha256 = None
+        changed["certificate"].add(certificate.id)
     # Approval decisions snapshot each runner's name: keep the snapshot, not the name.
     for decision in session.scalars(
         select(Decision).where(
@@ -432,6 +442,7 @@ def erase_person(
                 {**r, "name": new_name} if r.get("person_id") == person.id else r
                 for r in decision.runners_snapshot
             ]
+            changed["application_decision"].add(decision.id)
     # Others may have written the name or email into a business case or a reason.
     free_text = [
         (AccountApplication, ("name", "aim", "audience", "promotion")),
@@ -449,6 +460,8 @@ def erase_person(
                 value = getattr(row, column)
                 if value:
                     setattr(row, column, _redact(value, needles))
+            if isinstance(row, Decision):
+                changed["application_decision"].add(row.id)
     # Webhook deliveries keep the event as sent, which names the person.
     about_them = [
         delivery_id
@@ -471,6 +484,13 @@ def erase_person(
     person.auth_version += 1
     person.erased_at = now
     session.flush()
+    session.execute(delete(ErasureMarker).where(ErasureMarker.person_id == person.id))
+    # The chain records each pseudonymised row's new digest, so verify checks it as it now is.
+    for table, ids in changed.items():
+        record_evidence(
+            session, "evidence.pseudonymised", table, ids, actor_id=actor_id,
+            detail={"person": person.id},
+        )  # fmt: skip
     record(session, ERASED, actor_id=actor_id, subject_type="person", subject_id=person.id)
     return person
 

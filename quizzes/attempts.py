@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from audit.log import record
+from audit.log import record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from quizzes.bank import QuizRules
@@ -164,6 +164,11 @@ def start_attempt(
     )
     session.add(attempt)
     session.flush()
+    # The questions drawn are evidence too: what the person was asked.
+    record_evidence(
+        session, "quiz.started", "quiz_attempt", [attempt.id], actor_id=person.id,
+        detail={"module_version": module_version_id},
+    )  # fmt: skip
     return attempt
 
 
@@ -247,11 +252,12 @@ def submit_attempt(
     )
     if not inserted:
         raise AlreadySubmitted("This attempt was already submitted; your first answers stand.")
-    if result.passed:
-        record(
-            session, "quiz.passed", actor_id=person.id, subject_type="quiz_attempt",
-            subject_id=attempt.id,
-            detail={"module_version": attempt.module_version_id, "score": result.score},
-        )  # fmt: skip
     session.expire(attempt, ["submission"])
-    return attempt.submission
+    submission = attempt.submission
+    # Every submission, passed or not, with its answers and score.
+    record_evidence(
+        session, "quiz.passed" if result.passed else "quiz.failed", "quiz_submission",
+        [submission.id], actor_id=person.id, subject_type="quiz_attempt", subject_id=attempt.id,
+        detail={"module_version": attempt.module_version_id, "score": result.score},
+    )  # fmt: skip
+    return submission

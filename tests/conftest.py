@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +249,23 @@ def train_people(app, *person_ids: int) -> None:
             complete_modules(db.session, person, policy)
             acknowledge(db.session, person, policy, AckRequest(person.name, "d", "127.0.0.1", "ua"))
         db.session.commit()
+
+
+@contextmanager
+def evidence_guard_off(session, table: str) -> Iterator[None]:
+    """Update an evidence table as only the database's owner could (migration 0011's trigger
+    refuses it to everyone else), to set up a state the app would take months to reach, such as
+    training signed two years ago. The guard is back before the transaction ends."""
+    trigger = f"{table}_no_update"
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}"))
+        yield
+        session.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}"))
+    else:
+        ddl = session.scalar(
+            text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = :name"),
+            {"name": trigger},
+        )
+        session.execute(text(f"DROP TRIGGER {trigger}"))
+        yield
+        session.execute(text(ddl))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 
@@ -65,9 +66,10 @@ def test_learning_approvals_roles_tokens_and_exports_are_recorded(
     application_id = apply(app, people, ["ann", "bob"]).headers["Location"].rsplit("/", 1)[-1]
     decide(app, people["sue"], int(application_id), "approve", "Good plan.")
     approval = [e for e in events(app) if e.event == "approval.decided"]
-    assert [(e.actor_id, e.subject_id, e.detail) for e in approval] == [
-        (people["sue"], application_id, '{"approved":true}')
+    assert [(e.actor_id, e.subject_id, json.loads(e.detail)["approved"]) for e in approval] == [
+        (people["sue"], application_id, True)
     ]
+    assert json.loads(approval[0].detail)["evidence"] == "application_decision"
 
     admin = Auth(app, app.test_client())
     admin.as_person(people["ada"])

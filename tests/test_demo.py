@@ -281,6 +281,9 @@ def test_a_second_run_adds_only_the_people_missing(app, runner):
         assert len(new) == 30 and new.isdisjoint(
             db.session.scalars(select(Person.email).where(old))
         )
+    # Every evidence row of both runs is in the audit chain with its digest.
+    checked = runner.invoke(args=["audit", "verify"])
+    assert checked.exit_code == 0, checked.output
 
 
 def test_the_same_seed_gives_the_same_people(app):

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from audit.log import record
+from audit.log import record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from training.models import (
@@ -109,7 +109,7 @@ def record_read(
             ReadReceipt.person_id == person.id, ReadReceipt.module_version_id == module_version.id
         )
     )
-    return insert_ignoring_conflict(
+    inserted = insert_ignoring_conflict(
         session,
         ReadReceipt.__table__,
         {
@@ -119,6 +119,19 @@ def record_read(
             "at": utcnow(),
         },
     )
+    if inserted:
+        receipt_id = session.scalar(
+            select(ReadReceipt.id).where(
+                ReadReceipt.person_id == person.id,
+                ReadReceipt.module_version_id == module_version.id,
+                ReadReceipt.seq == seq,
+            )
+        )
+        record_evidence(
+            session, "module.read", "read_receipt", [receipt_id], actor_id=person.id,
+            detail={"module_version": module_version.id},
+        )  # fmt: skip
+    return inserted
 
 
 def normalise_name(name: str) -> str:
@@ -182,9 +195,10 @@ def acknowledge(
             )
         )
     session.flush()
-    record(
-        session, "acknowledgement.signed", actor_id=person.id, subject_type="acknowledgement",
-        subject_id=ack.id, detail={"policy_version": status.policy_version_id},
+    # The digest covers the row and the module versions (with their text hashes) it was signed for.
+    record_evidence(
+        session, "acknowledgement.signed", "acknowledgement", [ack.id], actor_id=person.id,
+        detail={"policy_version": status.policy_version_id},
     )  # fmt: skip
     return ack
 

@@ -1,0 +1,188 @@
+"""Digests of the evidence rows, recorded in the audit chain, and the check that they still match.
+
+The chain (:mod:`audit.log`) is keyed by a secret outside the database, so whatever an audit row
+says cannot be changed unnoticed. Each audit row that records evidence carries, in its detail, the
+table and id of the evidence row and a SHA-256 digest of that row's content: who, what, when and
+from where. ``verify`` re-reads every evidence row and compares: a row whose digest differs from
+the latest one recorded was edited; a recorded row that is gone was deleted; a row no audit row
+records was inserted behind the application's back.
+
+Rows are read a batch at a time by id, with plain Core selects, so checking a large database costs
+little memory and no ORM objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from core.db import Base
+
+BATCH = 2000
+
+# The columns each digest covers. A certificate's PDF is covered through ``pdf_sha256``; the
+# bytes themselves are too large to re-read on every check. ``tests/test_evidence_integrity.py``
+# fails when a column is added to one of these tables and not listed here (or deliberately left out).
+DIGESTED: dict[str, tuple[str, ...]] = {
+    "acknowledgement": (
+        "id", "person_id", "policy_version_id", "seq", "declaration", "typed_name", "at", "ip",
+        "user_agent",
+    ),
+    "read_receipt": ("id", "person_id", "module_version_id", "seq", "at"),
+    "quiz_attempt": (
+        "id", "public_id", "person_id", "module_version_id", "bank_id", "started_at",
+        "expires_at", "pass_mark", "show_answers", "drawn",
+    ),
+    "quiz_submission": (
+        "id", "attempt_id", "submitted_at", "answers", "correct", "total", "score", "passed",
+    ),
+    "application_decision": (
+        "id", "application_id", "approved", "reason", "decided_by_id", "decided_at",
+        "runners_snapshot",
+    ),
+    "certificate": (
+        "id", "code", "person_id", "policy_id", "policy_version_id", "acknowledgement_id",
+        "issued_at", "valid_until", "person_name", "policy_title", "version_label",
+        "module_titles", "federation_name", "pdf_sha256",
+    ),
+}  # fmt: skip
+NOT_DIGESTED = {"certificate": ("pdf",)}
+# An acknowledgement's digest also covers the module versions it was signed for, with their text
+# hashes, from ``acknowledgement_module``: those rows are part of the signature.
+MODULES_OF = "acknowledgement"
+
+# Audit detail keys: which row, and its digest.
+TABLE_KEY, ID_KEY, DIGEST_KEY = "evidence", "evidence_id", "digest"
+
+
+def _table(name: str) -> Table:
+    return Base.metadata.tables[name]  # type: ignore[return-value]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def digest(table: str, row: Mapping[str, Any], modules: Sequence[Sequence[Any]] = ()) -> str:
+    """SHA-256 of a canonical JSON form of the row (sorted keys, ASCII, no spaces)."""
+    content: dict[str, Any] = {"table": table}
+    content["row"] = {c: _plain(row[c]) for c in DIGESTED[table]}
+    if table == MODULES_OF:
+        content["modules"] = sorted([int(mv), str(h)] for mv, h in modules)
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _modules(session: Session, where: Any) -> dict[int, list[tuple[int, str]]]:
+    links, versions = _table("acknowledgement_module"), _table("module_version")
+    found: dict[int, list[tuple[int, str]]] = {}
+    for ack_id, mv_id, text_hash in session.execute(
+        select(links.c.acknowledgement_id, versions.c.id, versions.c.text_hash)
+        .join(versions, versions.c.id == links.c.module_version_id)
+        .where(where(links.c.acknowledgement_id))
+    ):
+        found.setdefault(ack_id, []).append((mv_id, text_hash))
+    return found
+
+
+def _digest_rows(session: Session, table: str, rows: Sequence[Any], where: Any) -> dict[int, str]:
+    modules = _modules(session, where) if table == MODULES_OF and rows else {}
+    return {r.id: digest(table, r._mapping, modules.get(r.id, ())) for r in rows}
+
+
+def digests(session: Session, table: str, ids: Iterable[int]) -> dict[int, str]:
+    """The current digest of each of these rows (a row that does not exist is left out)."""
+    t = _table(table)
+    columns = [t.c[c] for c in DIGESTED[table]]
+    wanted = sorted(set(ids))
+    found: dict[int, str] = {}
+    for start in range(0, len(wanted), BATCH):
+        chunk = wanted[start : start + BATCH]
+        rows = session.execute(select(*columns).where(t.c.id.in_(chunk))).all()
+        found |= _digest_rows(session, table, rows, lambda c, chunk=chunk: c.in_(chunk))
+    return found
+
+
+def all_digests(session: Session, table: str, batch: int = BATCH) -> Iterator[dict[int, str]]:
+    """Every row's digest, a batch at a time in id order."""
+    t = _table(table)
+    columns = [t.c[c] for c in DIGESTED[table]]
+    after = 0
+    while True:
+        rows = session.execute(
+            select(*columns).where(t.c.id > after).order_by(t.c.id).limit(batch)
+        ).all()
+        if not rows:
+            return
+        low, high = rows[0].id, rows[-1].id
+        yield _digest_rows(session, table, rows, lambda c, lo=low, hi=high: c.between(lo, hi))
+        after = high
+
+
+def detail_for(table: str, row_id: int, row_digest: str) -> dict[str, int | str]:
+    return {TABLE_KEY: table, ID_KEY: row_id, DIGEST_KEY: row_digest}
+
+
+def recorded_in(detail: str) -> tuple[str, int, str] | None:
+    """(table, id, digest) when an audit row's detail records an evidence row."""
+    if f'"{DIGEST_KEY}"' not in detail:  # most rows: skip parsing
+        return None
+    values = json.loads(detail)
+    table, row_id, row_digest = values.get(TABLE_KEY), values.get(ID_KEY), values.get(DIGEST_KEY)
+    if table in DIGESTED and isinstance(row_id, int) and isinstance(row_digest, str):
+        return table, row_id, row_digest
+    return None
+
+
+@dataclass
+class Recorded:
+    """The latest digest the chain records for each evidence row, and the audit row saying so."""
+
+    rows: dict[str, dict[int, tuple[str, int]]]
+
+    @classmethod
+    def empty(cls) -> Recorded:
+        return cls({table: {} for table in DIGESTED})
+
+    def add(self, table: str, row_id: int, row_digest: str, seq: int) -> None:
+        self.rows[table][row_id] = (row_digest, seq)
+
+
+def check(session: Session, recorded: Recorded) -> tuple[int, list[str]]:
+    """Compare every evidence row with the chain; returns (rows checked, problems)."""
+    checked, problems = 0, []
+    # A marker outlives its erasure only if someone put it there: it opens that person's rows.
+    markers = _table("evidence_erasure")
+    for (person_id,) in session.execute(select(markers.c.person_id).order_by(markers.c.person_id)):
+        problems.append(
+            f"an erasure marker for person {person_id} was left in evidence_erasure: the "
+            "database lets their evidence rows be changed while it is there"
+        )
+    for table in DIGESTED:
+        expected = dict(recorded.rows[table])
+        label = table.replace("_", " ")
+        for batch in all_digests(session, table):
+            for row_id, actual in batch.items():
+                checked += 1
+                entry = expected.pop(row_id, None)
+                if entry is None:
+                    problems.append(f"{label} {row_id} inserted without an audit row")
+                elif entry[0] != actual:
+                    problems.append(
+                        f"{label} {row_id} edited: its content does not match the digest in "
+                        f"audit row {entry[1]}"
+                    )
+        for row_id, (_, seq) in sorted(expected.items()):
+            problems.append(f"{label} {row_id} deleted: audit row {seq} records it")
+    return checked, problems
