@@ -22,7 +22,7 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
-from audit.log import record_evidence
+from audit.log import record, record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person, PersonRole, PersonSchool
 from training.models import Policy
