@@ -32,6 +32,7 @@ from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
 from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
+from mfa.models import RecoveryCode, SecondFactor
 from people.models import Person, SignInAttempt
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -226,6 +227,27 @@ def personal_data(
                 select(Webhook).where(Webhook.created_by_id == pid).order_by(Webhook.id)
             )
         ],
+        # The methods, never their secrets, keys or code hashes.
+        "second_factor": {
+            "methods": [
+                {
+                    "method": factor.method_name,
+                    "label": factor.label,
+                    "set_up_at": _iso(factor.created_at),
+                    "last_used_at": _iso(factor.last_used_at),
+                }
+                for factor in session.scalars(
+                    select(SecondFactor)
+                    .where(SecondFactor.person_id == pid)
+                    .order_by(SecondFactor.id)
+                )
+            ],
+            "recovery_codes_left": session.scalar(
+                select(func.count())
+                .select_from(RecoveryCode)
+                .where(RecoveryCode.person_id == pid, RecoveryCode.used_at.is_(None))
+            ),
+        },
         "learning_platform_accounts": [
             {
                 "platform": name,
@@ -410,6 +432,8 @@ def erase_person(
     # The LMS's id for them (and where their grades went): a later launch links to nobody.
     session.execute(delete(LtiIdentity).where(LtiIdentity.person_id == person.id))
     session.execute(delete(LtiLinkRequest).where(LtiLinkRequest.person_id == person.id))
+    session.execute(delete(SecondFactor).where(SecondFactor.person_id == person.id))
+    session.execute(delete(RecoveryCode).where(RecoveryCode.person_id == person.id))
     # Derived answers hold the name and email in their JSON; they are rebuilt on the next lookup.
     session.execute(delete(PrecomputedStatus).where(PrecomputedStatus.person_id == person.id))
     for ack in session.scalars(

@@ -437,3 +437,35 @@ def test_an_erased_person_cannot_sign_in_with_their_old_password(app, world):
     assert admin(app, world).post(f"/admin/people/{world['zeb']}/erase").status_code == 302
     response = Auth(app, app.test_client()).sign_in(ZEB_EMAIL, PASSWORD)
     assert response.status_code == 400
+
+
+def test_second_factor_methods_are_in_the_download_without_secrets_and_go_with_erasure(app, world):
+    """A person sees which second factors they have set up (never the secret or a code's hash);
+    erasing a leaver removes their methods and recovery codes."""
+    import pyotp
+
+    from mfa.models import RecoveryCode, SecondFactor
+    from mfa.rules import enrol_totp, new_recovery_codes, new_totp_secret
+
+    client = Auth(app, app.test_client()).as_person(world["zeb"])
+    with app.app_context():
+        s = db.session
+        zeb = s.get(Person, world["zeb"])
+        secret = new_totp_secret()
+        enrol_totp(s, zeb, secret, pyotp.TOTP(secret).now())
+        codes = new_recovery_codes(s, zeb)
+        s.commit()
+    body = client.get("/account/data.json").get_data(as_text=True)
+    data = json.loads(body)
+    assert data["second_factor"]["recovery_codes_left"] == len(codes) == 10
+    assert [m["method"] for m in data["second_factor"]["methods"]] == ["Authenticator app"]
+    assert secret not in body and not any(code in body for code in codes)
+
+    leave(app, world["zeb"], days_ago=DEFAULT_RETENTION_DAYS + 1)
+    assert admin(app, world).post(f"/admin/people/{world['zeb']}/erase").status_code == 302
+    with app.app_context():
+        for model in (SecondFactor, RecoveryCode):
+            left = db.session.scalar(
+                select(func.count()).select_from(model).where(model.person_id == world["zeb"])
+            )
+            assert left == 0, model.__tablename__
