@@ -136,9 +136,14 @@ def record_roles_changed(
         session, "person.roles_changed", actor_id=by_id, subject_type="person",
         subject_id=person.id, detail={"from": " ".join(before), "to": " ".join(person.roles)},
     )  # fmt: skip
-    from lti.links import roles_changed  # lti builds on people: imported when used
+    from lti.links import closed_roles, roles_changed  # lti builds on people: imported when used
 
     roles_changed(session, person, by_id)  # a role that sees everyone's records suspends LMS links
+    if (set(person.roles) - set(before)) & closed_roles():
+        # A session opened before the promotion was opened for the person they were: from the
+        # LMS, or with a password alone. It ends, so the new role starts with a sign-in that the
+        # role demands (directly, with the second factor where that applies).
+        person.auth_version += 1
 
 
 def deactivate(person: Person, by_id: int | None = None) -> None:

@@ -337,3 +337,41 @@ def test_demo_people_are_seeded_once_with_details_beside_the_database(app, runne
     if database_url.startswith("sqlite"):
         notes = Path(database_url.removeprefix("sqlite:///")).with_name("demo-people.txt")
         assert "admin@demo.ladysmith.example" in notes.read_text()
+
+
+@pytest.mark.parametrize("role", ["admin", "slt", "governor"])
+def test_a_promotion_ends_the_sessions_opened_before_it(app, admin, make_person, role):
+    """A session opened as staff (a password alone, or from the LMS) never becomes an
+    administrator's, SLT's or governor's: the promoted person signs in again as the role demands."""
+    from tests.conftest import Auth
+
+    pid = make_person("staff", name="Pat Promoted", email="pat@ladysmith.example")
+    pat = Auth(app, app.test_client()).as_person(pid)
+    assert pat.get("/").status_code == 200
+    response = admin.post(
+        f"/admin/people/{pid}",
+        {"name": "Pat Promoted", "email": "pat@ladysmith.example", "roles": ["staff", role]},
+    )
+    assert response.status_code == 302
+    for page in ("/admin/people", "/reports/", "/"):
+        answer = pat.get(page)
+        assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"], page
+    # The administrator who made the change keeps their own session.
+    assert admin.client.get("/admin/people").status_code == 200
+
+
+def test_a_demotion_or_a_learner_role_leaves_sessions_alone(app, admin, make_person):
+    from tests.conftest import Auth
+
+    pid = make_person("staff", name="Val Volunteer", email="val@ladysmith.example")
+    val = Auth(app, app.test_client()).as_person(pid)
+    response = admin.post(
+        f"/admin/people/{pid}",
+        {
+            "name": "Val Volunteer",
+            "email": "val@ladysmith.example",
+            "roles": ["staff", "volunteer"],
+        },
+    )
+    assert response.status_code == 302
+    assert val.get("/").status_code == 200
