@@ -24,6 +24,7 @@ from lti.launch import LaunchInfo, LaunchRefused, insert_new, service_url_ok, sh
 from lti.links import (
     PRIVILEGED,
     LinkRequested,
+    closed_roles,
     is_privileged,
     record_new_person_link,
     request_link,
@@ -210,6 +211,15 @@ def _create(
             "Your role in the learning platform has no training here",
             f"Your role there ({', '.join(info.roles) or 'none given'}) is not one that "
             "Countersign trains. Ask a Countersign administrator to add you, or to map that role.",
+        )
+    if closed_roles() & set(roles):
+        # An account that sees everyone's records or must use a second factor is never opened
+        # from a platform, so one is never made from one either: its owner is added directly.
+        raise LaunchRefused(
+            "Sign in to Countersign directly",
+            "Your role in the learning platform would make you a governor, SLT member or "
+            "administrator here, and those accounts are never opened from a learning platform. "
+            "Ask a Countersign administrator to add you; you then sign in to Countersign directly.",
         )
     schools = (platform.school,) if platform.school else ()
     name = info.name or email.split("@", 1)[0]
