@@ -1,4 +1,4 @@
-"""Gunicorn's access log without the secret part of invitation and reset links.
+"""Gunicorn's access log without the secret part of invitation, reset and LMS-connect links.
 
 The link's token is in the path, so the request line, the path and the Referer of the pages and
 files loaded from the set-password page would otherwise write a working link into the log. Used
@@ -13,7 +13,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-LINK = re.compile(r"(/(?:invite|reset-password)/)[^/?#\s\"]+")
+LINK = re.compile(r"(/(?:invite|reset-password|lti/connect)/)[^/?#\s\"]+")
 
 
 def redact(text: str) -> str:

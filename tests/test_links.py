@@ -268,12 +268,14 @@ def test_link_tokens_never_reach_the_access_log(app, make_person, database_url, 
         assert requests.get(page, timeout=30).status_code == 200
         requests.get(f"{base}/static/countersign.css", headers={"Referer": page}, timeout=30)
         requests.get(f"{base}/invite/{token}?x=1", timeout=30)
+        requests.get(f"{base}/lti/connect/{token}", timeout=30)
         deadline = time.monotonic() + 10
-        while access.read_text().count("\n") < 3 and time.monotonic() < deadline:
+        while access.read_text().count("\n") < 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         logged = access.read_text()
         assert logged.count("/reset-password/[redacted]") == 2  # the request line, the Referer
         assert "/invite/[redacted]" in logged
+        assert "/lti/connect/[redacted]" in logged  # the emailed link that connects an LMS account
         assert token not in logged and token not in errors.read_text()
     finally:
         server.terminate()
