@@ -148,6 +148,8 @@ class SessionInterface(SecureCookieSessionInterface):
 # a random identifier, new at every sign-in; when the person signed in and when they were last
 # seen, in seconds since the epoch.
 SESSION_ID, SESSION_STARTED, SESSION_SEEN = "_sid", "_started", "_seen"
+# Set on a session opened by a learning platform's launch: it is not a full sign-in.
+SESSION_FROM_LMS = "_lti_launched"
 TIMED_OUT = "Your session timed out, sign in again."
 
 

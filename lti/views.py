@@ -27,7 +27,7 @@ from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.forms import Form
 from core.mail import send_mail_later, smtp_configured
-from core.web import EMBEDDED_IN, external_url, federation
+from core.web import EMBEDDED_IN, SESSION_FROM_LMS, external_url, federation
 from lti import grades, keys
 from lti.accounts import (
     Arrival,
@@ -66,7 +66,7 @@ from people.views import roles_required
 
 lti_bp = Blueprint("lti", __name__, template_folder="templates")
 # Marks a session opened by a launch: it may not confirm links, which needs a direct sign-in.
-LAUNCHED = "_lti_launched"
+LAUNCHED = SESSION_FROM_LMS
 
 
 def _refused(exc: LaunchRefused, origins: list[str] | None = None) -> Any:

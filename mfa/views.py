@@ -25,7 +25,7 @@ from flask_login import current_user, login_required, login_user
 from audit.log import record
 from core.db import db
 from core.mail import send_mail_later, smtp_configured
-from core.web import SESSION_STARTED, client_ip, external_url, federation
+from core.web import SESSION_FROM_LMS, SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
 from mfa.forms import CodeForm, PasskeyForm, RecoveryForm
 from mfa.models import PASSKEY, TOTP, SecondFactor
@@ -342,7 +342,9 @@ def recent_sign_in_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @login_required
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         started = session.get(SESSION_STARTED)
-        if isinstance(started, int | float) and 0 <= time.time() - started <= RECENT_SECONDS:
+        recent = isinstance(started, int | float) and 0 <= time.time() - started <= RECENT_SECONDS
+        # A session opened from the LMS was opened on the platform's word, not a sign-in here.
+        if recent and not session.get(SESSION_FROM_LMS):
             return view(*args, **kwargs)
         session.clear()  # this browser only: signed out, to sign in afresh
         flash("To change how you sign in, first sign in again.", "info")

@@ -1220,3 +1220,15 @@ def test_an_administrator_removes_a_link_and_it_is_audited(
     # The LMS user's next launch is treated afresh: the account now exists, so it waits.
     response, _, _ = platform.launch(client, sub="moodle-user-17")
     assert_confirmation_needed(response)
+
+
+def test_a_session_opened_from_the_lms_cannot_change_the_second_factor(
+    app, client, platform, registered
+):
+    """Setting up or removing a second factor needs a sign-in to Countersign itself; a session the
+    platform opened is sent to sign in first (re-review R7)."""
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+    for url in ("/account/second-factor/authenticator", "/account/second-factor/passkey"):
+        answer = client.get(url)
+        assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"], url
