@@ -9,7 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from core.config import ROOT
-from core.db import db
+from core.db import db, grant_app_role, migration_engine
 
 
 def alembic_config() -> Config:
@@ -19,11 +19,18 @@ def alembic_config() -> Config:
 
 
 def upgrade(revision: str = "head") -> None:
-    """Bring the app's database up to ``revision`` on the app's own engine."""
+    """Bring the app's database up to ``revision`` as the tables' owner, then give the
+    application role (where there is one) its rights on whatever the migrations made."""
     cfg = alembic_config()
-    with db.engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    engine = migration_engine(current_app)
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+            grant_app_role(connection, str(current_app.config.get("DATABASE_APP_ROLE") or ""))
+    finally:
+        if engine is not db.engine:
+            engine.dispose()
 
 
 @click.group("db", help="Database schema (Alembic migrations).")
