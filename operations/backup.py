@@ -348,7 +348,7 @@ class Restored:
     rows: dict[str, int]
     head: str | None
     keys_written: list[str]
-    keys_kept: list[str]
+    keys_kept: list[str]  # different from the backup's, kept (they sign nothing recorded)
     keys_set_aside: list[str]
     migrated: bool
 
@@ -360,10 +360,13 @@ def _is_empty(connection: Connection) -> bool:
     )
 
 
-def _plan_keys(app: Flask, archive: Archive, force_keys: bool) -> list[tuple[KeyFile, bytes]]:
-    """The key files to write; refuses to replace a different existing key unless forced."""
+def _plan_keys(
+    app: Flask, archive: Archive, force_keys: bool
+) -> tuple[list[tuple[KeyFile, bytes]], list[str]]:
+    """The key files to write, and those kept as they are. A different existing key that records
+    depend on is replaced only when forced: it may be another database's."""
     wanted = {k.name: k for k in key_files(app)}
-    plan = []
+    plan, kept = [], []
     for name in archive.manifest["keys"]:
         if name not in wanted:
             raise BackupError(f"The backup holds a key this version does not know: {name}.")
@@ -371,6 +374,9 @@ def _plan_keys(app: Flask, archive: Archive, force_keys: bool) -> list[tuple[Key
         if key.path.is_file():
             existing = key.path.read_bytes()
             if existing.strip() == data.strip():
+                continue
+            if not force_keys and not key.recorded:
+                kept.append(name)
                 continue
             if not force_keys:
                 raise BackupError(
@@ -380,7 +386,7 @@ def _plan_keys(app: Flask, archive: Archive, force_keys: bool) -> list[tuple[Key
                     "with a .replaced-TIME suffix. Nothing was restored."
                 )
         plan.append((key, data))
-    return plan
+    return plan, kept
 
 
 def _set_sequences(connection: Connection) -> None:
@@ -481,7 +487,7 @@ def restore(
                 "revision: restore it with the version of Countersign that made it "
                 f"({manifest.get('app_version')})."
             )
-        keys = _plan_keys(app, archive, force_keys)
+        keys, kept_different = _plan_keys(app, archive, force_keys)
         audit_key = next((d for k, d in keys if k.name == "audit_key"), None)
         with engine.connect() as connection:
             transaction = connection.begin()
@@ -516,7 +522,7 @@ def restore(
         rows=counts,
         head=manifest["audit_head"],
         keys_written=written,
-        keys_kept=[name for name in manifest["keys"] if name not in written],
+        keys_kept=kept_different,
         keys_set_aside=set_aside,
         migrated=migrated,
     )

@@ -85,6 +85,11 @@ def restore_command(file: Path, force_keys: bool) -> None:
     )
     if result.keys_written:
         click.echo(f"Keys written to the instance folder: {', '.join(result.keys_written)}.")
+    for name in result.keys_kept:
+        click.echo(
+            f"Kept this instance's own {name}: it signs only sessions and emailed links, so links "
+            "sent before the backup no longer work (--force-keys restores the backup's)."
+        )
     for aside in result.keys_set_aside:
         click.echo(f"The key that was there is kept as {aside}.")
     click.echo("Next: `flask db upgrade`, then start the app.")

@@ -21,6 +21,9 @@ class KeyFile:
     label: str  # how messages speak of it
     path: Path
     configured: bool  # set by an environment variable instead of this file
+    # Whether anything recorded depends on it. The secret key signs only sessions, CSRF tokens and
+    # emailed links, which all expire: a restore keeps one the instance already has.
+    recorded: bool = True
 
 
 def key_files(app: Flask) -> list[KeyFile]:
@@ -36,7 +39,7 @@ def key_files(app: Flask) -> list[KeyFile]:
             "secret_key", "the secret key (sessions and emailed links)", instance / "secret_key",
             # The app puts the file's content into SECRET_KEY itself: only a different value is
             # one configured from outside.
-            configured=_configured_secret(app, instance / "secret_key"),
+            configured=_configured_secret(app, instance / "secret_key"), recorded=False,
         ),
         KeyFile(
             "lti_private_key.pem", "the LTI tool's private key",

@@ -1,0 +1,517 @@
+"""Backups and restores: a backup of realistic records comes back whole into an empty database, on
+either backend, with the audit chain intact and everyone's training status as it was; a damaged
+backup restores nothing; the application role on PostgreSQL cannot touch the schema."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import create_engine, func, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from app import create_app
+from core.db import Base, db, normalise_url
+from core.migrate import upgrade
+from people.models import Person, PersonRole
+from tests.conftest import PG_URL, train_people
+from training.publishing import published_policies
+from training.status import statuses_for
+
+TARGETS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+RESTORE_DB = "cs_h6_restore"
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _pg_admin():
+    return create_engine(normalise_url(PG_URL), isolation_level="AUTOCOMMIT")
+
+
+def fresh_pg_database(name: str, owner: str | None = None) -> str:
+    """An empty PostgreSQL database beside the test one; its URL."""
+    engine = _pg_admin()
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' OWNER "{owner}"' if owner else "")))
+    engine.dispose()
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(name: str) -> None:
+    engine = _pg_admin()
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def make_app(url: str, instance: Path, content_dir: Path, **config: Any) -> Flask:
+    instance.mkdir(parents=True, exist_ok=True)
+    application = create_app(
+        {
+            "TESTING": True,
+            "DATABASE_URL": url,
+            "CONTENT_DIR": str(content_dir),
+            "SECRET_KEY": "test-secret-key-not-for-production",
+            "SERVER_NAME": "countersign.test",
+            "BASE_URL": "http://countersign.test",
+            **config,
+        }
+    )
+    application.instance_path = str(instance)
+    return application
+
+
+@pytest.fixture
+def target(request: pytest.FixtureRequest, tmp_path: Path, content_dir: Path):
+    """A factory for the app of an empty database to restore into (no schema, no keys)."""
+    made: list[tuple[Flask, str | None]] = []
+
+    def factory(kind: str = "sqlite", **config: Any) -> Flask:
+        if kind == "sqlite":
+            url, pg_name = f"sqlite:///{tmp_path / f'restored-{len(made)}.db'}", None
+        else:
+            pg_name = RESTORE_DB
+            url = fresh_pg_database(pg_name)
+        application = make_app(url, tmp_path / f"restored-instance-{len(made)}", content_dir,
+                               **config)  # fmt: skip
+        made.append((application, pg_name))
+        return application
+
+    yield factory
+    for application, pg_name in made:
+        with application.app_context():
+            db.engine.dispose()
+        if pg_name:
+            drop_pg_database(pg_name)
+
+
+@pytest.fixture
+def records(app: Flask, runner, published) -> None:
+    """A realistic federation: the demo's people, readings, quizzes, signatures and accounts,
+    certificates with their PDFs, an API token, and the LTI key made."""
+    result = runner.invoke(args=["demo", "--people", "30"])
+    assert result.exit_code == 0, result.output
+    for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
+                                             "--scope", "training:read"]):  # fmt: skip
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, result.output
+    from lti.keys import private_key_pem
+
+    with app.app_context():
+        private_key_pem()
+
+
+def make_backup(app: Flask, path: Path) -> Any:
+    result = app.test_cli_runner().invoke(args=["backup", "--output", str(path)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def restore(application: Flask, path: Path, *args: str) -> Any:
+    return application.test_cli_runner().invoke(args=["restore", str(path), *args])
+
+
+def statuses(application: Flask) -> dict[tuple[str, int], Any]:
+    with application.app_context():
+        session = db.session
+        people = list(session.scalars(select(Person).order_by(Person.id)))
+        answers = {}
+        for policy, _version in published_policies(session):
+            for pid, status in statuses_for(session, people, policy, NOW).items():
+                answers[(policy.slug, pid)] = status
+        assert answers
+        return answers
+
+
+def row_counts(application: Flask) -> dict[str, int]:
+    with application.app_context():
+        return {
+            t.name: db.session.scalar(select(func.count()).select_from(t))
+            for t in Base.metadata.sorted_tables
+            if t.name != "alembic_version"
+        }
+
+
+def tables_with_rows(application: Flask) -> list[str]:
+    with application.app_context():
+        if not inspect(db.engine).has_table("person"):
+            return []
+    return [name for name, n in row_counts(application).items() if n]
+
+
+def rewrite_backup(source: Path, output: Path, table: str, change) -> None:
+    """A copy of a backup with one table's lines changed and its manifest entry made to match,
+    so that only the database can notice what is wrong."""
+    with tarfile.open(source, "r:gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    manifest = json.loads(members["manifest.json"])
+    lines = change(members[f"tables/{table}.jsonl"].splitlines(keepends=True))
+    data = b"".join(lines)
+    members[f"tables/{table}.jsonl"] = data
+    manifest["tables"][table].update(rows=len(lines), sha256=hashlib.sha256(data).hexdigest())
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(output, "w:gz") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def audit_verify(application: Flask) -> Any:
+    return application.test_cli_runner().invoke(args=["audit", "verify"])
+
+
+def add_person(application: Flask) -> int:
+    with application.app_context():
+        person = Person(name="Nadia Restored", email="nadia.restored@ladysmith.example")
+        person.role_rows = [PersonRole(role="staff")]
+        db.session.add(person)
+        db.session.commit()
+        return person.id
+
+
+# --- backup and restore ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_backup_restores_into_an_empty_database_with_chain_and_statuses_intact(
+    app, records, target, tmp_path, kind
+):
+    before_statuses, before_counts = statuses(app), row_counts(app)
+    source_instance = Path(app.instance_path)
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+
+    restored = target(kind)
+    result = restore(restored, path)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "the audit log verifies" in result.output
+
+    verified = audit_verify(restored)
+    assert verified.exit_code == 0 and "is intact" in verified.output, verified.output
+    assert row_counts(restored) == before_counts
+    assert statuses(restored) == before_statuses
+    instance = Path(restored.instance_path)
+    for name in ("audit_key", "lti_private_key.pem"):
+        assert (instance / name).read_bytes() == (source_instance / name).read_bytes()
+        assert stat.S_IMODE((instance / name).stat().st_mode) == 0o600
+
+    # Work goes on after a restore: new rows get new ids (sequences were reset on PostgreSQL) and
+    # a new acknowledgement extends the same chain under the restored key.
+    with restored.app_context():
+        head_before = db.session.execute(text("SELECT max(seq) FROM audit_event")).scalar()
+    newcomer = add_person(restored)
+    assert newcomer == max(pid for _slug, pid in before_statuses) + 1
+    train_people(restored, newcomer)
+    verified = audit_verify(restored)
+    assert verified.exit_code == 0, verified.output
+    with restored.app_context():
+        events = db.session.execute(
+            text("SELECT event FROM audit_event WHERE seq > :seq"), {"seq": head_before}
+        ).scalars()
+        assert "acknowledgement.signed" in list(events)
+    assert any(s.trained for (_slug, pid), s in statuses(restored).items() if pid == newcomer)
+
+
+def test_a_backup_restored_elsewhere_backs_up_to_the_same_rows(app, records, target, tmp_path):
+    """The format is exact: values (times, JSON, PDFs) survive a round trip unchanged, from
+    whichever backend to whichever other."""
+    first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
+    make_backup(app, first)
+    restored = target(TARGETS[-1])
+    assert restore(restored, first).exit_code == 0
+    make_backup(restored, second)
+
+    def tables(path: Path) -> dict[str, str]:
+        with tarfile.open(path, "r:gz") as tar:
+            manifest = json.loads(tar.extractfile("manifest.json").read())
+        return {name: entry["sha256"] for name, entry in manifest["tables"].items()}
+
+    assert tables(first) == tables(second)
+
+
+def test_backup_is_private_and_says_it_holds_secrets(app, records, tmp_path):
+    path = tmp_path / "backups" / "b.tar.gz"
+    result = make_backup(app, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "CONTAINS SECRETS" in result.output and "audit log's key" in result.output
+    with tarfile.open(path, "r:gz") as tar:
+        names = tar.getnames()
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    assert names[0] == "manifest.json"
+    assert {"keys/audit_key", "keys/lti_private_key.pem"} <= set(names)
+    assert manifest["alembic_revision"] and manifest["app_version"]
+    assert manifest["audit_head"].startswith(f"{manifest['tables']['audit_event']['rows']}:")
+    assert manifest["tables"]["acknowledgement"]["rows"] > 0
+    # Nothing is ever overwritten.
+    again = app.test_cli_runner().invoke(args=["backup", "--output", str(path)])
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_backup_refuses_a_table_it_does_not_know(app, tmp_path):
+    with app.app_context():
+        db.session.execute(text("CREATE TABLE stray_notes (id INTEGER PRIMARY KEY)"))
+        db.session.commit()
+    result = app.test_cli_runner().invoke(args=["backup", "--output", str(tmp_path / "b.tgz")])
+    assert result.exit_code == 1 and "stray_notes" in result.output
+    assert not (tmp_path / "b.tgz").exists()
+    with app.app_context():
+        db.session.execute(text("DROP TABLE stray_notes"))
+        db.session.commit()
+
+
+# --- refusals: nothing half-written ------------------------------------------------------------
+
+
+def test_truncated_backup_restores_nothing(app, records, target, tmp_path):
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    restored = target()
+    result = restore(restored, cut)
+    assert result.exit_code == 1
+    assert "damaged or incomplete" in result.output and "nothing was restored" in result.output
+    assert tables_with_rows(restored) == []
+    assert not (Path(restored.instance_path) / "audit_key").exists()
+
+
+def test_backup_with_a_changed_row_restores_nothing(app, records, target, tmp_path):
+    path, changed = tmp_path / "backup.tar.gz", tmp_path / "changed.tar.gz"
+    make_backup(app, path)
+    with tarfile.open(path, "r:gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    members["tables/acknowledgement.jsonl"] = members["tables/acknowledgement.jsonl"].replace(
+        b'"typed_name":"', b'"typed_name":"X', 1
+    )
+    with tarfile.open(changed, "w:gz") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    restored = target()
+    result = restore(restored, changed)
+    assert result.exit_code == 1 and "does not match its checksum" in result.output
+    assert tables_with_rows(restored) == []
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_rows_the_database_refuses_roll_back_the_whole_restore(
+    app, records, target, tmp_path, kind
+):
+    """A failure deep into the restore (a duplicate acknowledgement, after most tables went in)
+    leaves the database empty and no key written."""
+    path, broken = tmp_path / "backup.tar.gz", tmp_path / "broken.tar.gz"
+    make_backup(app, path)
+    rewrite_backup(path, broken, "acknowledgement", lambda lines: [*lines, lines[-1]])
+    restored = target(kind)
+    result = restore(restored, broken)
+    assert result.exit_code == 1, result.output
+    assert "refused the backup's rows" in result.output and "Nothing was restored" in result.output
+    assert tables_with_rows(restored) == []
+    assert not (Path(restored.instance_path) / "audit_key").exists()
+    # The schema built for it stays, so the same database takes the good backup afterwards.
+    assert restore(restored, path).exit_code == 0
+
+
+def test_restore_refuses_a_database_that_is_not_empty(app, records, target, tmp_path):
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    restored = target()
+    assert restore(restored, path).exit_code == 0
+    counts = row_counts(restored)
+    again = restore(restored, path)
+    assert again.exit_code == 1 and "not empty" in again.output
+    assert row_counts(restored) == counts
+
+
+def test_restore_refuses_another_schema_revision(app, records, target, tmp_path):
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    restored = target()
+    with restored.app_context():
+        upgrade("0015")
+    result = restore(restored, path)
+    assert result.exit_code == 1
+    assert "revision 0016" in result.output and "this database is at 0015" in result.output
+    assert tables_with_rows(restored) == []
+
+
+def test_restore_keeps_a_different_audit_key_unless_forced(app, records, target, tmp_path):
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    restored = target()
+    own_key = Path(restored.instance_path) / "audit_key"
+    own_key.write_text("a-key-this-instance-already-had")
+    result = restore(restored, path)
+    assert result.exit_code == 1 and "--force-keys" in result.output
+    assert tables_with_rows(restored) == []
+    assert own_key.read_text() == "a-key-this-instance-already-had"
+
+    forced = restore(restored, path, "--force-keys")
+    assert forced.exit_code == 0, forced.output
+    assert own_key.read_bytes() == (Path(app.instance_path) / "audit_key").read_bytes()
+    (aside,) = own_key.parent.glob("audit_key.replaced-*")
+    assert aside.read_text() == "a-key-this-instance-already-had"
+    assert audit_verify(restored).exit_code == 0
+
+
+def test_restore_under_another_configured_audit_key_restores_nothing(
+    app, records, target, tmp_path
+):
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    restored = target(AUDIT_KEY="some-other-key")
+    result = restore(restored, path)
+    assert result.exit_code == 1 and "does not verify" in result.output
+    assert tables_with_rows(restored) == []
+
+
+def test_restore_of_a_missing_or_foreign_file_says_so(target, tmp_path):
+    restored = target()
+    missing = restore(restored, tmp_path / "nope.tar.gz")
+    assert missing.exit_code == 1 and "no backup at" in missing.output
+    foreign = tmp_path / "foreign.tar.gz"
+    with tarfile.open(foreign, "w:gz") as tar:
+        body = b'{"hello": 1}'
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    result = restore(restored, foreign)
+    assert result.exit_code == 1 and "not a Countersign backup" in result.output
+
+
+# --- the application role on PostgreSQL --------------------------------------------------------
+
+OWNER, APP_ROLE, ROLE_DB = "cs_h6_owner", "cs_h6_app", "cs_h6_roles"
+
+
+@pytest.fixture
+def role_database():
+    if not PG_URL:
+        pytest.skip("roles and grants are PostgreSQL's")
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{ROLE_DB}" WITH (FORCE)'))
+        for role in (APP_ROLE, OWNER):
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        conn.execute(text(f'CREATE ROLE "{OWNER}" LOGIN'))
+        conn.execute(text(f'CREATE ROLE "{APP_ROLE}" LOGIN'))
+    fresh_pg_database(ROLE_DB, owner=OWNER)
+    # As deploy/postgresql-setup.sql does: only the owner creates objects in the schema.
+    setup = create_engine(
+        normalise_url(make_url(PG_URL).set(database=ROLE_DB).render_as_string(False)),
+        isolation_level="AUTOCOMMIT",
+    )
+    with setup.connect() as conn:
+        conn.execute(text(f'ALTER SCHEMA public OWNER TO "{OWNER}"'))
+        conn.execute(text("REVOKE ALL ON SCHEMA public FROM PUBLIC"))
+    setup.dispose()
+    base = make_url(PG_URL).set(database=ROLE_DB)
+    yield (
+        base.set(username=OWNER).render_as_string(False),
+        base.set(username=APP_ROLE).render_as_string(False),
+    )
+    drop_pg_database(ROLE_DB)
+    with admin.connect() as conn:
+        for role in (APP_ROLE, OWNER):
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+    admin.dispose()
+
+
+def test_app_role_does_the_apps_work_but_cannot_alter_or_disable_triggers(
+    role_database, tmp_path, content_dir
+):
+    owner_url, app_url = role_database
+    application = make_app(
+        app_url, tmp_path / "instance", content_dir,
+        MIGRATION_DATABASE_URL=owner_url, DATABASE_APP_ROLE=APP_ROLE,
+    )  # fmt: skip
+    try:
+        with application.app_context():
+            upgrade()
+        assert application.test_cli_runner().invoke(args=["content", "publish"]).exit_code == 0
+        # The app's normal work, as the application role: people, reading, quizzes, signing,
+        # the audit chain, a backup.
+        pid = add_person(application)
+        train_people(application, pid)
+        assert audit_verify(application).exit_code == 0
+        assert any(s.trained for (_slug, who), s in statuses(application).items() if who == pid)
+        make_backup(application, tmp_path / "b.tar.gz")
+
+        with application.app_context(), db.engine.connect() as conn:
+            assert conn.execute(text("SELECT current_user")).scalar() == APP_ROLE
+            for statement in (
+                "ALTER TABLE audit_event DISABLE TRIGGER ALL",
+                "DROP TRIGGER audit_event_no_change ON audit_event",
+                "ALTER TABLE acknowledgement ADD COLUMN note text",
+                "DROP TABLE acknowledgement CASCADE",
+                "UPDATE audit_event SET event = 'sign_out'",
+                "DELETE FROM audit_event",
+                "TRUNCATE audit_event",
+                "UPDATE alembic_version SET version_num = '0001'",
+                "CREATE TABLE mine (id integer)",
+                "SET session_replication_role = replica",
+            ):
+                with pytest.raises(DBAPIError, match="must be owner|permission denied"):
+                    with conn.begin_nested():
+                        conn.execute(text(statement))
+            conn.rollback()
+    finally:
+        with application.app_context():
+            db.engine.dispose()
+
+
+def test_app_role_configured_but_app_logged_in_as_owner_is_refused(
+    role_database, tmp_path, content_dir
+):
+    owner_url, _app_url = role_database
+    application = make_app(owner_url, tmp_path / "instance", content_dir,
+                           DATABASE_APP_ROLE=APP_ROLE)  # fmt: skip
+    try:
+        with application.app_context(), pytest.raises(RuntimeError, match="logged in to Postgre"):
+            db.session.execute(text("SELECT 1"))
+    finally:
+        with application.app_context():
+            db.engine.dispose()
+
+
+def test_migrating_refuses_an_app_role_that_is_missing_or_the_owner(
+    role_database, tmp_path, content_dir
+):
+    owner_url, _app_url = role_database
+    for role, message in (("cs_h6_nobody", "does not exist"), (OWNER, "separate role")):
+        application = make_app(
+            owner_url, tmp_path / "instance", content_dir,
+            MIGRATION_DATABASE_URL=owner_url, DATABASE_APP_ROLE=role,
+        )  # fmt: skip
+        with application.app_context(), pytest.raises(RuntimeError, match=message):
+            upgrade()
+        with application.app_context():
+            db.engine.dispose()
+        owner = create_engine(normalise_url(owner_url))
+        assert not inspect(owner).has_table("alembic_version")  # nothing was left half-done
+        owner.dispose()
+
+
+def test_backup_file_is_never_world_readable_even_with_a_loose_umask(app, tmp_path):
+    old = os.umask(0)
+    try:
+        path = tmp_path / "b.tar.gz"
+        make_backup(app, path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
