@@ -243,7 +243,60 @@ def test_a_backup_restored_elsewhere_backs_up_to_the_same_rows(app, records, tar
     assert tables(first) == tables(second)
 
 
-def test_backup_is_private_and_says_it_holds_secrets(app, records, tmp_path):
+@pytest.fixture
+def few_records(app: Flask, published, make_person) -> list[int]:
+    """A handful of people, two of them trained: enough for the refusals, quicker than the demo."""
+    from lti.keys import private_key_pem
+
+    people = [make_person("staff"), make_person("volunteer"), make_person("staff")]
+    train_people(app, *people[:2])
+    with app.app_context():
+        private_key_pem()
+    return people
+
+
+def test_a_signature_made_during_a_backup_is_wholly_in_it_or_wholly_out(
+    app, few_records, target, tmp_path, monkeypatch
+):
+    """The backup reads every table in one snapshot: a person who signs while it runs (after the
+    audit log was read, before the acknowledgements were) is in neither, so the restored log still
+    accounts for every acknowledgement."""
+    from operations import backup as backup_module
+
+    late_signer = few_records[2]
+    dump = backup_module._dump
+
+    def dump_then_someone_signs(connection, table, out):
+        result = dump(connection, table, out)
+        if table.name == "audit_event":
+            train_people(app, late_signer)
+        return result
+
+    monkeypatch.setattr(backup_module, "_dump", dump_then_someone_signs)
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    with app.app_context():  # the signature was made, on the live database
+        assert db.session.scalar(
+            text("SELECT count(*) FROM acknowledgement WHERE person_id = :p"), {"p": late_signer}
+        )
+
+    with tarfile.open(path, "r:gz") as tar:
+
+        def rows(name: str) -> list[dict]:
+            return [json.loads(line) for line in tar.extractfile(f"tables/{name}.jsonl")]
+
+        acknowledgements = rows("acknowledgement")
+        signed = {
+            r["subject_id"] for r in rows("audit_event") if r["event"] == "acknowledgement.signed"
+        }
+    assert acknowledgements and {str(r["id"]) for r in acknowledgements} == signed
+    assert late_signer not in {r["person_id"] for r in acknowledgements}
+    restored = target()
+    assert restore(restored, path).exit_code == 0
+    assert audit_verify(restored).exit_code == 0
+
+
+def test_backup_is_private_and_says_it_holds_secrets(app, few_records, tmp_path):
     path = tmp_path / "backups" / "b.tar.gz"
     result = make_backup(app, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -276,7 +329,7 @@ def test_backup_refuses_a_table_it_does_not_know(app, tmp_path):
 # --- refusals: nothing half-written ------------------------------------------------------------
 
 
-def test_truncated_backup_restores_nothing(app, records, target, tmp_path):
+def test_truncated_backup_restores_nothing(app, few_records, target, tmp_path):
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
     cut = tmp_path / "cut.tar.gz"
@@ -289,7 +342,7 @@ def test_truncated_backup_restores_nothing(app, records, target, tmp_path):
     assert not (Path(restored.instance_path) / "audit_key").exists()
 
 
-def test_backup_with_a_changed_row_restores_nothing(app, records, target, tmp_path):
+def test_backup_with_a_changed_row_restores_nothing(app, few_records, target, tmp_path):
     path, changed = tmp_path / "backup.tar.gz", tmp_path / "changed.tar.gz"
     make_backup(app, path)
     with tarfile.open(path, "r:gz") as tar:
@@ -327,7 +380,7 @@ def test_rows_the_database_refuses_roll_back_the_whole_restore(
     assert restore(restored, path).exit_code == 0
 
 
-def test_restore_refuses_a_database_that_is_not_empty(app, records, target, tmp_path):
+def test_restore_refuses_a_database_that_is_not_empty(app, few_records, target, tmp_path):
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
     restored = target()
@@ -338,7 +391,7 @@ def test_restore_refuses_a_database_that_is_not_empty(app, records, target, tmp_
     assert row_counts(restored) == counts
 
 
-def test_restore_refuses_another_schema_revision(app, records, target, tmp_path):
+def test_restore_refuses_another_schema_revision(app, few_records, target, tmp_path):
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
     restored = target()
@@ -350,7 +403,7 @@ def test_restore_refuses_another_schema_revision(app, records, target, tmp_path)
     assert tables_with_rows(restored) == []
 
 
-def test_restore_keeps_a_different_audit_key_unless_forced(app, records, target, tmp_path):
+def test_restore_keeps_a_different_audit_key_unless_forced(app, few_records, target, tmp_path):
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
     restored = target()
@@ -370,7 +423,7 @@ def test_restore_keeps_a_different_audit_key_unless_forced(app, records, target,
 
 
 def test_restore_under_another_configured_audit_key_restores_nothing(
-    app, records, target, tmp_path
+    app, few_records, target, tmp_path
 ):
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
