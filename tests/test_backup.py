@@ -568,3 +568,102 @@ def test_backup_file_is_never_world_readable_even_with_a_loose_umask(app, tmp_pa
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --- deploy/: the example files stay correct --------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def _settings(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.lstrip("# ").strip()
+        if line.startswith("COUNTERSIGN_") and "=" in line:
+            names.add(line.split("=", 1)[0].removeprefix("COUNTERSIGN_"))
+    return names
+
+
+def test_environment_examples_name_real_settings_and_the_ones_production_needs(tmp_path):
+    from core.config import defaults
+
+    known = set(defaults(str(tmp_path))) | {
+        "SECRET_KEY", "AUDIT_KEY", "SECURE_COOKIES", "RETENTION_DAYS", "MFA_ROLES",
+    }  # fmt: skip
+    app_env = _settings(DEPLOY / "countersign.env.example")
+    migrate_env = _settings(DEPLOY / "migrate.env.example")
+    assert app_env - known == set(), "a setting the app does not read"
+    assert migrate_env == {"MIGRATION_DATABASE_URL"}
+    assert "MIGRATION_DATABASE_URL" not in app_env  # the owner's login never reaches the app
+    assert {
+        "BASE_URL", "SECURE_COOKIES", "PROXY_COUNT", "DATABASE_URL", "DATABASE_APP_ROLE",
+        "AUDIT_KEY", "SECRET_KEY", "LTI_PRIVATE_KEY_FILE", "SMTP_HOST", "SMTP_PASSWORD",
+        "MFA_ROLES", "RETENTION_DAYS", "TIMEZONE",
+    } <= app_env  # fmt: skip
+
+
+def test_systemd_units_verify(tmp_path):
+    import shutil
+    import subprocess
+
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("systemd-analyze is not installed")
+    code, etc = tmp_path / "srv", tmp_path / "etc"
+    (code / "instance").mkdir(parents=True)
+    etc.mkdir()
+    (code / ".venv").symlink_to(Path(__file__).resolve().parent.parent / ".venv")
+    for name in ("countersign.env", "migrate.env"):
+        (etc / name).write_text("")
+    units = tmp_path / "units"
+    units.mkdir()
+    for unit in (DEPLOY / "systemd").iterdir():
+        text_ = unit.read_text()
+        for old, new in (("/srv/countersign", str(code)), ("/etc/countersign", str(etc)),
+                         ("/var/backups/countersign", str(tmp_path)),
+                         ("=countersign\n", "=daemon\n")):  # fmt: skip
+            text_ = text_.replace(old, new)
+        (units / unit.name).write_text(text_)
+    result = subprocess.run(  # noqa: S603 - fixed arguments
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in units.iterdir())],
+        capture_output=True, text=True, timeout=60, cwd=units,
+    )  # fmt: skip
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+def test_proxy_configurations_are_valid(tmp_path):
+    import shutil
+    import subprocess
+
+    checked = 0
+    if shutil.which("nginx") and shutil.which("openssl"):
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(  # noqa: S603 - fixed arguments
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=countersign.school.example", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        site = (DEPLOY / "nginx" / "countersign.conf").read_text()
+        live = "/etc/letsencrypt/live/countersign.school.example/"
+        site = site.replace(live + "fullchain.pem", str(cert)).replace(
+            live + "privkey.pem", str(key)
+        )
+        (tmp_path / "site.conf").write_text(site)
+        (tmp_path / "nginx.conf").write_text(
+            f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
+            f"events {{}}\nhttp {{ access_log off; include {tmp_path}/site.conf; }}\n"
+        )
+        result = subprocess.run(  # noqa: S603 - fixed arguments
+            ["nginx", "-t", "-c", str(tmp_path / "nginx.conf")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        checked += 1
+    if shutil.which("caddy"):
+        result = subprocess.run(  # noqa: S603 - fixed arguments
+            ["caddy", "validate", "--config", str(DEPLOY / "Caddyfile"), "--adapter", "caddyfile"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        checked += 1
+    if not checked:
+        pytest.skip("neither nginx nor caddy is installed")
