@@ -36,6 +36,14 @@ def backup_command(output: Path | None) -> None:
         f"{len(summary.rows)} tables, schema revision {summary.revision}, audit head "
         f"{summary.head or 'none (empty log)'}."
     )
+    if summary.audit_problems:
+        click.echo(
+            f"WARNING: `flask audit verify` reports {len(summary.audit_problems)} problem(s) in the "
+            "audit log now; the backup keeps the records as they are, so an investigation can use it.",
+            err=True,
+        )
+    elif summary.audit_problems is None:
+        click.echo("WARNING: the audit log could not be checked: its key is missing.", err=True)
     if summary.keys:
         click.echo(
             f"It CONTAINS SECRETS: {', '.join(summary.keys)}. Anyone holding it can sign in as "
@@ -79,9 +87,15 @@ def restore_command(file: Path, force_keys: bool) -> None:
             engine.dispose()
     if result.migrated:
         click.echo(f"Built the schema at revision {result.revision}.")
+    checked = (
+        "the audit log verifies"
+        if not result.audit_problems
+        else f"the audit log reports the same {len(result.audit_problems)} problem(s) as when the "
+        "backup was made (`flask audit verify` lists them)"
+    )
     click.echo(
-        f"Restored {sum(result.rows.values()):,} rows in {len(result.rows)} tables; the audit log "
-        f"verifies, head {result.head or 'none (empty log)'}."
+        f"Restored {sum(result.rows.values()):,} rows in {len(result.rows)} tables; {checked}, "
+        f"head {result.head or 'none (empty log)'}."
     )
     if result.keys_written:
         click.echo(f"Keys written to the instance folder: {', '.join(result.keys_written)}.")

@@ -114,6 +114,42 @@ def records(app: Flask, runner, published) -> None:
         private_key_pem()
 
 
+@pytest.fixture
+def federation(app: Flask, runner, published, make_person) -> None:
+    """A few dozen people recorded as the app records them (each reading, quiz and signature
+    through the rule functions): most trained, some part-way, some not started; certificates, an
+    API token and the LTI key made."""
+    from sqlalchemy import select as select_
+
+    from tests.conftest import complete_modules
+    from training.models import Policy
+
+    roles = ("staff", "volunteer", "parent", "governor", "staff", "slt")
+    people = [make_person(roles[n % len(roles)], schools=("infant",)) for n in range(30)]
+    train_people(app, *people[:20])
+    with app.app_context():
+        policy = db.session.scalar(select_(Policy))
+        for pid in people[20:25]:
+            person = db.session.get(Person, pid)
+            first = training_modules(policy, person)[:2]
+            complete_modules(db.session, person, policy, only=set(first))
+        db.session.commit()
+    for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
+                                             "--scope", "training:read"]):  # fmt: skip
+        result = runner.invoke(args=args)
+        assert result.exit_code == 0, result.output
+    from lti.keys import private_key_pem
+
+    with app.app_context():
+        private_key_pem()
+
+
+def training_modules(policy, person) -> list[str]:
+    from training.status import training_status
+
+    return [m.slug for m in training_status(db.session, person, policy).modules]
+
+
 def make_backup(app: Flask, path: Path) -> Any:
     result = app.test_cli_runner().invoke(args=["backup", "--output", str(path)])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -188,9 +224,10 @@ def add_person(application: Flask) -> int:
 
 @pytest.mark.parametrize("kind", TARGETS)
 def test_backup_restores_into_an_empty_database_with_chain_and_statuses_intact(
-    app, records, target, tmp_path, kind
+    app, federation, target, tmp_path, kind
 ):
     before_statuses, before_counts = statuses(app), row_counts(app)
+    assert {s.trained for s in before_statuses.values()} == {True, False}
     source_instance = Path(app.instance_path)
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
@@ -228,12 +265,15 @@ def test_backup_restores_into_an_empty_database_with_chain_and_statuses_intact(
 
 def test_a_backup_restored_elsewhere_backs_up_to_the_same_rows(app, records, target, tmp_path):
     """The format is exact: values (times, JSON, PDFs) survive a round trip unchanged, from
-    whichever backend to whichever other."""
+    whichever backend to whichever other, across every table the demo fills; and `flask audit
+    verify` says the same of the copy as of the original."""
     first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
     make_backup(app, first)
     restored = target(TARGETS[-1])
-    assert restore(restored, first).exit_code == 0
+    result = restore(restored, first)
+    assert result.exit_code == 0, result.output
     make_backup(restored, second)
+    assert audit_verify(restored).output == audit_verify(app).output
 
     def tables(path: Path) -> dict[str, str]:
         with tarfile.open(path, "r:gz") as tar:
@@ -318,12 +358,15 @@ def test_backup_refuses_a_table_it_does_not_know(app, tmp_path):
     with app.app_context():
         db.session.execute(text("CREATE TABLE stray_notes (id INTEGER PRIMARY KEY)"))
         db.session.commit()
-    result = app.test_cli_runner().invoke(args=["backup", "--output", str(tmp_path / "b.tgz")])
-    assert result.exit_code == 1 and "stray_notes" in result.output
-    assert not (tmp_path / "b.tgz").exists()
-    with app.app_context():
-        db.session.execute(text("DROP TABLE stray_notes"))
-        db.session.commit()
+    try:
+        runner = app.test_cli_runner()
+        result = runner.invoke(args=["backup", "--output", str(tmp_path / "b.tgz")])
+        assert result.exit_code == 1 and "stray_notes" in result.output
+        assert not (tmp_path / "b.tgz").exists()
+    finally:
+        with app.app_context():
+            db.session.execute(text("DROP TABLE stray_notes"))
+            db.session.commit()
 
 
 # --- refusals: nothing half-written ------------------------------------------------------------
@@ -378,6 +421,32 @@ def test_rows_the_database_refuses_roll_back_the_whole_restore(
     assert not (Path(restored.instance_path) / "audit_key").exists()
     # The schema built for it stays, so the same database takes the good backup afterwards.
     assert restore(restored, path).exit_code == 0
+
+
+def test_a_tampered_log_is_restored_as_it_was_for_the_investigation(
+    app, few_records, target, tmp_path, database_url
+):
+    """A backup is a faithful copy: a log that `flask audit verify` finds changed restores with
+    the same problems (and says so), rather than being refused when it is needed most."""
+    with app.app_context():
+        if database_url.startswith("sqlite"):
+            db.session.execute(text("DROP TRIGGER audit_event_no_update"))
+        else:
+            db.session.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+        db.session.execute(text("UPDATE audit_event SET actor_id = 999 WHERE seq = 2"))
+        if not database_url.startswith("sqlite"):  # the test database is shared: put it back
+            db.session.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
+        db.session.commit()
+    original = audit_verify(app)
+    assert original.exit_code == 1 and "row 2 changed" in original.output
+    path = tmp_path / "backup.tar.gz"
+    made = make_backup(app, path)
+    assert "reports 1 problem(s)" in made.output
+    restored = target()
+    result = restore(restored, path)
+    assert result.exit_code == 0, result.output
+    assert "the same 1 problem(s)" in result.output
+    assert audit_verify(restored).output == original.output
 
 
 def test_restore_refuses_a_database_that_is_not_empty(app, few_records, target, tmp_path):
