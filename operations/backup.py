@@ -76,6 +76,18 @@ def data_tables() -> list[sa.Table]:
     return [t for t in Base.metadata.sorted_tables if t.name not in NOT_DATA]
 
 
+def schema_head() -> str:
+    """The schema revision this version of the code migrates to."""
+    from alembic.script import ScriptDirectory
+
+    from core.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise BackupError("This version has no migrations.")
+    return head
+
+
 def current_revision(connection: Connection) -> str | None:
     if not sa.inspect(connection).has_table("alembic_version"):
         return None
@@ -469,9 +481,10 @@ def restore(
 ) -> Restored:
     """Bring a backup back into an empty database, and its keys into the instance folder.
 
-    ``migrate(revision)`` is called first when the database has no schema at all, to build the
-    backup's schema. The rows, the sequences and a check of the audit chain under the restored key
-    happen in one transaction; the key files are moved into place only once it has committed.
+    The backup must come from this version's schema revision. ``migrate(revision)`` is called
+    first when the database has no schema at all, to build it. The rows, the sequences and a check
+    of the audit chain under the restored key happen in one transaction; the key files are moved
+    into place only once it has committed.
     """
     archive = Archive(path)
     try:
@@ -479,6 +492,13 @@ def restore(
         manifest = archive.manifest
         revision = manifest["alembic_revision"]
         known = {t.name: [c.name for c in t.columns] for t in data_tables()}
+        ours = schema_head()
+        if revision != ours:
+            raise BackupError(
+                f"The backup was made at schema revision {revision} (Countersign "
+                f"{manifest.get('app_version')}); this version's schema is at {ours}. Restore it "
+                "with the version that made it, then upgrade as usual. Nothing was restored."
+            )
         migrated = False
         with engine.connect() as connection:
             current = current_revision(connection)
@@ -492,7 +512,7 @@ def restore(
             raise BackupError(
                 f"The backup was made at schema revision {revision}; this database is at "
                 f"{current or 'no revision'}. Restore into a new, empty database (restore builds "
-                f"the schema itself), then run `flask db upgrade`."
+                "the schema itself). Nothing was restored."
             )
         backed_up = {name: t["columns"] for name, t in manifest["tables"].items()}
         if backed_up != known:

@@ -59,9 +59,9 @@ def backup_command(output: Path | None) -> None:
 
 @click.command(
     "restore",
-    help="Bring a backup back into an EMPTY database (a database without tables is migrated to "
-    "the backup's schema first) and its keys into the instance folder, all or nothing. Then run "
-    "`flask db upgrade` and `flask audit verify`.",
+    help="Bring a backup made by this version back into an EMPTY database (a database without "
+    "tables is migrated first) and its keys into the instance folder, all or nothing. Then run "
+    "`flask audit verify`.",
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -106,4 +106,4 @@ def restore_command(file: Path, force_keys: bool) -> None:
         )
     for aside in result.keys_set_aside:
         click.echo(f"The key that was there is kept as {aside}.")
-    click.echo("Next: `flask db upgrade`, then start the app.")
+    click.echo("Next: `flask audit verify`, then start the app.")

@@ -464,12 +464,34 @@ def test_restore_refuses_another_schema_revision(app, few_records, target, tmp_p
     path = tmp_path / "backup.tar.gz"
     make_backup(app, path)
     restored = target()
+    from operations.backup import schema_head
+
     with restored.app_context():
         upgrade("0015")
     result = restore(restored, path)
     assert result.exit_code == 1
-    assert "revision 0016" in result.output and "this database is at 0015" in result.output
+    assert f"revision {schema_head()}" in result.output
+    assert "this database is at 0015" in result.output
     assert tables_with_rows(restored) == []
+
+    # A backup made by another version (another schema) is refused before anything is touched.
+    older = tmp_path / "older.tar.gz"
+    with tarfile.open(path, "r:gz") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    manifest = json.loads(members["manifest.json"])
+    manifest.update(alembic_revision="0009", app_version="0.0.9")
+    members["manifest.json"] = json.dumps(manifest).encode()
+    with tarfile.open(older, "w:gz") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    fresh = target()
+    result = restore(fresh, older)
+    assert result.exit_code == 1 and "with the version that made it" in result.output
+    assert "0.0.9" in result.output
+    with fresh.app_context():
+        assert inspect(db.engine).get_table_names() == []
 
 
 def test_restore_keeps_a_different_audit_key_unless_forced(app, few_records, target, tmp_path):
