@@ -427,12 +427,11 @@ def _set_sequences(connection: Connection) -> None:
                 {"table": quote(table.name), "column": column.name},
             ).scalar()
             if sequence:
+                top = sa.func.max(column)
                 connection.execute(
-                    sa.text(
-                        f"SELECT setval(:sequence, COALESCE(MAX({quote(column.name)}), 1), "
-                        f"MAX({quote(column.name)}) IS NOT NULL) FROM {quote(table.name)}"
-                    ),
-                    {"sequence": sequence},
+                    sa.select(
+                        sa.func.setval(sequence, sa.func.coalesce(top, 1), top.is_not(None))
+                    ).select_from(table)
                 )
 
 
