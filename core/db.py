@@ -354,6 +354,17 @@ def reads_only() -> None:
     _sqlite_begin.set("DEFERRED")
 
 
+@contextlib.contextmanager
+def deferred_reads() -> Iterator[None]:
+    """SQLite transactions begun inside begin deferred, whatever the request: a long read (a
+    backup) then holds one snapshot without making any writer wait."""
+    token = _sqlite_begin.set("DEFERRED")
+    try:
+        yield
+    finally:
+        _sqlite_begin.reset(token)
+
+
 def may_write() -> None:
     """Undo :func:`reads_only` for the transactions that follow: they begin IMMEDIATE again."""
     _sqlite_begin.set("IMMEDIATE")

@@ -3,8 +3,8 @@
 A backup is a gzipped tar file:
 
 - ``manifest.json``: format, app version, Alembic revision, when it was made, the audit chain's
-  head, and for every table its columns, row count and the SHA-256 of its data; for every key its
-  SHA-256;
+  head and what ``flask audit verify`` said of it, and for every table its columns, row count and
+  the SHA-256 of its data; for every key its SHA-256;
 - ``tables/NAME.jsonl``: one JSON object per row, in primary-key order;
 - ``keys/NAME``: the instance key files that exist (see :mod:`operations.keys`).
 
@@ -41,7 +41,7 @@ from sqlalchemy.types import TypeDecorator
 
 from audit import log as audit_log
 from core.config import ROOT
-from core.db import Base, _sqlite_begin, utcnow
+from core.db import Base, deferred_reads, utcnow
 from operations.keys import KeyFile, fingerprint, key_files
 
 FORMAT = "countersign-backup"
@@ -148,17 +148,13 @@ def _decode(column: sa.Column, value: Any) -> Any:
 def _snapshot(engine: Engine) -> Iterator[Connection]:
     """One read transaction: REPEATABLE READ on PostgreSQL; on SQLite (WAL) a deferred read
     transaction, which sees one snapshot from its first read to its end and blocks no writer."""
-    token = _sqlite_begin.set("DEFERRED")
-    try:
-        with engine.connect() as connection:
-            if connection.dialect.name == "postgresql":
-                connection = connection.execution_options(
-                    isolation_level="REPEATABLE READ", postgresql_readonly=True
-                )
-            with connection.begin():
-                yield connection
-    finally:
-        _sqlite_begin.reset(token)
+    with deferred_reads(), engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        with connection.begin():
+            yield connection
 
 
 def _check_tables(connection: Connection) -> None:
