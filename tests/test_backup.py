@@ -30,7 +30,9 @@ from training.status import statuses_for
 
 TARGETS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-RESTORE_DB = "cs_h6_restore"
+# Extra databases and roles beside the test database, named after it.
+_TEST_DB = make_url(PG_URL).database if PG_URL else "countersign_test"
+RESTORE_DB = f"{_TEST_DB}_restore"
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -540,7 +542,7 @@ def test_restore_of_a_missing_or_foreign_file_says_so(target, tmp_path):
 
 # --- the application role on PostgreSQL --------------------------------------------------------
 
-OWNER, APP_ROLE, ROLE_DB = "cs_h6_owner", "cs_h6_app", "cs_h6_roles"
+OWNER, APP_ROLE, ROLE_DB = f"{_TEST_DB}_owner", f"{_TEST_DB}_app", f"{_TEST_DB}_roles"
 
 
 @pytest.fixture
@@ -637,7 +639,7 @@ def test_migrating_refuses_an_app_role_that_is_missing_or_the_owner(
     role_database, tmp_path, content_dir
 ):
     owner_url, _app_url = role_database
-    for role, message in (("cs_h6_nobody", "does not exist"), (OWNER, "separate role")):
+    for role, message in ((f"{_TEST_DB}_nobody", "does not exist"), (OWNER, "separate role")):
         application = make_app(
             owner_url, tmp_path / "instance", content_dir,
             MIGRATION_DATABASE_URL=owner_url, DATABASE_APP_ROLE=role,
