@@ -148,7 +148,8 @@ def grant_app_role(connection: Any, role: str) -> None:
     if connection.dialect.name != "postgresql" or not role:
         return
     found = connection.exec_driver_sql(
-        "SELECT rolsuper, rolname = current_user FROM pg_roles WHERE rolname = %(role)s",
+        "SELECT rolsuper, pg_has_role(rolname, current_user, 'MEMBER') FROM pg_roles "
+        "WHERE rolname = %(role)s",
         {"role": role},
     ).first()
     if found is None:
@@ -158,8 +159,9 @@ def grant_app_role(connection: Any, role: str) -> None:
         )
     if found[0] or found[1]:
         raise RuntimeError(
-            f"COUNTERSIGN_DATABASE_APP_ROLE {role!r} is a superuser or the owner migrating the "
-            "database: the application role must be a separate role with no such powers."
+            f"COUNTERSIGN_DATABASE_APP_ROLE {role!r} is a superuser, or is (or is a member of) "
+            "the owner migrating the database: the application role must be a separate role "
+            "with no such powers."
         )
     quote = connection.dialect.identifier_preparer.quote
     schema = quote(connection.exec_driver_sql("SELECT current_schema()").scalar())

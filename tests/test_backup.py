@@ -552,7 +552,7 @@ def role_database():
     admin = _pg_admin()
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{ROLE_DB}" WITH (FORCE)'))
-        for role in (APP_ROLE, OWNER):
+        for role in (f"{_TEST_DB}_heir", APP_ROLE, OWNER):
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
         conn.execute(text(f'CREATE ROLE "{OWNER}" LOGIN'))
         conn.execute(text(f'CREATE ROLE "{APP_ROLE}" LOGIN'))
@@ -573,7 +573,7 @@ def role_database():
     )
     drop_pg_database(ROLE_DB)
     with admin.connect() as conn:
-        for role in (APP_ROLE, OWNER):
+        for role in (f"{_TEST_DB}_heir", APP_ROLE, OWNER):
             conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
     admin.dispose()
 
@@ -639,7 +639,13 @@ def test_migrating_refuses_an_app_role_that_is_missing_or_the_owner(
     role_database, tmp_path, content_dir
 ):
     owner_url, _app_url = role_database
-    for role, message in ((f"{_TEST_DB}_nobody", "does not exist"), (OWNER, "separate role")):
+    admin = _pg_admin()
+    with admin.connect() as conn:  # an application role that inherits the owner's powers
+        conn.execute(text(f'CREATE ROLE "{_TEST_DB}_heir" IN ROLE "{OWNER}"'))
+    admin.dispose()
+    refusals = ((f"{_TEST_DB}_nobody", "does not exist"), (OWNER, "separate role"),
+                (f"{_TEST_DB}_heir", "member of"))  # fmt: skip
+    for role, message in refusals:
         application = make_app(
             owner_url, tmp_path / "instance", content_dir,
             MIGRATION_DATABASE_URL=owner_url, DATABASE_APP_ROLE=role,
