@@ -127,11 +127,11 @@ def federation(app: Flask, runner, published, make_person) -> None:
     from training.models import Policy
 
     roles = ("staff", "volunteer", "parent", "governor", "staff", "slt")
-    people = [make_person(roles[n % len(roles)], schools=("infant",)) for n in range(30)]
-    train_people(app, *people[:20])
+    people = [make_person(roles[n % len(roles)], schools=("infant",)) for n in range(24)]
+    train_people(app, *people[:14])
     with app.app_context():
         policy = db.session.scalar(select_(Policy))
-        for pid in people[20:25]:
+        for pid in people[14:19]:
             person = db.session.get(Person, pid)
             first = training_modules(policy, person)[:2]
             complete_modules(db.session, person, policy, only=set(first))
