@@ -234,6 +234,19 @@ def backup(app: Flask, engine: Engine, output: Path) -> Summary:
                 "fingerprint": fingerprint(key_data[key.name]),
             }
         _write_archive(output, manifest, Path(work), key_data)
+    # Like every other export of personal data, a backup is on the record (after the snapshot, so
+    # it is in the next backup, not this one).
+    with Session(bind=engine) as session, session.begin():
+        audit_log.record(
+            session,
+            "export.backup",
+            detail={
+                "rows": sum(t["rows"] for t in manifest["tables"].values()),
+                "head": int(manifest["audit_head"].partition(":")[0])
+                if manifest["audit_head"]
+                else 0,
+            },
+        )
     return Summary(
         path=output,
         revision=revision,

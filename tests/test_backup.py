@@ -270,12 +270,13 @@ def test_a_backup_restored_elsewhere_backs_up_to_the_same_rows(app, records, tar
     whichever backend to whichever other, across every table the demo fills; and `flask audit
     verify` says the same of the copy as of the original."""
     first, second = tmp_path / "first.tar.gz", tmp_path / "second.tar.gz"
+    verified = audit_verify(app).output
     make_backup(app, first)
     restored = target(TARGETS[-1])
     result = restore(restored, first)
     assert result.exit_code == 0, result.output
+    assert audit_verify(restored).output == verified
     make_backup(restored, second)
-    assert audit_verify(restored).output == audit_verify(app).output
 
     def tables(path: Path) -> dict[str, str]:
         with tarfile.open(path, "r:gz") as tar:
@@ -351,6 +352,13 @@ def test_backup_is_private_and_says_it_holds_secrets(app, few_records, tmp_path)
     assert manifest["alembic_revision"] and manifest["app_version"]
     assert manifest["audit_head"].startswith(f"{manifest['tables']['audit_event']['rows']}:")
     assert manifest["tables"]["acknowledgement"]["rows"] > 0
+    # Every backup is on the record, like any export of personal data.
+    with app.app_context():
+        event, detail = db.session.execute(
+            text("SELECT event, detail FROM audit_event ORDER BY seq DESC LIMIT 1")
+        ).one()
+    total = sum(t["rows"] for t in manifest["tables"].values())
+    assert event == "export.backup" and json.loads(detail)["rows"] == total
     # Nothing is ever overwritten.
     again = app.test_cli_runner().invoke(args=["backup", "--output", str(path)])
     assert again.exit_code == 1 and "already exists" in again.output
