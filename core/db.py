@@ -134,13 +134,11 @@ def migration_engine(app: Flask) -> Engine:
     return make_engine(url) if url else app.extensions["countersign.db"].kw["bind"]
 
 
-# Tables the application role may add rows to but never change or remove rows from.
-APPEND_ONLY_TABLES = ("audit_event",)
-
-
 def grant_app_role(connection: Any, role: str) -> None:
-    """Give the application role exactly what the app needs, after every migration: rows in every
-    table, values from every sequence; no ownership, so no ALTER, DROP or DISABLE TRIGGER.
+    """Give the application role what the app needs, after every migration: rows in every table,
+    values from every sequence; no ownership, so no ALTER, DROP or DISABLE TRIGGER. Migrations
+    that take some of these back (append-only tables) are applied again afterwards
+    (``core.migrate``).
 
     It starts by revoking everything, so the grants are exactly these however they stood before,
     and it runs in the migration's transaction, so nobody ever sees them half-changed.
@@ -173,7 +171,6 @@ def grant_app_role(connection: Any, role: str) -> None:
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}",
         f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
         f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {who}",
-        *(f"REVOKE UPDATE, DELETE ON {quote(t)} FROM {who}" for t in APPEND_ONLY_TABLES),
     ):
         connection.exec_driver_sql(statement)
 
