@@ -37,6 +37,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from lti.cli import lti_cli
     from lti.views import lti_bp
     from mfa import init_app as second_factor_init_app
+    from operations.cli import backup_command, restore_command
     from people.cli import people_cli
     from people.views import admin_bp, auth_bp
     from quizzes.cli import quiz_cli
@@ -76,6 +77,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(audit_cli)
     app.cli.add_command(lti_cli)
     app.cli.add_command(xapi_cli)
+    app.cli.add_command(backup_command)
+    app.cli.add_command(restore_command)
     webhooks.init_app(app)
     answers.init_app(app)
     certificate_issuing.init_app(app)

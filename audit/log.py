@@ -67,6 +67,7 @@ EVENTS: dict[str, str] = {
     "export.people_csv": "People CSV exported",
     "export.evidence_pack": "Evidence pack downloaded",
     "export.certificates_zip": "School certificates downloaded",
+    "export.backup": "Backup made (every record and the keys)",
     "personal_data.exported": "Personal data downloaded",
     "lti.launch": "Signed in from a learning platform",
     "lti.launch_refused": "Signed launch from a learning platform refused",

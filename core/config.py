@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def defaults(instance_path: str) -> dict[str, Any]:
     return {
         "DATABASE_URL": f"sqlite:///{Path(instance_path) / 'countersign.db'}",
+        # PostgreSQL with two roles: migrations (and restores) connect with this URL as the
+        # tables' owner, the app with DATABASE_URL as DATABASE_APP_ROLE, which may read and write
+        # rows but not alter, drop or disable anything. Empty: both use DATABASE_URL.
+        "MIGRATION_DATABASE_URL": "",
+        "DATABASE_APP_ROLE": "",
         "CONTENT_DIR": str(ROOT / "content"),
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

@@ -112,6 +112,69 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql(f"BEGIN {_sqlite_begin.get()}")
 
 
+def _require_login_as(engine: Engine, role: str) -> None:
+    """With an application role configured, the app must log in as it: running as the tables'
+    owner would let it drop or disable the triggers that keep the evidence append-only."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        user = dbapi_connection.info.user
+        if user != role:
+            raise RuntimeError(
+                f"COUNTERSIGN_DATABASE_APP_ROLE is {role!r} but the app logged in to PostgreSQL "
+                f"as {user!r}. Give COUNTERSIGN_DATABASE_URL the application role's login and "
+                "COUNTERSIGN_MIGRATION_DATABASE_URL the owner's."
+            )
+
+
+def migration_engine(app: Flask) -> Engine:
+    """The engine that changes the schema (and restores backups): the owner's, where one is
+    configured apart from the app's. The caller disposes of it when it is not ``db.engine``."""
+    url = app.config.get("MIGRATION_DATABASE_URL")
+    return make_engine(url) if url else app.extensions["countersign.db"].kw["bind"]
+
+
+def grant_app_role(connection: Any, role: str) -> None:
+    """Give the application role what the app needs, after every migration: rows in every table,
+    values from every sequence; no ownership, so no ALTER, DROP or DISABLE TRIGGER. Migrations
+    that take some of these back (append-only tables) are applied again afterwards
+    (``core.migrate``).
+
+    It starts by revoking everything, so the grants are exactly these however they stood before,
+    and it runs in the migration's transaction, so nobody ever sees them half-changed.
+    """
+    if connection.dialect.name != "postgresql" or not role:
+        return
+    found = connection.exec_driver_sql(
+        "SELECT rolsuper, pg_has_role(rolname, current_user, 'MEMBER') FROM pg_roles "
+        "WHERE rolname = %(role)s",
+        {"role": role},
+    ).first()
+    if found is None:
+        raise RuntimeError(
+            f"COUNTERSIGN_DATABASE_APP_ROLE names {role!r}, which does not exist: create it first "
+            "(deploy/postgresql-setup.sql)."
+        )
+    if found[0] or found[1]:
+        raise RuntimeError(
+            f"COUNTERSIGN_DATABASE_APP_ROLE {role!r} is a superuser, or is (or is a member of) "
+            "the owner migrating the database: the application role must be a separate role "
+            "with no such powers."
+        )
+    quote = connection.dialect.identifier_preparer.quote
+    schema = quote(connection.exec_driver_sql("SELECT current_schema()").scalar())
+    who = quote(role)
+    for statement in (
+        f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {who}",
+        f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {who}",
+        f"GRANT USAGE ON SCHEMA {schema} TO {who}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {who}",
+        f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {who}",
+        f"REVOKE INSERT, UPDATE, DELETE ON alembic_version FROM {who}",
+    ):
+        connection.exec_driver_sql(statement)
+
+
 class Database:
     """Binds an engine and a per-app-context session to a Flask app (``init_app`` pattern).
 
@@ -121,6 +184,8 @@ class Database:
 
     def init_app(self, app: Flask) -> None:
         engine = make_engine(app.config["DATABASE_URL"])
+        if app.config.get("DATABASE_APP_ROLE") and engine.dialect.name == "postgresql":
+            _require_login_as(engine, str(app.config["DATABASE_APP_ROLE"]))
         app.extensions["countersign.db"] = sessionmaker(bind=engine, expire_on_commit=False)
         app.extensions["countersign.readers"] = Readers(engine)
         configure_mappers()  # now, rather than in the middle of the first request that needs it
@@ -286,6 +351,17 @@ def reads_only() -> None:
     """Declare that this request only reads (writes go through :func:`writing`), whatever its
     method: on SQLite its transaction then begins deferred and never waits for writers."""
     _sqlite_begin.set("DEFERRED")
+
+
+@contextlib.contextmanager
+def deferred_reads() -> Iterator[None]:
+    """SQLite transactions begun inside begin deferred, whatever the request: a long read (a
+    backup) then holds one snapshot without making any writer wait."""
+    token = _sqlite_begin.set("DEFERRED")
+    try:
+        yield
+    finally:
+        _sqlite_begin.reset(token)
 
 
 def may_write() -> None:

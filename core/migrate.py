@@ -5,11 +5,14 @@ from __future__ import annotations
 import click
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask import current_app
 from flask.cli import with_appcontext
+from sqlalchemy.engine import Connection
 
 from core.config import ROOT
-from core.db import db
+from core.db import db, grant_app_role, migration_engine
 
 
 def alembic_config() -> Config:
@@ -19,11 +22,32 @@ def alembic_config() -> Config:
 
 
 def upgrade(revision: str = "head") -> None:
-    """Bring the app's database up to ``revision`` on the app's own engine."""
+    """Bring the app's database up to ``revision`` as the tables' owner, then give the
+    application role (where there is one) its rights on whatever the migrations made."""
     cfg = alembic_config()
-    with db.engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    engine = migration_engine(current_app)
+    role = str(current_app.config.get("DATABASE_APP_ROLE") or "")
+    try:
+        with engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+            if role and connection.dialect.name == "postgresql":
+                grant_app_role(connection, role)
+                _revoke_as_migrations_say(cfg, connection, role)
+    finally:
+        if engine is not db.engine:
+            engine.dispose()
+
+
+def _revoke_as_migrations_say(cfg: Config, connection: Connection, role: str) -> None:
+    """A migration that takes rights away from the application role (rows it may add but never
+    change or remove) says so in a ``revoke_changes(bind, role)`` function; each is applied again
+    after the grants, so granting rights on new tables never gives those back."""
+    current = MigrationContext.configure(connection).get_current_revision()
+    for script in ScriptDirectory.from_config(cfg).iterate_revisions(current, "base"):
+        revoke = getattr(script.module, "revoke_changes", None)
+        if revoke is not None:
+            revoke(connection, role)
 
 
 @click.group("db", help="Database schema (Alembic migrations).")

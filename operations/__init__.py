@@ -1,0 +1,1 @@
+"""Running Countersign for real: backups that restore anywhere, and the database roles."""

@@ -1,0 +1,109 @@
+"""``flask backup`` and ``flask restore``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.db import db, migration_engine
+from core.migrate import upgrade
+from operations.backup import BackupError, backup, default_name, restore
+
+
+@click.command(
+    "backup",
+    help="Write a consistent backup: every table, read in one transaction, plus the instance key "
+    "files the records depend on (audit key, secret key, LTI private key) and a manifest. The file "
+    "is made readable by its owner only: it holds those keys.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write it (never overwritten). Default: countersign-backup-TIME.tar.gz here.",
+)
+@with_appcontext
+def backup_command(output: Path | None) -> None:
+    try:
+        summary = backup(current_app, db.engine, output or Path(default_name()))
+    except BackupError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(
+        f"Backup written to {summary.path}: {sum(summary.rows.values()):,} rows in "
+        f"{len(summary.rows)} tables, schema revision {summary.revision}, audit head "
+        f"{summary.head or 'none (empty log)'}."
+    )
+    if summary.audit_problems:
+        click.echo(
+            f"WARNING: `flask audit verify` reports {len(summary.audit_problems)} problem(s) in the "
+            "audit log now; the backup keeps the records as they are, so an investigation can use it.",
+            err=True,
+        )
+    elif summary.audit_problems is None:
+        click.echo("WARNING: the audit log could not be checked: its key is missing.", err=True)
+    if summary.keys:
+        click.echo(
+            f"It CONTAINS SECRETS: {', '.join(summary.keys)}. Anyone holding it can sign in as "
+            "anyone and forge audit rows: keep it encrypted, off this server, readable only by "
+            "whoever restores."
+        )
+    for label in summary.keys_not_included:
+        click.echo(
+            f"Not included: {label}, set in the environment. Keep it with your backups: the "
+            "records cannot be checked without it."
+        )
+
+
+@click.command(
+    "restore",
+    help="Bring a backup made by this version back into an EMPTY database (a database without "
+    "tables is migrated first) and its keys into the instance folder, all or nothing. Then run "
+    "`flask audit verify`.",
+)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--force-keys",
+    is_flag=True,
+    help="Replace instance key files that differ from the backup's (each is kept beside it as "
+    "NAME.replaced-TIME).",
+)
+@with_appcontext
+def restore_command(file: Path, force_keys: bool) -> None:
+    engine = migration_engine(current_app)
+    try:
+        result = restore(current_app, engine, file, force_keys=force_keys, migrate=upgrade)
+    except BackupError as exc:
+        raise click.ClickException(str(exc))
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise click.ClickException(
+            f"The database refused the backup's rows ({reason}). Nothing was restored."
+        )
+    finally:
+        if engine is not db.engine:
+            engine.dispose()
+    if result.migrated:
+        click.echo(f"Built the schema at revision {result.revision}.")
+    checked = (
+        "the audit log verifies"
+        if not result.audit_problems
+        else f"the audit log reports the same {len(result.audit_problems)} problem(s) as when the "
+        "backup was made (`flask audit verify` lists them)"
+    )
+    click.echo(
+        f"Restored {sum(result.rows.values()):,} rows in {len(result.rows)} tables; {checked}, "
+        f"head {result.head or 'none (empty log)'}."
+    )
+    if result.keys_written:
+        click.echo(f"Keys written to the instance folder: {', '.join(result.keys_written)}.")
+    for name in result.keys_kept:
+        click.echo(
+            f"Kept this instance's own {name}: it signs only sessions and emailed links, so links "
+            "sent before the backup no longer work (--force-keys restores the backup's)."
+        )
+    for aside in result.keys_set_aside:
+        click.echo(f"The key that was there is kept as {aside}.")
+    click.echo("Next: `flask audit verify`, then start the app.")

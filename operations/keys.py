@@ -1,0 +1,61 @@
+"""The keys the evidence depends on, and where each one lives.
+
+A database restored without its keys is a record nobody can check: the audit chain is keyed by the
+audit key, sessions and emailed links by the secret key, and platforms trust the LTI key's public
+half. Each key is either configured (an environment variable) or a file the app made in the
+instance folder on first use; only files can go into a backup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    name: str  # its name inside a backup
+    label: str  # how messages speak of it
+    path: Path
+    configured: bool  # set by an environment variable instead of this file
+    # Whether anything recorded depends on it. The secret key signs only sessions, CSRF tokens and
+    # emailed links, which all expire: a restore keeps one the instance already has.
+    recorded: bool = True
+
+
+def key_files(app: Flask) -> list[KeyFile]:
+    """Every key of this app, with the file it is (or would be) kept in."""
+    instance = Path(app.instance_path)
+    lti_file = app.config.get("LTI_PRIVATE_KEY_FILE")
+    return [
+        KeyFile(
+            "audit_key", "the audit log's key", instance / "audit_key",
+            configured=bool(app.config.get("AUDIT_KEY")),
+        ),
+        KeyFile(
+            "secret_key", "the secret key (sessions and emailed links)", instance / "secret_key",
+            # The app puts the file's content into SECRET_KEY itself: only a different value is
+            # one configured from outside.
+            configured=_configured_secret(app, instance / "secret_key"), recorded=False,
+        ),
+        KeyFile(
+            "lti_private_key.pem", "the LTI tool's private key",
+            Path(lti_file) if lti_file else instance / "lti_private_key.pem",
+            configured=False,
+        ),
+    ]  # fmt: skip
+
+
+def _configured_secret(app: Flask, path: Path) -> bool:
+    try:
+        return path.read_text().strip() != str(app.config.get("SECRET_KEY", ""))
+    except FileNotFoundError:
+        return bool(app.config.get("SECRET_KEY"))
+
+
+def fingerprint(data: bytes) -> str:
+    """A short digest that tells two keys apart without showing either."""
+    return hashlib.sha256(b"countersign key fingerprint\0" + data.strip()).hexdigest()[:16]
