@@ -40,6 +40,8 @@ def world(app, make_person):
         "ann": make_person("staff", name="Ann Signer"),
         "bob": make_person("staff", name="Bob Signer"),
         "sue": make_person("slt", "staff", name="Sue Senior"),
+        # Another SLT member decides: nobody decides an application they made.
+        "sam": make_person("slt", "staff", name="Sam Senior"),
     }
     train_people(app, ids["ann"], ids["bob"])
     with app.app_context():
@@ -62,7 +64,8 @@ def world(app, make_person):
                                         "Newsletter", "private", (ids["ann"], ids["bob"])),
             )  # fmt: skip
             ids[f"{key}_application"] = application.id
-        decide(s, s.get(AccountApplication, ids["first_application"]), sue, False, "Not now.")
+        sam = s.get(Person, ids["sam"])
+        decide(s, s.get(AccountApplication, ids["first_application"]), sam, False, "Not now.")
         ids["ack_ann"], ids["ack_bob"] = (
             s.scalar(select(Acknowledgement.id).where(Acknowledgement.person_id == ids[k]))
             for k in ("ann", "bob")
