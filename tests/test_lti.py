@@ -1178,7 +1178,7 @@ def test_two_tabs_launch_at_once_and_a_forged_state_cookie_is_refused(
     # A state cookie changed by hand (not as Countersign signed it) starts nothing.
     forged = app.test_client()
     auth = platform.login(forged)
-    name = f"lti1p3-{auth['state']}"
+    name = f"__Secure-lti1p3-{auth['state']}"
     ((domain, path, _),) = [k for k in forged._cookies if k[2] == name]
     assert forged.get_cookie(name, domain, path).value != auth["state"]  # signed, not bare
     forged.set_cookie(name, auth["state"], domain=domain, path=path)
