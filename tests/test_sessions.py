@@ -4,7 +4,9 @@ sessions but the one they are using. Each is audited; the ended sessions stop at
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -13,6 +15,9 @@ from core.db import db
 from core.web import SESSION_STARTED
 from people.models import Person
 from tests.conftest import Auth, csrf_token
+from tests.lti_platform import TestPlatform
+from tests.test_hardening import _age_session
+from tests.test_lti import register
 
 
 def _signed_in(app: Flask, person_id: int):
@@ -108,3 +113,50 @@ def test_ending_other_sessions_needs_the_form_token(app, make_person) -> None:
     assert here.post("/account/sign-out-others", data={}).status_code == 400
     assert elsewhere.get("/").status_code == 200
     assert _ended_events(app, person) == []
+
+
+# --- sessions opened by a launch from a learning platform -----------------------------------------
+
+
+@pytest.fixture
+def lms(app: Flask) -> Iterator[TestPlatform]:
+    """A learning platform registered with Countersign, ready to launch."""
+    tool = app.test_client()
+    platform = TestPlatform(tool_jwks=lambda: tool.get("/lti/jwks.json").get_json()).start()
+    register(app, platform)
+    yield platform
+    platform.stop()
+
+
+def _launched(app: Flask, lms: TestPlatform):
+    browser = app.test_client()
+    response, _, _ = lms.launch(browser)
+    assert response.status_code == 302 and browser.get("/").status_code == 200
+    return browser
+
+
+def test_a_session_from_the_lms_times_out_when_idle_like_any_other(app, lms) -> None:
+    browser = _launched(app, lms)
+    _age_session(browser, idle=59 * 60)
+    assert browser.get("/").status_code == 200
+    _age_session(browser, idle=61 * 60)
+    response = browser.get("/")
+    assert response.status_code == 302 and "/sign-in" in response.location
+
+
+def test_a_session_from_the_lms_ends_after_the_absolute_lifetime(app, lms) -> None:
+    browser = _launched(app, lms)
+    _age_session(browser, lived=12 * 3600 + 60)
+    response = browser.get("/")
+    assert response.status_code == 302 and "/sign-in" in response.location
+
+
+def test_sign_out_everywhere_ends_a_session_from_the_lms(app, lms, make_person) -> None:
+    browser = _launched(app, lms)
+    with app.app_context():
+        person = db.session.scalar(select(Person).order_by(Person.id.desc())).id
+    office = _signed_in(app, make_person("admin"))
+    url = f"/admin/people/{person}/sign-out-everywhere"
+    assert office.post(url, data={"csrf_token": csrf_token(office, url)}).status_code == 302
+    response = browser.get("/")
+    assert response.status_code == 302 and "/sign-in" in response.location
