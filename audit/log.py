@@ -40,6 +40,7 @@ EVENTS: dict[str, str] = {
     "sign_in.succeeded": "Signed in",
     "sign_in.failed": "Sign-in failed",
     "sign_out": "Signed out",
+    "sessions.ended": "Signed out everywhere (every session ended)",
     "password.changed": "Password changed",
     "password.reset": "Password set from a link",
     "password.reset_requested": "New-password link asked for (none sent)",

@@ -1,4 +1,5 @@
-"""Gunicorn's access log without the secret part of invitation, reset and LMS-connect links.
+"""Gunicorn's logs in UTC, and its access log without the secret part of invitation, reset and
+LMS-connect links.
 
 The link's token is in the path, so the request line, the path and the Referer of the pages and
 files loaded from the set-password page would otherwise write a working link into the log. Used
@@ -9,6 +10,7 @@ app.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from gunicorn.glogging import Logger
@@ -21,6 +23,18 @@ def redact(text: str) -> str:
 
 
 class Redacting(Logger):
+    def setup(self, cfg: Any) -> None:
+        """Gunicorn's own messages (start, worker exits, errors) get the app's UTC time stamps."""
+        from core.web import LOG_FORMAT, UtcFormatter
+
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(UtcFormatter(LOG_FORMAT))
+
+    def now(self) -> str:
+        """The access log's ``%(t)s``: Common Log Format, in UTC (``+0000``) rather than local time."""
+        return time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime())
+
     def atoms(self, resp: Any, req: Any, environ: Any, request_time: Any) -> dict[str, Any]:
         atoms = super().atoms(resp, req, environ, request_time)
         return {k: redact(v) if isinstance(v, str) else v for k, v in atoms.items()}

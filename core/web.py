@@ -261,12 +261,26 @@ def client_ip() -> str:
     return request.remote_addr or "unknown"
 
 
+class UtcFormatter(logging.Formatter):
+    """Log times in UTC, ISO 8601 with a ``Z``, whatever the server's time zone: lines from
+    several servers, the proxy and the audit table (stored in UTC) then line up without guessing."""
+
+    converter = time.gmtime
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", self.converter(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _configure_logging() -> None:
-    """Countersign's own messages (e.g. invitation links when there is no SMTP) go to stderr."""
+    """Countersign's own messages (e.g. mail failures, start-up warnings) go to stderr."""
     logger = logging.getLogger("countersign")
     if not logger.handlers:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(UtcFormatter(LOG_FORMAT))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 

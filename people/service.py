@@ -146,6 +146,20 @@ def record_roles_changed(
         person.auth_version += 1
 
 
+def end_sessions(session: Session, person: Person, by_id: int | None, keep_current: bool) -> None:
+    """Sign a person out everywhere, e.g. after a lost phone or a shared computer left signed in.
+
+    Each session names the ``auth_version`` it was opened under, so one increment ends them all
+    at their next request, wherever they are (and voids pending second steps and unused links).
+    The caller signs the current session in again when ``keep_current`` says it carries on.
+    """
+    person.auth_version += 1
+    record(
+        session, "sessions.ended", actor_id=by_id, subject_type="person", subject_id=person.id,
+        detail={"kept_current": keep_current},
+    )  # fmt: skip
+
+
 def deactivate(person: Person, by_id: int | None = None) -> None:
     """A leaver: they can no longer sign in and are never trained; every record is kept."""
     if person.active:

@@ -28,7 +28,7 @@ from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
-from core.web import client_ip, external_url, federation
+from core.web import SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
     INVITE,
@@ -69,6 +69,7 @@ from people.service import (
     check_password,
     create_person,
     deactivate,
+    end_sessions,
     find_by_email,
     import_people,
     reactivate,
@@ -193,6 +194,19 @@ def change_password() -> Any:
     return render_template("people/change_password.html", form=form), (
         400 if request.method == "POST" else 200
     )
+
+
+@auth_bp.route("/account/sign-out-others", methods=["POST"])
+@login_required
+def sign_out_others() -> Any:
+    """End every session of this person but the one asking (CSRF-checked like every form)."""
+    started = session.get(SESSION_STARTED)
+    end_sessions(db.session, current_user, current_user.id, keep_current=True)
+    db.session.commit()
+    login_user(current_user._get_current_object())  # this one carries on, under the new version
+    session[SESSION_STARTED] = started  # ...with the absolute lifetime it already had
+    flash("You have been signed out everywhere else. This session carries on.", "success")
+    return redirect(url_for("auth.change_password"))
 
 
 def _link_message(person: Person, purpose: str, link: str) -> tuple[str, str]:
@@ -507,6 +521,24 @@ def deactivate_person(person_id: int) -> Any:
         db.session.commit()
         statuses_changed([person.id])
         flash(f"{person.name} is deactivated. Their records are kept.", "success")
+    return redirect(url_for("admin.person", person_id=person.id))
+
+
+@admin_bp.route(
+    "/people/<int(max=2147483647):person_id>/sign-out-everywhere", methods=["GET", "POST"]
+)
+@roles_required("admin")
+def sign_out_everywhere(person_id: int) -> Any:
+    """End all of one person's sessions (a lost device, a suspected break-in): GET asks first."""
+    person = _person_or_404(person_id)
+    if person.id == current_user.id:
+        flash("To end your own other sessions, use 'Sign out everywhere else' below.", "error")
+        return redirect(url_for("auth.change_password"))
+    if request.method == "GET":
+        return render_template("people/sign_out_everywhere.html", person=person, form=ConfirmForm())
+    end_sessions(db.session, person, current_user.id, keep_current=False)
+    db.session.commit()
+    flash(f"{person.name} is signed out everywhere.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
 

@@ -81,6 +81,7 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("auth.change_password", "GET", ""):                    (L,   200, 200, 200, 200, 200, 200),
     ("auth.change_password", "POST", ""):                   (L,   400, 400, 400, 400, 400, 400),
     ("auth.my_data", "GET", ""):                            (L,   200, 200, 200, 200, 200, 200),
+    ("auth.sign_out_others", "POST", ""):                   (L,   302, 302, 302, 302, 302, 302),
     # the second step of signing in: only for a browser half-way through (others start again)
     ("mfa.verify", "GET", ""):                              (302, 302, 302, 302, 302, 302, 302),
     ("mfa.verify", "POST", ""):                             (302, 302, 302, 302, 302, 302, 302),
@@ -149,6 +150,8 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("admin.deactivate_person", "GET", "other"):            (L,   403, 403, 403, 403, 403, 200),
     ("admin.deactivate_person", "POST", "other"):           (L,   403, 403, 403, 403, 403, 302),
     ("admin.reactivate_person", "POST", "other"):           (L,   403, 403, 403, 403, 403, 302),
+    ("admin.sign_out_everywhere", "GET", "other"):          (L,   403, 403, 403, 403, 403, 200),
+    ("admin.sign_out_everywhere", "POST", "other"):         (L,   403, 403, 403, 403, 403, 302),
     ("admin.invite_person", "POST", "other"):               (L,   403, 403, 403, 403, 403, 200),
     # erasing is refused (409) while the person is active or within the retention period
     ("admin.erase", "GET", "other"):                        (L,   403, 403, 403, 403, 403, 409),
@@ -197,7 +200,8 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
 # anyway: their own learner actions and their own account (signing in and out, their password).
 GOVERNOR_OWN_ACTIONS = {
     "auth.sign_in", "auth.sign_out", "auth.forgot_password", "auth.accept_invite",
-    "auth.reset_password", "auth.change_password", "training.mark_read", "training.sign",
+    "auth.reset_password", "auth.change_password", "auth.sign_out_others", "training.mark_read",
+    "training.sign",
     "quiz.intro", "quiz.attempt", "lti.login", "lti.launch", "lti.connect", "lti.connect_link",
     "mfa.verify", "mfa.verify_passkey", "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey",
     "mfa.add_totp", "mfa.add_passkey", "mfa.remove", "mfa.renew_codes",
@@ -414,6 +418,7 @@ URL_ARGS: dict[str, Callable[[World, str, str], dict[str, Any]]] = {
     "admin.person": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.deactivate_person": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.reactivate_person": lambda w, whose, who: {"person_id": w.people["subject"]},
+    "admin.sign_out_everywhere": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.invite_person": lambda w, whose, who: {"person_id": w.people["subject"]},
     "admin.erase": lambda w, whose, who: {"person_id": w.people["subject"]},
     "mfa.admin_reset": lambda w, whose, who: {"person_id": w.people["subject"]},
@@ -548,6 +553,7 @@ def full_forms(world: World) -> dict[str, dict[str, Any]]:
                          "roles": ["admin"]},
         "admin.deactivate_person": {},
         "admin.reactivate_person": {},
+        "admin.sign_out_everywhere": {},
         "admin.invite_person": {},
         "admin.invite_all": {},
         "tokens.tokens": {"name": "Sneaky", "scopes": ["training:read"]},

@@ -490,6 +490,13 @@ def _sign_out(c: Ctx, endpoint: str) -> None:
     c.run(c.bodies(), check)
 
 
+@form("auth.sign_out_others")
+def _sign_out_others(c: Ctx, endpoint: str) -> None:
+    c.as_role("staff")
+    fuzz = Fuzz(c.app, c.client, "/account/password")  # this session carries on after each
+    c.run(c.bodies(), lambda body: fuzz.post("/account/sign-out-others", body))
+
+
 @form("auth.change_password")
 def _change_password(c: Ctx, endpoint: str) -> None:
     pid = c.as_role("staff")
@@ -563,13 +570,22 @@ def _person_form(c: Ctx, endpoint: str) -> None:
     c.run(st.tuples(urls, fields), lambda e: fuzz.post(*e))
 
 
-@form("admin.deactivate_person", "admin.reactivate_person", "admin.invite_person", "admin.erase")
+@form(
+    "admin.deactivate_person",
+    "admin.reactivate_person",
+    "admin.invite_person",
+    "admin.erase",
+    "admin.sign_out_everywhere",
+)
 def _person_buttons(c: Ctx, endpoint: str) -> None:
     me = c.as_role("admin")
     others = [c.person("parent", name='<img src=x onerror="alert(1)">', password=None),
               c.person("staff", name="\u202eRTL")]  # fmt: skip
     fuzz = Fuzz(c.app, c.client, "/admin/people")
-    action = endpoint.split(".")[1].split("_")[0]  # deactivate, reactivate, invite or erase
+    # deactivate, reactivate, invite, erase or sign-out-everywhere
+    action = (
+        endpoint.split(".")[1].split("_")[0] if "_out_" not in endpoint else "sign-out-everywhere"
+    )
     urls = weird_ids(me, *others, *others).map(lambda i: f"/admin/people/{i}/{action}")
     c.run(st.tuples(urls, c.bodies()), lambda e: fuzz.post(*e))
 
