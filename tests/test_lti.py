@@ -1361,7 +1361,18 @@ def claim_by_invitation(app, email: str) -> None:
     assert response.status_code == 302 and response.location == "/"
 
 
-@pytest.mark.parametrize("claims", ["import_then_invitation", "invitation", "import"])
+def claim_by_edit(app, email: str) -> None:
+    """An administrator corrects the email of the account a launch made."""
+    from people.service import PersonData, update_person
+
+    with app.app_context():
+        person = db.session.scalar(select(Person).where(Person.email == email))
+        data = PersonData(person.name, "nina@ladysmith.example", tuple(person.roles), ())
+        update_person(db.session, person, data, federation(), None)
+        db.session.commit()
+
+
+@pytest.mark.parametrize("claims", ["import_then_invitation", "invitation", "import", "edit"])
 def test_an_account_a_launch_made_and_a_real_person_claimed_is_not_opened_by_that_launch(
     app, platform, registered, claims
 ):
@@ -1376,6 +1387,8 @@ def test_an_account_a_launch_made_and_a_real_person_claimed_is_not_opened_by_tha
         claim_by_import(app, "Nina Newstarter", email)
     if "invitation" in claims:
         claim_by_invitation(app, email)
+    if claims == "edit":
+        claim_by_edit(app, email)
     with app.app_context():
         identity = db.session.scalar(select(LtiIdentity))
         assert identity.how == "new_person" and identity.suspended_at is not None
