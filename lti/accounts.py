@@ -25,7 +25,7 @@ from lti.links import (
     PRIVILEGED,
     LinkRequested,
     closed_roles,
-    is_privileged,
+    launch_closed,
     record_new_person_link,
     request_link,
     subject_hash,
@@ -78,6 +78,17 @@ def mapped_roles(table: dict[str, str], lms_roles: tuple[str, ...]) -> tuple[str
     return tuple(sorted({table[r] for r in lms_roles if r in table}))
 
 
+class AskOwner(LaunchRefused):
+    """An email that names an account a launch may never link (one that sees everyone's records
+    or has a second factor, a closed one, another school's). The launcher is answered exactly as
+    for an ordinary account waiting for its owner, so a launch never tells what kind of account
+    an address belongs to; the precise reason (``title``) goes only to the audit log."""
+
+    def __init__(self, reason: str, person: Person) -> None:
+        super().__init__(reason, reason)
+        self.person_id = person.id
+
+
 @dataclass(frozen=True)
 class Arrival:
     """Who a launch signs in; or, with ``pending``, nobody yet: the link waits for the person's
@@ -128,17 +139,21 @@ def person_for_launch(
             person = find_by_email(session, email)
         if identity is None:
             assert person is not None
-            _may_link_by_email(platform, person)
-            _check_open(person)
-            pending = request_link(session, platform, info.subject, person, email=can_email)
+            _may_link_by_email(session, platform, person)
+            pending = request_link(
+                session, platform, info.subject, person, email=can_email, lms_name=info.name
+            )
             return Arrival(person, False, pending)
     person = session.get(Person, identity.person_id)
     assert person is not None
     _check_open(person)
-    if is_privileged(person):  # checked at every launch, whenever the role was gained
+    # Checked at every launch, whenever the role or the second factor was gained.
+    if launch_closed(session, person):
         raise _sign_in_directly(person)
     if identity.suspended_at is not None:
-        pending = request_link(session, platform, info.subject, person, email=can_email)
+        pending = request_link(
+            session, platform, info.subject, person, email=can_email, lms_name=info.name
+        )
         return Arrival(person, False, pending)
     identity.last_launch_at = utcnow()
     return Arrival(person, False)
@@ -184,20 +199,18 @@ def _sign_in_directly(person: Person) -> LaunchRefused:
     return refused
 
 
-def _may_link_by_email(platform: LtiPlatform, person: Person) -> None:
+def _may_link_by_email(session: Session, platform: LtiPlatform, person: Person) -> None:
     """Whether an existing person may be asked to confirm a link to an LMS account claiming
-    their email. Not if their account can see everyone's records or approve accounts (a
-    platform's administrator, or anyone who can set their own email there, could otherwise try
-    to reach it), nor if the platform is one school's and they belong only to others."""
-    if person.active and is_privileged(person):
-        raise _sign_in_directly(person)
+    their email. Not if their account can see everyone's records, needs or has a second factor
+    (a platform's administrator, or anyone who can set their own email there, could otherwise
+    try to reach it), is closed, or the platform is one school's and they belong only to others.
+    Each is answered as an ordinary account would be (``AskOwner``)."""
+    if not person.active:
+        raise AskOwner("closed account", person)
+    if launch_closed(session, person):
+        raise AskOwner("account never opened by a launch", person)
     if platform.school and person.schools and platform.school not in person.schools:
-        raise LaunchRefused(
-            "Your account belongs to another school",
-            "This learning platform is registered for another school than the one your "
-            "Countersign account is at. Open the training from your own school's platform, or "
-            "sign in to Countersign directly.",
-        )
+        raise AskOwner("another school's account", person)
 
 
 def _create(

@@ -89,8 +89,8 @@ class LtiIdentity(Base):
 
 class LtiLinkRequest(Base):
     """An LMS user who launched with the email of someone Countersign already knows: linked only
-    once that person confirms, signed in or from the single-use link emailed to them (kept here
-    only as a hash)."""
+    once that person confirms with the code shown at that launch, signed in or from the
+    single-use link emailed to them (kept here only as a hash)."""
 
     __tablename__ = "lti_link_request"
     __table_args__ = (
@@ -103,6 +103,11 @@ class LtiLinkRequest(Base):
     subject: Mapped[str] = mapped_column(String(255))
     person_id: Mapped[int] = mapped_column(ForeignKey("person.id"))
     token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # The short code shown only at the launch (a hash): the owner types it to confirm this
+    # request, so they can never confirm another LMS user's believing it is theirs.
+    pairing_hash: Mapped[str | None] = mapped_column(String(64))
+    # The name the platform gave for the LMS user, to tell requests apart.
+    lms_name: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -19,9 +19,9 @@ from flask import (
 )
 from flask_login import current_user, login_required, login_user
 from sqlalchemy import func, select
-from wtforms import BooleanField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import InputRequired, Length, NumberRange
+from wtforms.validators import Length
 
 from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
@@ -31,6 +31,7 @@ from core.web import EMBEDDED_IN, SESSION_FROM_LMS, external_url, federation
 from lti import grades, keys
 from lti.accounts import (
     Arrival,
+    AskOwner,
     format_role_map,
     parse_role_map,
     person_for_launch,
@@ -50,16 +51,21 @@ from lti.launch import (
 )
 from lti.links import (
     LinkError,
+    clean_pairing_code,
     confirm_link,
     confirm_request_mail,
-    decline_link,
+    decline_all,
     link_notice,
+    link_used,
     links_of,
+    new_pairing_code,
     open_requests,
     remove_link,
+    request_for_code,
     request_for_token,
+    show_pairing_code,
 )
-from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform, LtiScorePost
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
 from lti.registry import PlatformData, PlatformError, data_of, register_platform, update_platform
 from people.models import Person
 from people.views import roles_required
@@ -128,6 +134,13 @@ def launch() -> Any:
                 remember_grade_link(s, platform, arrival.person, policy, info)
             record_launch(s, platform, arrival)
         s.commit()
+    except AskOwner as exc:
+        # Answered as for an ordinary account; the precise reason goes only to the audit log.
+        s.rollback()
+        assert platform is not None and signed is not None
+        with writing(s):
+            record_refusal(s, platform, signed.subject, exc)
+        return _confirmation_page(platform, new_pairing_code(), can_email)
     except LaunchRefused as exc:
         s.rollback()
         if signed is not None and platform is not None:
@@ -151,18 +164,27 @@ def launch() -> Any:
 
 def _confirmation_needed(platform: LtiPlatform, arrival: Arrival) -> Any:
     """The launch found an existing account the LMS user is not yet linked to: nobody is signed
-    in; the account's owner is emailed a link to confirm, or may sign in and confirm."""
+    in; the page shows this launch's pairing code, which the account's owner types after signing
+    in, or after following the link emailed to them, to confirm that this launch was theirs."""
     pending = arrival.pending
     assert pending is not None
     if pending.token is not None:
         link = external_url("lti.connect_link", token=pending.token)
-        subject, body = confirm_request_mail(arrival.person, platform, link, federation().name)
+        waiting = len(open_requests(db.session, arrival.person.id))
+        subject, body = confirm_request_mail(
+            arrival.person, platform, link, federation().name, waiting
+        )
         send_mail_later(current_app.config, arrival.person.email, subject, body)
+    return _confirmation_page(platform, pending.code, smtp_configured(current_app.config))
+
+
+def _confirmation_page(platform: LtiPlatform, code: str, can_email: bool) -> Any:
+    """The same page whatever kind of account the email belongs to (re-review R9): whether it is
+    emailed depends only on the site's settings, never on the account."""
     g.frame_origins = origins_of(platform)
     return render_template(
-        "lti/confirm_needed.html", platform=platform,
-        emailed=pending.request.token_hash is not None,
-        sign_in=url_for("auth.sign_in", next=url_for("lti.connect")),
+        "lti/confirm_needed.html", platform=platform, code=show_pairing_code(code),
+        emailed=can_email, sign_in=url_for("auth.sign_in", next=url_for("lti.connect")),
     ), 403  # fmt: skip
 
 
@@ -175,33 +197,35 @@ def _send_link_notice(person: Person, platform: LtiPlatform) -> None:
 
 
 class ConnectForm(Form):
-    request_id = IntegerField(validators=[InputRequired(), NumberRange(1, 2147483647)])
+    code = StringField(
+        "Connection code",
+        validators=[Length(max=20)],
+        description="The 6 letters and digits the page in your course showed, e.g. ABC 234.",
+    )
     action = SelectField(
-        choices=[SelectChoice("confirm", "Connect"), SelectChoice("decline", "This wasn't me")]
+        choices=[
+            SelectChoice("confirm", "Connect"),
+            SelectChoice("decline_all", "None of these were me"),
+        ]
     )
 
 
 @lti_bp.route("/lti/connect", methods=["GET", "POST"])
 @login_required
 def connect() -> Any:
-    """The signed-in person's LMS accounts waiting to be connected, to confirm or decline. Only
-    after signing in to Countersign itself: a session opened from a platform proves less."""
+    """The signed-in person's LMS accounts waiting to be connected: they connect the one whose
+    code their own launch showed them, or decline them all. Only after signing in to
+    Countersign itself: a session opened from a platform proves less."""
     s = db.session
     if session.get(LAUNCHED):
         return render_template("lti/connect.html", requests=[], launched=True, form=None)
     form = ConnectForm()
     status = 200
     if form.validate_on_submit():
-        found = s.get(LtiLinkRequest, form.request_id.data)
-        if found is None or found.person_id != current_user.id:
-            form.request_id.errors = ["This request has expired or was already answered."]
-            status = 400
-        else:
-            answered = _answer(found, form.action.data, "sign_in", current_user.id)
-            if answered is not None:
-                return answered
-            form.form_errors.append(_last_refusal())
-            status = 400
+        answered = _answer(form, current_user.id, "sign_in")
+        if answered is not None:
+            return answered
+        status = 400
     elif request.method == "POST":
         status = 400
     requests = open_requests(s, current_user.id)
@@ -210,51 +234,64 @@ def connect() -> Any:
 
 @lti_bp.route("/lti/connect/<token>", methods=["GET", "POST"])
 def connect_link(token: str) -> Any:
-    """The single-use link emailed to the person: following it and confirming is their word."""
+    """The single-use link emailed to the person: following it and typing the code from their
+    own launch is their word. It never signs anyone in."""
     s = db.session
     found = request_for_token(s, token)
     if found is None:
         return render_template("lti/connect_link_error.html"), 400
+    person_id = found.person_id
     form = ConnectForm(formdata=None if request.method == "GET" else request.form)
-    person = s.get(Person, found.person_id)
     if request.method == "POST" and form.validate_on_submit():
-        if form.request_id.data != found.id:
-            form.request_id.errors = ["This request has expired or was already answered."]
-        else:
-            answered = _answer(found, form.action.data, "email", found.person_id)
-            if answered is not None:
-                return answered
-            form.form_errors.append(_last_refusal())
-    return render_template("lti/connect_link.html", found=found, person=person, form=form), (
+        answered = _answer(form, person_id, "email", token)
+        if answered is not None:
+            return answered
+    person = s.get(Person, person_id)
+    requests = open_requests(s, person_id)
+    return render_template("lti/connect_link.html", person=person, requests=requests, form=form), (
         400 if request.method == "POST" else 200
     )
 
 
-def _answer(found: LtiLinkRequest, action: str, how: str, actor_id: int) -> Any | None:
-    """Confirm or decline a request; the page to go to, or None with the reason in ``g``."""
+def _answer(form: ConnectForm, person_id: int, how: str, token: str | None = None) -> Any | None:
+    """Confirm the request the code was shown for, or decline them all; the page to go to, or
+    None with the reason on the form."""
     s = db.session
-    platform = found.platform
-    if action == "decline":
-        decline_link(s, found, actor_id)
+    actor_id = current_user.id if how == "sign_in" else person_id
+    if form.action.data == "decline_all":
+        count = decline_all(s, person_id, actor_id)
+        if token is not None:
+            link_used(s, token)
         s.commit()
-        flash("Nothing was connected. If you did not open the training from that platform, "
-              "tell a Countersign administrator.", "success")  # fmt: skip
+        flash(f"Nothing was connected, and {count} waiting request{'s were' if count != 1 else ' was'} "
+              "declined. If you did not open the training from a learning platform, tell a "
+              "Countersign administrator.", "success")  # fmt: skip
         return redirect(url_for("lti.connect") if how == "sign_in" else url_for("auth.sign_in"))
+    code = clean_pairing_code(form.code.data)
+    if not code:
+        form.code.errors = ["Enter the code the page in your course showed you."]
+        return None
+    found = request_for_code(s, person_id, code)
+    if found is None:
+        form.code.errors = [
+            "No waiting request has this code. Type the code your own launch showed (the newest, "
+            "if you opened the training more than once), or open the training again for a new one."
+        ]
+        return None
+    platform = found.platform
     try:
         identity = confirm_link(s, found, how)
     except LinkError as exc:
         s.rollback()
-        g.link_refusal = str(exc)
+        form.form_errors.append(str(exc))
         return None
+    if token is not None:
+        link_used(s, token)
     person = s.get(Person, identity.person_id)
     s.commit()
     if smtp_configured(current_app.config):
         _send_link_notice(person, platform)
     return render_template("lti/connected.html", platform=platform)
-
-
-def _last_refusal() -> str:
-    return g.get("link_refusal") or "This request could not be answered."
 
 
 @lti_bp.route("/lti/jwks.json")

@@ -127,6 +127,10 @@ def record_identity_changed(
     ):
         if old != new:
             record(session, event, actor_id=by_id, subject_type="person", subject_id=person.id)
+    if (name, email) != (person.name, person.email):
+        from lti.links import account_claimed  # lti builds on people: imported when used
+
+        account_claimed(session, person, by_id)  # a launch-made account taken over by someone
 
 
 def record_roles_changed(

@@ -318,6 +318,7 @@ def _set_password_page(purpose: str, token: str) -> Any:
         return render_template("people/link_error.html", message=str(exc)), 400
     form = SetPasswordForm()
     if form.validate_on_submit():
+        first_password = person.password_hash is None
         try:
             set_password(person, form.password.data)
         except PeopleError as exc:
@@ -326,6 +327,10 @@ def _set_password_page(purpose: str, token: str) -> Any:
             record(
                 s, "password.reset", actor_id=person.id, detail={"link": purpose}
             )  # fmt: skip
+            if first_password:  # a launch-made account claimed: its launch's link must be confirmed
+                from lti.links import account_claimed
+
+                account_claimed(s, person, person.id)
             s.commit()
             if needs_second_step(s, person):  # the link stands in for the password only
                 response = start_second_step(s, person, None)

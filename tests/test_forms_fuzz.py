@@ -772,18 +772,19 @@ def _lti_connect(c: Ctx, endpoint: str) -> None:
     from lti.models import LtiIdentity, LtiPlatform
 
     _lms_platform(c)
-    actions = texts("confirm", "decline")
+    actions = texts("confirm", "decline_all")
+    codes = texts("ABC 234", "abc-234", "")
     if endpoint == "lti.connect":
-        ids, _ = _lms_requests(c, c.as_role("staff"), 3)
+        _lms_requests(c, c.as_role("staff"), 3)
         fuzz = Fuzz(c.app, c.client, "/lti/connect")
-        c.run(c.bodies(request_id=weird_ids(*ids), action=actions),
+        c.run(c.bodies(code=codes, action=actions),
               lambda body: fuzz.post("/lti/connect", body))  # fmt: skip
         return
     if endpoint == "lti.connect_link":
-        ids, link = _lms_requests(c, c.person("staff"), 1)
+        _, link = _lms_requests(c, c.person("staff"), 1)
         fuzz = Fuzz(c.app, c.client, "/sign-in")  # following the link needs no session
         urls = st.one_of(st.just(link), texts("x").map(lambda t: f"/lti/connect/{t}"))
-        c.run(st.tuples(urls, c.bodies(request_id=weird_ids(*ids), action=actions)),
+        c.run(st.tuples(urls, c.bodies(code=codes, action=actions)),
               lambda e: fuzz.post(*e))  # fmt: skip
         return
     c.as_role("admin")

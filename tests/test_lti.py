@@ -91,18 +91,22 @@ def assert_confirmation_needed(response) -> None:
     assert "Connect your learning platform account" in page and "You are not signed in" in page
 
 
-def confirm_signed_in(app, person_id: int) -> FlaskClient:
-    """The person signs in to Countersign on their own and confirms every link waiting for them."""
+def pairing_code(response) -> str:
+    """The connection code the page after a launch shows (only there)."""
+    import re
+
+    found = re.search(r'class="pairing-code">([A-Z0-9 ]+)<', response.get_data(as_text=True))
+    assert found, response.get_data(as_text=True)
+    return found.group(1)
+
+
+def confirm_signed_in(app, person_id: int, code: str) -> FlaskClient:
+    """The person signs in to Countersign on their own and types the code their launch showed."""
     own = Auth(app, app.test_client())
     own.as_person(person_id)
-    with app.app_context():
-        ids = [r.id for r in db.session.scalars(
-            select(LtiLinkRequest).where(LtiLinkRequest.person_id == person_id))]  # fmt: skip
-    assert ids, "no link waiting for confirmation"
-    for request_id in ids:
-        response = own.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
-        assert response.status_code == 200, response.get_data(as_text=True)
-        assert "Learning platform account connected" in response.get_data(as_text=True)
+    response = own.post("/lti/connect", {"code": code, "action": "confirm"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "Learning platform account connected" in response.get_data(as_text=True)
     return own.client
 
 
@@ -144,7 +148,7 @@ def test_a_launch_finds_an_existing_person_by_email_and_never_changes_their_role
         **{LTI + "roles": [ROLE + "Instructor", system_admin]},
     )  # fmt: skip
     assert_confirmation_needed(response)
-    confirm_signed_in(app, pid)
+    confirm_signed_in(app, pid, pairing_code(response))
     response, _, _ = platform.launch(
         client, email="Sam@Ladysmith.example", sub="moodle-sam",
         **{LTI + "roles": [ROLE + "Instructor", system_admin]},
@@ -166,10 +170,12 @@ def test_an_account_that_sees_everyones_records_is_never_opened_on_an_emails_wor
 ):
     make_person(role, "staff", name="Pat Powerful", email="pat@ladysmith.example")
     response, _, _ = platform.launch(client, email="pat@ladysmith.example", sub="anyone")
-    assert_refused(response, "Sign in to Countersign directly")
+    assert_confirmation_needed(response)  # as for anyone (re-review R9), but nothing waits
     assert_not_signed_in(client)
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+    assert lti_events(app)[-1][2]["reason"] == "account never opened by a launch"
 
 
 def test_one_schools_platform_does_not_open_another_schools_accounts(
@@ -178,7 +184,10 @@ def test_one_schools_platform_does_not_open_another_schools_accounts(
     register(app, platform, school="infant")
     make_person("staff", email="jo@ladysmith.example", schools=("junior",))
     response, _, _ = platform.launch(client, email="jo@ladysmith.example")
-    assert_refused(response, "Your account belongs to another school")
+    assert_confirmation_needed(response)  # answered as for anyone (re-review R9); nothing waits
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+    assert lti_events(app)[-1][2]["reason"] == "another school's account"
     make_person("staff", email="ivy@ladysmith.example", schools=("infant",))
     response, _, _ = platform.launch(client, email="ivy@ladysmith.example", sub="ivy")
     assert_confirmation_needed(response)  # her own school's platform: she may confirm it
@@ -329,7 +338,10 @@ def test_a_closed_account_or_a_hidden_email_is_refused(
         db.session.get(Person, pid).active = False
         db.session.commit()
     response, _, _ = platform.launch(client, email="left@ladysmith.example")
-    assert_refused(response, "Your Countersign account is closed")
+    assert_confirmation_needed(response)  # answered as for anyone (re-review R9); nothing waits
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+    assert lti_events(app)[-1][2]["reason"] == "closed account"
     response, _, _ = platform.launch(client, email=None, sub="private-user")
     assert_refused(response, "did not share your email address")
     assert_not_signed_in(client)
@@ -782,7 +794,9 @@ def test_the_reviews_sequence_never_reaches_the_victims_account(
     assert_not_signed_in(client)
     promote(app, vic, "staff", "admin")  # (2)
     response, _, _ = platform.launch(client, sub="attacker-1", email="vic@school.example")  # (3)
-    assert_refused(response, "Sign in to Countersign directly")
+    assert_confirmation_needed(response)  # the same page as before, but nothing can be confirmed
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
     assert_not_signed_in(client)
     # With any other email, the LMS user is only ever someone new, never the victim.
     response, _, _ = platform.launch(client, sub="attacker-1", email="any@elsewhere.example")
@@ -793,7 +807,7 @@ def test_the_reviews_sequence_never_reaches_the_victims_account(
     client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
     # Control: a new LMS user claiming the administrator's email is refused too.
     response, _, _ = platform.launch(client, sub="attacker-2", email="vic@school.example")
-    assert_refused(response, "Sign in to Countersign directly")
+    assert_confirmation_needed(response)
     with app.app_context():
         linked = db.session.scalars(select(LtiIdentity.person_id)).all()
         assert vic not in linked
@@ -869,7 +883,7 @@ def test_promoted_then_demoted_the_link_stays_suspended_until_its_owner_confirms
         person = db.session.get(Person, pid)
         person.password_hash = generate_password_hash(PASSWORD)
         db.session.commit()
-    confirm_signed_in(app, pid)
+    confirm_signed_in(app, pid, pairing_code(response))
     response, _, _ = platform.launch(client)
     assert response.status_code == 302
     with app.app_context():
@@ -882,7 +896,7 @@ def test_a_new_lms_user_claiming_a_privileged_email_is_refused_and_nothing_waits
 ):
     make_person("slt", email="vic@school.example")
     response, _, _ = platform.launch(client, sub="attacker-2", email="vic@school.example")
-    assert_refused(response, "Sign in to Countersign directly")
+    assert_confirmation_needed(response)
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
@@ -910,16 +924,15 @@ def test_a_privileged_person_cannot_confirm_a_link_made_before_the_role(
     from people.models import PersonRole
 
     pid = make_person("staff", email="sam@ladysmith.example")
-    response, _, _ = platform.launch(client, email="sam@ladysmith.example")
-    assert_confirmation_needed(response)
+    launched, _, _ = platform.launch(client, email="sam@ladysmith.example")
+    assert_confirmation_needed(launched)
     own = Auth(app, app.test_client())
     own.as_person(pid)
     with app.app_context():
         person = db.session.get(Person, pid)
         person.role_rows = [*person.role_rows, PersonRole(role="admin")]  # behind the app's back
         db.session.commit()
-        request_id = db.session.scalar(select(LtiLinkRequest.id))
-    response = own.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
+    response = own.post("/lti/connect", {"code": pairing_code(launched), "action": "confirm"})
     assert response.status_code == 400
     assert "never opened from a learning platform" in response.get_data(as_text=True)
     with app.app_context():
@@ -986,7 +999,8 @@ def test_the_owner_confirms_after_signing_in_with_next_and_is_told_by_email(
     pid = make_person("staff", email="sam@ladysmith.example")
     response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
     assert_confirmation_needed(response)
-    assert "We have emailed that address a link" in response.get_data(as_text=True)
+    assert "follow the link Countersign emails to that address" in response.get_data(as_text=True)
+    code = pairing_code(response)
     wait_for_mail(smtp, 1)
     # Signing in through the normal page with next= brings the person to the request.
     own = app.test_client()
@@ -995,11 +1009,9 @@ def test_the_owner_confirms_after_signing_in_with_next_and_is_told_by_email(
         "email": "sam@ladysmith.example", "password": PASSWORD, "csrf_token": token})  # fmt: skip
     assert response.status_code == 302 and response.location.endswith("/lti/connect")
     page = own.get("/lti/connect").get_data(as_text=True)
-    assert "Test Moodle" in page and "Connect my account" in page
-    with app.app_context():
-        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    assert "Test Moodle" in page and "Connection code" in page and code not in page
     token = csrf_token(own, "/lti/connect")
-    response = own.post("/lti/connect", data={"request_id": request_id, "action": "confirm",
+    response = own.post("/lti/connect", data={"code": code.lower(), "action": "confirm",
                                               "csrf_token": token})  # fmt: skip
     assert response.status_code == 200
     (_, request_mail), (to, notice) = wait_for_mail(smtp, 2)
@@ -1023,7 +1035,10 @@ def test_an_emailed_link_connects_the_account_once(
     pid = make_person("staff", email="sam@ladysmith.example")
     response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
     assert_confirmation_needed(response)
-    platform.launch(app.test_client(), sub="moodle-sam", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(
+        app.test_client(), sub="moodle-sam", email="sam@ladysmith.example"
+    )
+    code = pairing_code(response)  # a launch again shows a new code: the newest works
     ((to, message),) = wait_for_mail(smtp, 1)  # the second launch sends no second email
     assert to == ["sam@ladysmith.example"]
     body = message.get_payload(decode=True).decode()
@@ -1033,8 +1048,8 @@ def test_an_emailed_link_connects_the_account_once(
         assert link.rsplit("/", 1)[1] not in (request.token_hash or "")  # kept only as a hash
     stranger = app.test_client()  # following the link needs no session
     page = stranger.get(link).get_data(as_text=True)
-    assert "Connect my account" in page and "Test Moodle" in page
-    response = stranger.post(link, data={"request_id": request.id, "action": "confirm",
+    assert "Connection code" in page and "Test Moodle" in page
+    response = stranger.post(link, data={"code": code, "action": "confirm",
                                          "csrf_token": csrf_token(stranger, link)})  # fmt: skip
     assert response.status_code == 200
     assert "Learning platform account connected" in response.get_data(as_text=True)
@@ -1048,16 +1063,29 @@ def test_an_emailed_link_connects_the_account_once(
         assert (identity.person_id, identity.how) == (pid, "email")
 
 
-def test_launches_cannot_flood_a_persons_inbox(
+def test_launches_cannot_flood_a_persons_inbox_or_crowd_out_the_owners_own_launch(
     app, client, platform, registered, make_person, smtp
 ):
-    make_person("staff", email="sam@ladysmith.example")
-    for n in range(5):
+    """Re-review R2: other LMS users launching first neither use up the owner's emails nor stop
+    the owner's own launch from being confirmed; one email, which says how many wait."""
+    import re
+
+    pid = make_person("staff", email="sam@ladysmith.example")
+    for n in range(8):
         response, _, _ = platform.launch(app.test_client(), sub=f"lms-{n}",
                                          email="sam@ladysmith.example")  # fmt: skip
         assert_confirmation_needed(response)
-        assert ("We have emailed" in response.get_data(as_text=True)) == (n < 3)
-    assert len(wait_for_mail(smtp, 3)) == 3  # at most three waiting at a time, one email each
+    own, _, _ = platform.launch(app.test_client(), sub="sam-real", email="sam@ladysmith.example")
+    ((_, message),) = wait_for_mail(smtp, 1)  # one email however many launch
+    link = re.search(r"(/lti/connect/\S+)", message.get_payload(decode=True).decode()).group(1)
+    with app.app_context():
+        waiting = db.session.scalars(select(LtiLinkRequest.subject)).all()
+    assert len(waiting) == 5 and "sam-real" in waiting and "lms-0" in waiting  # the emailed one
+    page = app.test_client().get(link).get_data(as_text=True)
+    assert "5 learning platform accounts are waiting" in page
+    confirm_signed_in(app, pid, pairing_code(own))
+    with app.app_context():
+        assert db.session.scalar(select(LtiIdentity.subject)) == "sam-real"
 
 
 def test_an_emailed_link_expires_and_a_made_up_one_does_nothing(
@@ -1084,7 +1112,8 @@ def test_without_email_settings_no_link_is_made_or_logged(
     make_person("staff", email="sam@ladysmith.example")
     response, _, _ = platform.launch(client, email="sam@ladysmith.example")
     page = response.get_data(as_text=True)
-    assert "Sign in to Countersign directly</a> once" in page and "emailed" not in page
+    assert "Sign in to Countersign directly</a>, in a new window." in page
+    assert "email" not in page.split("<h1>", 1)[1].replace("email address", "")
     assert "/lti/connect/" not in caplog.text
     with app.app_context():
         assert db.session.scalar(select(LtiLinkRequest)).token_hash is None
@@ -1095,11 +1124,10 @@ def test_the_owner_may_decline_and_nothing_is_linked(
 ):
     pid = make_person("staff", email="sam@ladysmith.example")
     platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
+    platform.launch(client, sub="attacker-2", email="sam@ladysmith.example")
     own = Auth(app, app.test_client())
     own.as_person(pid)
-    with app.app_context():
-        request_id = db.session.scalar(select(LtiLinkRequest.id))
-    response = own.post("/lti/connect", {"request_id": request_id, "action": "decline"})
+    response = own.post("/lti/connect", {"code": "", "action": "decline_all"})
     assert response.status_code == 302
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
@@ -1112,14 +1140,13 @@ def test_only_the_owner_signed_in_directly_can_confirm(
 ):
     make_person("staff", email="sam@ladysmith.example")
     other = make_person("staff", email="olly@ladysmith.example")
-    platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
-    with app.app_context():
-        request_id = db.session.scalar(select(LtiLinkRequest.id))
+    response, _, _ = platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
+    code = pairing_code(response)
     # Someone else, signed in as themselves, cannot answer it.
     someone = Auth(app, app.test_client())
     someone.as_person(other)
-    response = someone.post("/lti/connect", {"request_id": request_id, "action": "confirm"})
-    assert response.status_code == 400 and "expired or was already answered" in response.get_data(
+    response = someone.post("/lti/connect", {"code": code, "action": "confirm"})
+    assert response.status_code == 400 and "No waiting request has this code" in response.get_data(
         as_text=True
     )
     # Nor can a session opened from a platform, even the person's own.
@@ -1129,7 +1156,7 @@ def test_only_the_owner_signed_in_directly_can_confirm(
     page = launched.get("/lti/connect").get_data(as_text=True)
     assert "sign in to Countersign directly" in page and "Connect my account" not in page
     token = csrf_token(launched, "/")
-    response = launched.post("/lti/connect", data={"request_id": request_id, "action": "confirm",
+    response = launched.post("/lti/connect", data={"code": code, "action": "confirm",
                                                    "csrf_token": token})  # fmt: skip
     assert "Learning platform account connected" not in response.get_data(as_text=True)
     with app.app_context():
@@ -1232,3 +1259,230 @@ def test_a_session_opened_from_the_lms_cannot_change_the_second_factor(
     for url in ("/account/second-factor/authenticator", "/account/second-factor/passkey"):
         answer = client.get(url)
         assert answer.status_code == 302 and "/sign-in" in answer.headers["Location"], url
+
+
+# --- the re-review: confirmation bound to the launch (R2), claimed accounts (R3), one answer
+# for every kind of existing account (R9), a person's own second factor (R12) -----------------
+
+
+def test_the_owner_connects_only_the_launch_whose_code_they_saw(
+    app, platform, registered, make_person
+):
+    """Re-review R2: other LMS users launch with the owner's email first; the owner signs in and
+    can connect only the request whose code their own launch showed them."""
+    vic = make_person("staff", name="Vic Tim", email="vic@ladysmith.example")
+    attacker = app.test_client()
+    for n in range(3):
+        response, _, _ = platform.launch(attacker, sub=f"attacker-{n}",
+                                         email="vic@ladysmith.example", name="Vic Tim")  # fmt: skip
+        assert_confirmation_needed(response)
+    attackers_code = pairing_code(response)
+    own, _, _ = platform.launch(app.test_client(), sub="vic-real", email="vic@ladysmith.example",
+                                name="Victoria Tim")  # fmt: skip
+    code = pairing_code(own)
+    assert code != attackers_code
+    signed_in = Auth(app, app.test_client())
+    signed_in.as_person(vic)
+    page = signed_in.client.get("/lti/connect").get_data(as_text=True)
+    # Each request is told apart (platform, LMS name, time), and no code is shown there.
+    assert "4 learning platform accounts are waiting" in page and "Victoria Tim" in page
+    assert code not in page and attackers_code not in page
+    with app.app_context():
+        stored = " ".join(f"{r.pairing_hash} {r.token_hash}" for r in db.session.scalars(
+            select(LtiLinkRequest)))  # fmt: skip
+    assert code.replace(" ", "") not in stored  # kept only as a hash
+    # A mistyped code connects nothing, and says so at the field.
+    response = signed_in.post("/lti/connect", {"code": "ZZZ 999", "action": "confirm"})
+    assert response.status_code == 400
+    assert 'id="code-error"' in response.get_data(as_text=True)
+    response = signed_in.post("/lti/connect", {"code": "", "action": "confirm"})
+    assert response.status_code == 400 and "Enter the code" in response.get_data(as_text=True)
+    response = signed_in.post("/lti/connect", {"code": code, "action": "confirm"})
+    assert "Learning platform account connected" in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalars(select(LtiIdentity.subject)).all() == ["vic-real"]
+    # The attacker's LMS account still opens nothing of Vic's, whatever email it gives.
+    other = app.test_client()
+    response, _, _ = platform.launch(other, sub="attacker-0", email="vic@ladysmith.example")
+    assert_confirmation_needed(response)
+    assert_not_signed_in(other)
+    response, _, _ = platform.launch(other, sub="vic-real", email="vic@ladysmith.example")
+    assert response.status_code == 302 and "Vic Tim" in other.get("/").get_data(as_text=True)
+
+
+def test_an_emailed_link_needs_the_launchs_code_and_can_decline_everything(
+    app, client, platform, registered, make_person, smtp
+):
+    """Re-review R2: the emailed link alone connects nothing; it asks for the code, works once,
+    and offers to decline every waiting request."""
+    import re
+
+    make_person("staff", email="sam@ladysmith.example")
+    platform.launch(client, sub="attacker-1", email="sam@ladysmith.example")
+    ((_, message),) = wait_for_mail(smtp, 1)
+    body = message.get_payload(decode=True).decode()
+    assert "type the code that the page in your course showed" in body
+    link = re.search(r"(/lti/connect/\S+)", body).group(1)
+    stranger = app.test_client()
+    for data in ({"code": "", "action": "confirm"}, {"code": "ABC234", "action": "confirm"}):
+        response = stranger.post(link, data={**data, "csrf_token": csrf_token(stranger, link)})
+        assert response.status_code == 400
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
+    response = stranger.post(link, data={"action": "decline_all", "code": "",
+                                         "csrf_token": csrf_token(stranger, link)})  # fmt: skip
+    assert response.status_code == 302
+    assert stranger.get(link).status_code == 400  # used up
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
+    assert [e for e, _, _ in lti_events(app)][-1] == "lti.link_declined"
+
+
+def claim_by_import(app, name: str, email: str) -> None:
+    from people.service import import_people
+
+    with app.app_context():
+        result = import_people(db.session, f"name,email,roles,schools\n{name},{email},staff,\n",
+                               federation())  # fmt: skip
+        db.session.commit()
+        assert result.updated == [email]
+
+
+def claim_by_invitation(app, email: str) -> None:
+    from people.auth import INVITE, make_link_token
+
+    with app.app_context():
+        person = db.session.scalar(select(Person).where(Person.email == email))
+        token = make_link_token(app.config["SECRET_KEY"], INVITE, person)
+    real = app.test_client()
+    response = real.post(f"/invite/{token}", data={
+        "password": "a quite long new passphrase 42", "confirm": "a quite long new passphrase 42",
+        "csrf_token": csrf_token(real, f"/invite/{token}")})  # fmt: skip
+    assert response.status_code == 302 and response.location == "/"
+
+
+def claim_by_edit(app, email: str) -> None:
+    """An administrator corrects the email of the account a launch made."""
+    from people.service import PersonData, update_person
+
+    with app.app_context():
+        person = db.session.scalar(select(Person).where(Person.email == email))
+        data = PersonData(person.name, "nina@ladysmith.example", tuple(person.roles), ())
+        update_person(db.session, person, data, federation(), None)
+        db.session.commit()
+
+
+@pytest.mark.parametrize("claims", ["import_then_invitation", "invitation", "import", "edit"])
+def test_an_account_a_launch_made_and_a_real_person_claimed_is_not_opened_by_that_launch(
+    app, platform, registered, claims
+):
+    """Re-review R3: an LMS user launches with a future colleague's address before the school
+    adds them; the school's import and invitation then hand the account to the real person. The
+    launch's link is suspended at the claim (audited) and opens nothing until confirmed."""
+    email = "nina.new@ladysmith.example"
+    response, _, _ = platform.launch(app.test_client(), sub="attacker-pre", email=email,
+                                     name="Nina New")  # fmt: skip
+    assert response.status_code == 302  # made, linked and signed in: nobody had that email
+    if "import" in claims:
+        claim_by_import(app, "Nina Newstarter", email)
+    if "invitation" in claims:
+        claim_by_invitation(app, email)
+    if claims == "edit":
+        claim_by_edit(app, email)
+    with app.app_context():
+        identity = db.session.scalar(select(LtiIdentity))
+        assert identity.how == "new_person" and identity.suspended_at is not None
+    suspended = [d for e, _, d in lti_events(app) if e == "lti.link_suspended"]
+    assert len(suspended) == 1 and suspended[0]["reason"] == "account_claimed"
+    attacker = app.test_client()
+    response, _, _ = platform.launch(attacker, sub="attacker-pre", email="whatever@evil.example")
+    assert_confirmation_needed(response)
+    assert_not_signed_in(attacker)
+
+
+def test_a_person_a_launch_made_confirms_their_own_link_after_claiming_it(
+    app, platform, registered
+):
+    """The claim costs the real person one confirmation, with the code from their launch."""
+    email = "tessa.ta@ladysmith.example"
+    response, _, _ = platform.launch(app.test_client())
+    assert response.status_code == 302
+    claim_by_invitation(app, email)
+    client = app.test_client()
+    response, _, _ = platform.launch(client)
+    assert_confirmation_needed(response)
+    own = app.test_client()
+    token = csrf_token(own, "/sign-in")
+    own.post("/sign-in", data={"email": email, "password": "a quite long new passphrase 42",
+                               "csrf_token": token})  # fmt: skip
+    response = own.post("/lti/connect", data={"code": pairing_code(response), "action": "confirm",
+                                              "csrf_token": csrf_token(own, "/lti/connect")})  # fmt: skip
+    assert "Learning platform account connected" in response.get_data(as_text=True)
+    response, _, _ = platform.launch(client)
+    assert response.status_code == 302
+
+
+def enrol_authenticator(app, person_id: int) -> None:
+    import pyotp
+
+    from mfa.rules import enrol_totp
+
+    with app.app_context():
+        secret = pyotp.random_base32()
+        enrol_totp(db.session, db.session.get(Person, person_id), secret, pyotp.TOTP(secret).now())
+        db.session.commit()
+
+
+def test_every_kind_of_existing_account_gets_the_same_answer_and_the_reason_is_audited(
+    app, platform, make_person
+):
+    """Re-review R9: a launch with an existing address shows the same page whether the account
+    is ordinary, privileged, has a second factor, is closed or is another school's: no oracle.
+    The precise reason is in the audit row."""
+    import re
+
+    register(app, platform, school="infant")
+    make_person("staff", email="teacher@ladysmith.example", schools=("infant",))
+    make_person("admin", email="head@ladysmith.example", schools=("infant",))
+    make_person("governor", email="gov@ladysmith.example")
+    make_person("staff", email="leaver@ladysmith.example", active=False)
+    make_person("staff", email="jo@ladysmith.example", schools=("junior",))
+    enrol_authenticator(app, make_person("staff", email="careful@ladysmith.example"))
+    pages = {}
+    for n, who in enumerate(["teacher", "head", "gov", "leaver", "jo", "careful"]):
+        response, _, _ = platform.launch(app.test_client(), sub=f"probe-{n}",
+                                         email=f"{who}@ladysmith.example")  # fmt: skip
+        assert_confirmation_needed(response)
+        pages[who] = re.sub(r'pairing-code">[A-Z0-9 ]+<', "", response.get_data(as_text=True))
+        pages[who] = re.sub(r'nonce-[^"\']+|name="csrf_token"[^>]*', "", pages[who])
+    assert len(set(pages.values())) == 1, "a launch tells one kind of account from another"
+    reasons = [d["reason"] for e, _, d in lti_events(app) if e == "lti.launch_refused"]
+    assert reasons == ["account never opened by a launch", "account never opened by a launch",
+                       "closed account", "another school's account",
+                       "account never opened by a launch"]  # fmt: skip
+    with app.app_context():
+        assert db.session.scalars(select(LtiLinkRequest.subject)).all() == ["probe-0"]
+
+
+def test_a_person_with_their_own_second_factor_is_never_signed_in_by_a_launch(
+    app, client, platform, registered, make_person
+):
+    """Re-review R12: someone who set up a second factor though their role does not need one is
+    asked for it at every sign-in, so a launch, which cannot ask, never opens their account:
+    refused with the same words as the closed roles."""
+    pid = make_person("staff", email="sam@ladysmith.example")
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    confirm_signed_in(app, pid, pairing_code(response))
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert response.status_code == 302
+    client.post("/sign-out", data={"csrf_token": csrf_token(client, "/")})
+    enrol_authenticator(app, pid)
+    response, _, _ = platform.launch(client, sub="moodle-sam", email="sam@ladysmith.example")
+    assert_refused(response, "Sign in to Countersign directly")
+    assert_not_signed_in(client)
+    # Nor can a waiting request be confirmed once they have one.
+    response, _, _ = platform.launch(app.test_client(), sub="moodle-sam-2",
+                                     email="sam@ladysmith.example")  # fmt: skip
+    assert_confirmation_needed(response)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
