@@ -56,7 +56,7 @@ from mfa.rules import (
 from people.auth import ThrottlePolicy, lock_sign_in, record_attempt, retry_after
 from people.forms import ConfirmForm
 from people.models import Person
-from people.views import roles_required, safe_next
+from people.views import roles_required, safe_next, trust_this_device, trusted_device
 
 mfa_bp = Blueprint(
     "mfa", __name__, template_folder="templates", static_folder="static",
@@ -120,7 +120,7 @@ def _attempt(person: Person, method: str, check: Callable[[], bool]) -> int | bo
     s = db.session
     ip = client_ip()
     lock_sign_in(s, person.email)
-    wait = retry_after(s, person.email, ip, ThrottlePolicy())
+    wait = retry_after(s, person.email, ip, ThrottlePolicy(), trusted_device=trusted_device(person))
     if wait:
         s.rollback()
         return wait
@@ -140,6 +140,7 @@ def _signed_in(person: Person) -> str:
     session.clear()
     session.permanent = True
     login_user(person)
+    trust_this_device(person)
     return target
 
 

@@ -670,3 +670,14 @@ def test_anyone_who_sets_one_up_is_asked_for_it(app, client, make_person):
     sign_out(client)
     response = password_step(client, email_of(app, pid))
     assert response.location.endswith("/sign-in/second-factor") and not signed_in(client)
+
+
+def test_a_sign_in_with_the_second_factor_trusts_the_browser(app, client, make_person):
+    """The device mark (which exempts the browser from the per-address throttle) is given only
+    when both steps are done, never after the password alone."""
+    pid = make_person("admin")
+    password_step(client, email_of(app, pid))
+    assert not any(c.key == "countersign_device" for c in client._cookies.values())
+    enrol_passkey(app, client, pid)
+    assert signed_in(client)
+    assert any(c.key == "countersign_device" for c in client._cookies.values())
