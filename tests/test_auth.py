@@ -155,6 +155,23 @@ def test_a_trusted_browser_still_meets_the_per_account_limit(app, auth, make_per
     assert auth.sign_in("carol@ladysmith.example").status_code == 302
 
 
+@pytest.mark.parametrize("app_config", [{"BASE_URL": "https://countersign.test"}])
+def test_under_https_the_device_mark_is_a_secure_host_only_cookie(app, make_person):
+    make_person("staff", email="c@ladysmith.example")
+    client = app.test_client()
+    base = "https://countersign.test"
+    token = csrf_token(client, "/sign-in")
+    response = client.post("/sign-in", base_url=base, headers={"Referer": f"{base}/sign-in"},
+                           data={"email": "c@ladysmith.example", "password": PASSWORD,
+                                 "csrf_token": token})  # fmt: skip
+    assert response.status_code == 302
+    (mark,) = [c for c in response.headers.getlist("Set-Cookie") if "_device=" in c]
+    attributes = [a.strip().lower() for a in mark.split(";")[1:]]
+    assert mark.startswith("__Host-countersign_device=")
+    assert {"secure", "httponly", "path=/", "samesite=lax"} <= set(attributes)
+    assert not any(a.startswith("domain=") for a in attributes)
+
+
 def test_a_device_mark_is_bound_to_its_person_and_signed(app, make_person):
     from people.auth import device_token, device_trusted
 
