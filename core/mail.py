@@ -208,8 +208,9 @@ def _send(config: Any, to: str, subject: str, body: str) -> None:
         error = MailError("connect", f"could not connect ({type(exc).__name__})")
     else:
         return
-    # The recipient and the server's name are enough to investigate; never the credentials.
-    log.error("email to %s not sent via %s: %s", to, config.get("SMTP_HOST"), error.detail)
+    # The server's name and the reason are enough to investigate: no recipient (personal data;
+    # the caller logs the person's id) and never the credentials.
+    log.error("email not sent via %s: %s", config.get("SMTP_HOST"), error.detail)
     raise error
 
 
