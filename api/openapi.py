@@ -41,7 +41,8 @@ def document() -> dict[str, Any]:
             "A token with the training:read scope sees each person's name, email, roles and "
             "module-by-module status (TrainingStatus). A token with only training:status sees "
             "the person's id and the verdict (StatusOnly): no name, email, roles or modules, "
-            "and an email it asked about is not echoed back.",
+            "and it names people by id only (an email ref is refused with 400 "
+            "email_not_allowed, so it cannot test an address for membership).",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearerAuth": []}],
@@ -55,7 +56,8 @@ def document() -> dict[str, Any]:
                             "name": "ref",
                             "in": "path",
                             "required": True,
-                            "description": "The person's id or email address.",
+                            "description": "The person's id, or (training:read tokens only) "
+                            "their email address.",
                             "schema": {"type": "string", "minLength": 1, "maxLength": 254},
                         },
                         {
@@ -292,8 +294,8 @@ def document() -> dict[str, Any]:
                                         "properties": {
                                             "ref": {
                                                 "type": ["integer", "string", "null"],
-                                                "description": "What was asked, or null for an "
-                                                "email asked by a training:status token.",
+                                                "description": "What was asked (a "
+                                                "training:status token asks by id only).",
                                             },
                                             "error": {"const": "not_found"},
                                         },

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from api.answers import Answer, PolicyRef, dumps, find_answers, policies, status_only
+from api.answers import Answer, PolicyRef, dumps, find_answers, is_id, policies, status_only
 from api.openapi import document
 from api.tokens import PERSONAL_SCOPE, authenticate
 from core.db import reads_only
@@ -111,6 +111,20 @@ def _json(body: str) -> Response:
     return Response(body, mimetype="application/json")
 
 
+def _ids_only(refs: list[str]) -> None:
+    """A token that may not see emails may not look people up by email either.
+
+    Answering an email with an id (or "not found") would let it test any address for membership
+    and join ids to emails, so it names people by id only.
+    """
+    if PERSONAL_SCOPE not in g.api_token.scopes and not all(map(is_id, refs)):
+        raise ApiError(
+            400,
+            "email_not_allowed",
+            "This token may look people up by id only: use the person's id, not an email address.",
+        )
+
+
 def _visible(body: str) -> str:
     """The answer as this token may see it: in full, or without personal details."""
     return body if PERSONAL_SCOPE in g.api_token.scopes else status_only(body)
@@ -124,6 +138,7 @@ def person_status(ref: str) -> Any:
         raise ApiError(
             400, "unknown_parameter", f"Unknown query parameter: {', '.join(sorted(unknown))}."
         )
+    _ids_only([ref])
     answer = _answers(_policy(request.args.get("policy")), [ref]).get(ref)
     if answer is None:
         raise ApiError(404, "person_not_found", "Nobody has that id or email address.")
@@ -159,6 +174,7 @@ def check() -> Any:
         if isinstance(ref, str) and not 0 < len(ref) <= 254:
             raise ApiError(400, "invalid_people", "An email address is 1 to 254 characters.")
         cleaned.append(str(ref))
+    _ids_only(cleaned)
     if "policy" in body and not isinstance(body["policy"], str):  # null too: leave it out instead
         raise ApiError(400, "invalid_policy", "'policy' must be a policy's slug.")
     answers = _answers(_policy(body.get("policy")), cleaned)

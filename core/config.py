@@ -50,6 +50,7 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "SMTP_PASSWORD": "",
         "SMTP_FROM": "",
         "SMTP_STARTTLS": True,
+        "SMTP_ALLOW_PLAINTEXT": False,  # plain SMTP to another machine (a trusted relay only)
         "PAGE_SIZE": 50,
         "TIMEZONE": "Europe/London",  # how times are shown; they are stored in UTC
         # Links in emails and on screen are built from this, never from the request's Host header.

@@ -3,7 +3,9 @@
 Reset and invitation links travel by email, so a mail server that cannot prove who it is must never
 see them, nor the SMTP password: STARTTLS and implicit TLS (port 465, or ``SMTP_SSL``) verify the
 certificate and host name against the system's trust store, or against ``SMTP_CA_FILE`` for a
-school's own CA. Credentials go over an unencrypted connection only to this machine (loopback).
+school's own CA. Credentials go over an unencrypted connection only to this machine (loopback),
+and so do messages, unless ``SMTP_ALLOW_PLAINTEXT`` says a relay on a trusted network may have them
+in clear (the app then warns at every start).
 A failure is logged and kept in ``mail_failure`` so administrators see it on the people page.
 """
 
@@ -37,6 +39,9 @@ ADVICE = {
     "server that supports encryption.",
     "insecure_credentials": "A password would have been sent unencrypted. Turn on "
     "COUNTERSIGN_SMTP_STARTTLS or COUNTERSIGN_SMTP_SSL.",
+    "plaintext": "Email would have crossed the network unencrypted. Turn on "
+    "COUNTERSIGN_SMTP_STARTTLS or COUNTERSIGN_SMTP_SSL; only for a relay on a network you trust, "
+    "set COUNTERSIGN_SMTP_ALLOW_PLAINTEXT=true.",
     "auth": "The mail server refused the user name or password. Check COUNTERSIGN_SMTP_USERNAME "
     "and COUNTERSIGN_SMTP_PASSWORD.",
     "refused": "The mail server refused the message. Check COUNTERSIGN_SMTP_FROM and the "
@@ -90,6 +95,41 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _encrypted(config: Any) -> bool:
+    return (
+        _flag(config.get("SMTP_SSL"))
+        or int(config.get("SMTP_PORT") or 0) == 465
+        or _flag(config.get("SMTP_STARTTLS"), default=True)
+    )
+
+
+def plaintext_to_network(config: Any) -> bool:
+    """Whether the settings would send mail unencrypted to another machine."""
+    return (
+        smtp_configured(config)
+        and not _encrypted(config)
+        and not _is_loopback(str(config["SMTP_HOST"]))
+    )
+
+
+def warn_about_plaintext(app: Flask) -> None:
+    """At start, say so when links would cross the network in clear, or would not be sent."""
+    if not plaintext_to_network(app.config):
+        return
+    if _flag(app.config.get("SMTP_ALLOW_PLAINTEXT")):
+        log.warning(
+            "COUNTERSIGN_SMTP_ALLOW_PLAINTEXT is on: reset, invitation and connect links go to %s "
+            "unencrypted. Turn on COUNTERSIGN_SMTP_STARTTLS or COUNTERSIGN_SMTP_SSL instead.",
+            app.config["SMTP_HOST"],
+        )
+    else:
+        log.warning(
+            "COUNTERSIGN_SMTP_STARTTLS and COUNTERSIGN_SMTP_SSL are off and %s is another "
+            "machine: no email will be sent. Turn on TLS.",
+            app.config["SMTP_HOST"],
+        )
 
 
 def tls_context(config: Any) -> ssl.SSLContext:
@@ -168,8 +208,8 @@ def _send(config: Any, to: str, subject: str, body: str) -> None:
         error = MailError("connect", f"could not connect ({type(exc).__name__})")
     else:
         return
-    # The server's name and the reason are enough to investigate; never the credentials, and not
-    # the recipient's address (personal data the log need not hold: the caller logs whose it was).
+    # The server's name and the reason are enough to investigate: no recipient (personal data;
+    # the caller logs the person's id) and never the credentials.
     log.error("email not sent via %s: %s", config.get("SMTP_HOST"), error.detail)
     raise error
 
@@ -184,6 +224,9 @@ def _deliver(config: Any, to: str, subject: str, body: str) -> None:
             "insecure_credentials",
             "refused to send the SMTP password over an unencrypted connection",
         )
+    if plaintext_to_network(config) and not _flag(config.get("SMTP_ALLOW_PLAINTEXT")):
+        # The message holds a link that signs someone in or sets their password.
+        raise MailError("plaintext", "refused to send email over an unencrypted connection")
     message = EmailMessage()
     message["From"] = config.get("SMTP_FROM") or username or "countersign"
     message["To"] = to

@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from core.config import host_list, is_https
 from core.db import db
+from core.mail import warn_about_plaintext
 from training.loader import Federation, load_federation
 
 login_manager = LoginManager()
@@ -292,6 +293,7 @@ def init_app(app: Flask) -> None:
             "COUNTERSIGN_BASE_URL is https but COUNTERSIGN_SECURE_COOKIES is off: the session "
             "cookie can be sent over plain http and there is no HSTS. Turn it back on."
         )
+    warn_about_plaintext(app)
     app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
     if app.config["PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix

@@ -53,3 +53,20 @@ class RecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PasskeyChallenge(Base):
+    """A passkey challenge the server issued and has not yet seen answered.
+
+    The browser's session cookie says which challenge it was shown, but a cookie can be sent
+    again; the row (only the challenge's hash) is deleted by the answer that uses it, so an
+    assertion replayed with an old cookie finds nothing to match.
+    """
+
+    __tablename__ = "passkey_challenge"
+    __table_args__ = (Index("ix_passkey_challenge_expires", "expires_at"),)
+
+    challenge_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"))
+    purpose: Mapped[str] = mapped_column(String(10))  # SIGN_IN or ENROL
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,7 +40,7 @@ from webauthn.helpers.structs import (
 
 from audit.log import record
 from core.db import utcnow
-from mfa.models import PASSKEY, TOTP, RecoveryCode, SecondFactor
+from mfa.models import PASSKEY, TOTP, PasskeyChallenge, RecoveryCode, SecondFactor
 from people.models import Person
 from people.roles import ROLES
 
@@ -195,6 +196,49 @@ def relying_party(config: Mapping[str, Any], name: str) -> RelyingParty:
     )
 
 
+SIGN_IN = "sign_in"
+ENROL = "enrol"
+CHALLENGE_LIFETIME = timedelta(minutes=5)  # as long as the half-signed-in state lasts
+
+
+def _challenge_hash(challenge: bytes) -> str:
+    return hashlib.sha256(challenge).hexdigest()
+
+
+def keep_challenge(session: Session, person_id: int, purpose: str, challenge: bytes) -> None:
+    """Remember a challenge just issued, replacing the person's earlier one for the same purpose
+    (the browser's session holds only the latest), and drop expired ones."""
+    now = utcnow()
+    session.execute(
+        delete(PasskeyChallenge).where(
+            (PasskeyChallenge.expires_at <= now)
+            | ((PasskeyChallenge.person_id == person_id) & (PasskeyChallenge.purpose == purpose))
+        )
+    )
+    session.add(
+        PasskeyChallenge(
+            challenge_hash=_challenge_hash(challenge), person_id=person_id, purpose=purpose,
+            expires_at=now + CHALLENGE_LIFETIME,
+        )
+    )  # fmt: skip
+    session.flush()
+
+
+def spend_challenge(session: Session, person_id: int, purpose: str, challenge: bytes) -> bool:
+    """Whether the challenge was issued to this person for this purpose and not yet used; it is
+    used up by this call. One conditional DELETE, so of two requests racing with one answer only
+    one finds the row (the other waits for the row lock, then deletes nothing)."""
+    result = session.execute(
+        delete(PasskeyChallenge).where(
+            PasskeyChallenge.challenge_hash == _challenge_hash(challenge),
+            PasskeyChallenge.person_id == person_id,
+            PasskeyChallenge.purpose == purpose,
+            PasskeyChallenge.expires_at > utcnow(),
+        )
+    )
+    return result.rowcount == 1
+
+
 def registration_options(session: Session, person: Person, rp: RelyingParty) -> tuple[str, bytes]:
     """The options for the browser to make a passkey (JSON), and their single-use challenge."""
     options = generate_registration_options(
@@ -293,9 +337,17 @@ def use_passkey(
         )
     except (WebAuthnException, ValueError, KeyError, TypeError):
         return None  # a wrong key, another site's, or a counter gone back (a cloned key)
-    factor.sign_count = verified.new_sign_count
-    factor.last_used_at = utcnow()
-    return factor
+    # Conditional on the counter read above: of two answers racing past the check, one wins.
+    moved = session.execute(
+        update(SecondFactor)
+        .where(
+            SecondFactor.id == factor.id,
+            func.coalesce(SecondFactor.sign_count, 0) == (factor.sign_count or 0),
+        )
+        .values(sign_count=verified.new_sign_count, last_used_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    return factor if moved.rowcount == 1 else None
 
 
 # --- recovery codes ------------------------------------------------------------------------------

@@ -30,11 +30,14 @@ from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
 from mfa.forms import CodeForm, PasskeyForm, RecoveryForm
 from mfa.models import PASSKEY, TOTP, SecondFactor
 from mfa.rules import (
+    ENROL,
+    SIGN_IN,
     SecondFactorError,
     authentication_options,
     enrol_passkey,
     enrol_totp,
     factors,
+    keep_challenge,
     new_recovery_codes,
     new_totp_secret,
     qr_svg,
@@ -44,6 +47,7 @@ from mfa.rules import (
     remove_factor,
     required_for,
     reset_factors,
+    spend_challenge,
     totp_uri,
     use_passkey,
     use_recovery_code,
@@ -52,7 +56,7 @@ from mfa.rules import (
 from people.auth import ThrottlePolicy, lock_sign_in, record_attempt, retry_after
 from people.forms import ConfirmForm
 from people.models import Person
-from people.views import roles_required, safe_next
+from people.views import roles_required, safe_next, trust_this_device, trusted_device
 
 mfa_bp = Blueprint(
     "mfa", __name__, template_folder="templates", static_folder="static",
@@ -70,13 +74,30 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode()
 
 
-def _challenge() -> bytes | None:
-    """The challenge of the ceremony this browser was shown, usable once."""
+def _issue(person: Person, purpose: str, challenge: bytes) -> None:
+    """Show this browser a challenge and keep it on the server until it is answered."""
+    keep_challenge(db.session, person.id, purpose, challenge)
+    db.session.commit()
+    session[CHALLENGE] = _b64(challenge)
+
+
+def _challenge(person: Person, purpose: str) -> bytes | None:
+    """The challenge of the ceremony this browser was shown, usable once.
+
+    The cookie says which challenge; the server's row says it is still unused. Spending it is
+    committed at once, so whatever the answer turns out to be, a copy of the old cookie cannot
+    present the same answer again.
+    """
     value = session.pop(CHALLENGE, None)
     try:
-        return base64.urlsafe_b64decode(value) if isinstance(value, str) else None
+        challenge = base64.urlsafe_b64decode(value) if isinstance(value, str) else None
     except ValueError:
         return None
+    if challenge is None:
+        return None
+    spent = spend_challenge(db.session, person.id, purpose, challenge)
+    db.session.commit()
+    return challenge if spent else None
 
 
 def _expired() -> Any:
@@ -99,7 +120,7 @@ def _attempt(person: Person, method: str, check: Callable[[], bool]) -> int | bo
     s = db.session
     ip = client_ip()
     lock_sign_in(s, person.email)
-    wait = retry_after(s, person.email, ip, ThrottlePolicy())
+    wait = retry_after(s, person.email, ip, ThrottlePolicy(), trusted_device=trusted_device(person))
     if wait:
         s.rollback()
         return wait
@@ -119,6 +140,7 @@ def _signed_in(person: Person) -> str:
     session.clear()
     session.permanent = True
     login_user(person)
+    trust_this_device(person)
     return target
 
 
@@ -138,7 +160,7 @@ def _verify_page(person: Person, status: int = 200, wait: int = 0, **forms: Any)
         made = authentication_options(db.session, person, _rp())
         if made:
             options, challenge = made
-            session[CHALLENGE] = _b64(challenge)
+            _issue(person, SIGN_IN, challenge)
     context = {
         "person": person, "methods": methods, "options": options,
         "code_form": forms.get("code_form") or CodeForm(formdata=None),
@@ -178,7 +200,7 @@ def verify_passkey() -> Any:
     if person is None:
         return _expired()
     form = PasskeyForm()
-    challenge = _challenge()
+    challenge = _challenge(person, SIGN_IN)
     if not form.validate_on_submit():
         return _verify_page(person, 400, passkey_form=form)
     if challenge is None:
@@ -247,7 +269,7 @@ def _setup_context(
         context["spaced_secret"] = " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
     if only != TOTP:
         context["options"], challenge = registration_options(db.session, person, _rp())
-        session[CHALLENGE] = _b64(challenge)
+        _issue(person, ENROL, challenge)
     return {
         **context, "person": person,
         "code_form": code_form or CodeForm(formdata=None),
@@ -318,7 +340,7 @@ def enrol_with_passkey() -> Any:
     if factors(db.session, person.id):
         return redirect(url_for("mfa.verify"))
     form = PasskeyForm()
-    challenge = _challenge()
+    challenge = _challenge(person, ENROL)
     if not form.validate_on_submit() or challenge is None:
         if challenge is None and not form.credential.errors:
             form.credential.errors = ["The page was out of date. Try again."]
@@ -400,7 +422,7 @@ def add_totp() -> Any:
 def add_passkey() -> Any:
     form = PasskeyForm()
     if request.method == "POST":
-        challenge = _challenge()
+        challenge = _challenge(current_user, ENROL)
         if form.validate_on_submit() and challenge is not None:
             try:
                 enrol_passkey(db.session, current_user, form.credential.data, challenge, _rp())

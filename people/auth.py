@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -54,7 +55,12 @@ def _seconds_left(count: int, last: datetime | None, free: int, policy: Throttle
 
 
 def retry_after(
-    session: Session, email: str, ip: str, policy: ThrottlePolicy, now: datetime | None = None
+    session: Session,
+    email: str,
+    ip: str,
+    policy: ThrottlePolicy,
+    now: datetime | None = None,
+    trusted_device: bool = False,
 ) -> int:
     """Seconds the caller must wait before trying again; 0 when a try is allowed.
 
@@ -66,6 +72,9 @@ def retry_after(
     - per address, failures against accounts that exist: spraying one password over many real
       accounts from one address is slowed down, while failures with made-up emails (which guess
       nobody's password) do not count, so they cannot lock out the real people at that address.
+      A ``trusted_device`` (a browser this person has fully signed in from, see
+      :func:`device_token`) is exempt from this count: spraying from a shared address cannot lock
+      out the people behind it, while a new browser there still meets the limit.
     """
     now = now or utcnow()
     since = now - policy.window
@@ -82,6 +91,8 @@ def retry_after(
             SignInAttempt.at > (max(since, last_success) if last_success else since),
         )
     ).one()
+    if trusted_device:
+        return _seconds_left(*per_email, policy.free_failures, policy, now)
     per_address = session.execute(
         select(func.count(), func.max(SignInAttempt.at)).where(
             SignInAttempt.ip == ip,
@@ -101,6 +112,45 @@ def record_attempt(session: Session, email: str, ip: str, succeeded: bool) -> Si
     session.add(attempt)
     session.flush()
     return attempt
+
+
+# --- trusted devices (OWASP's "device cookie") ------------------------------------------------
+
+DEVICE_SALT = "countersign-device"
+DEVICE_MAX_AGE = 180 * 24 * 3600  # a browser used at least twice a year stays trusted
+
+
+def device_token(secret_key: str, person: Person) -> str:
+    """A signed mark given to a browser at each full sign-in: this person has signed in here.
+
+    It is bound to the person (and their email, so it lapses when the email changes) and carries
+    nothing secret; it only lets that person's sign-ins from this browser skip the per-address
+    count. A random part makes each one different, so tokens do not tell people apart.
+    """
+    serializer = URLSafeTimedSerializer(secret_key, salt=DEVICE_SALT)
+    return serializer.dumps(
+        {"p": person.id, "e": _email_tag(person.email), "n": secrets.token_hex(8)}
+    )
+
+
+def device_trusted(secret_key: str, token: str | None, person: Person | None) -> bool:
+    """Whether ``token`` is a device mark, still in date, issued to this person."""
+    if not token or person is None or len(token) > 500:
+        return False
+    serializer = URLSafeTimedSerializer(secret_key, salt=DEVICE_SALT)
+    try:
+        data = serializer.loads(token, max_age=DEVICE_MAX_AGE)
+    except BadSignature:  # SignatureExpired included
+        return False
+    return (
+        isinstance(data, dict)
+        and data.get("p") == person.id
+        and data.get("e") == _email_tag(person.email)
+    )
+
+
+def _email_tag(email: str) -> str:
+    return hashlib.sha256(email.lower().encode()).hexdigest()[:16]
 
 
 # --- where to go after signing in ----------------------------------------------------------------

@@ -32,7 +32,7 @@ from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
 from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
-from mfa.models import RecoveryCode, SecondFactor
+from mfa.models import PasskeyChallenge, RecoveryCode, SecondFactor
 from people.models import Person, SignInAttempt
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -434,6 +434,7 @@ def erase_person(
     session.execute(delete(LtiLinkRequest).where(LtiLinkRequest.person_id == person.id))
     session.execute(delete(SecondFactor).where(SecondFactor.person_id == person.id))
     session.execute(delete(RecoveryCode).where(RecoveryCode.person_id == person.id))
+    session.execute(delete(PasskeyChallenge).where(PasskeyChallenge.person_id == person.id))
     # Derived answers hold the name and email in their JSON; they are rebuilt on the next lookup.
     session.execute(delete(PrecomputedStatus).where(PrecomputedStatus.person_id == person.id))
     for ack in session.scalars(

@@ -11,6 +11,7 @@ from typing import Any
 from flask import (
     Blueprint,
     abort,
+    after_this_request,
     current_app,
     flash,
     redirect,
@@ -31,10 +32,13 @@ from core.mail import send_mail, send_mail_later, smtp_configured
 from core.web import SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
+    DEVICE_MAX_AGE,
     INVITE,
     RESET,
     LinkError,
     ThrottlePolicy,
+    device_token,
+    device_trusted,
     local_path,
     lock_sign_in,
     make_link_token,
@@ -106,6 +110,30 @@ def safe_next(target: str | None) -> str:
 # --- sign-in -------------------------------------------------------------------------------------
 
 
+def _device_cookie() -> str:
+    secure = current_app.config.get("SESSION_COOKIE_SECURE")
+    return "__Host-countersign_device" if secure else "countersign_device"
+
+
+def trusted_device(person: Person | None) -> bool:
+    """Whether this browser holds the person's device mark (exempt from the per-address count)."""
+    token = request.cookies.get(_device_cookie())
+    return device_trusted(current_app.config["SECRET_KEY"], token, person)
+
+
+def trust_this_device(person: Person) -> None:
+    """Give this browser a fresh device mark for the person; called at each full sign-in."""
+    token = device_token(current_app.config["SECRET_KEY"], person)
+
+    @after_this_request
+    def _set(response: Any) -> Any:
+        response.set_cookie(
+            _device_cookie(), token, max_age=DEVICE_MAX_AGE, path="/", httponly=True,
+            secure=bool(current_app.config.get("SESSION_COOKIE_SECURE")), samesite="Lax",
+        )  # fmt: skip
+        return response
+
+
 @auth_bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in() -> Any:
     if current_user.is_authenticated:
@@ -119,11 +147,13 @@ def sign_in() -> Any:
         # Check the password (scrypt: slow by design) before taking the write lock, which on SQLite
         # every writer shares: held through scrypt, concurrent sign-ins wait out the busy timeout.
         reads_only()
-        password_ok = check_password(find_by_email(s, email), form.password.data)
+        known = find_by_email(s, email)
+        password_ok = check_password(known, form.password.data)
+        trusted = trusted_device(known)
         s.commit()
         may_write()
         lock_sign_in(s, email)
-        wait = retry_after(s, email, ip, ThrottlePolicy())
+        wait = retry_after(s, email, ip, ThrottlePolicy(), trusted_device=trusted)
         if wait:
             minutes = max(1, round(wait / 60))
             form.form_errors.append(
@@ -152,6 +182,7 @@ def sign_in() -> Any:
             session.clear()  # a fresh session at sign-in: nothing carried from before
             session.permanent = True
             login_user(person)
+            trust_this_device(person)
             return redirect(safe_next(request.args.get("next")))
         form.form_errors.append("The email address or password is not right.")
         status = 400

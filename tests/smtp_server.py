@@ -90,8 +90,10 @@ class SMTPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, context: ssl.SSLContext | None = None, implicit: bool = False) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(
+        self, context: ssl.SSLContext | None = None, implicit: bool = False, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__((host, 0), _Handler)
         self.context, self.implicit = context, implicit
         self.received: list[tuple[list[str], Message]] = []
         self.auth: list[str] = []

@@ -364,13 +364,13 @@ def test_a_status_only_token_never_sees_names_or_emails(app, client, make_person
     train_people(app, tess)
     responses = [
         client.get(f"/api/v1/people/{tess}/training-status", headers=headers),
-        client.get("/api/v1/people/una@ladysmith.example/training-status", headers=headers),
-        client.get("/api/v1/people/ghost@ladysmith.example/training-status", headers=headers),
+        client.get(f"/api/v1/people/{una}/training-status", headers=headers),
+        client.get("/api/v1/people/9999/training-status", headers=headers),
         client.get(f"/api/v1/people/{tess}/training-status?policy=nope", headers=headers),
         client.post("/api/v1/training-status/check", headers=headers,
-                    json={"people": [tess, "UNA@ladysmith.example", "ghost@ladysmith.example", 9]}),
+                    json={"people": [tess, una, 9999, 9]}),
         client.post("/api/v1/training-status/check", headers=headers,
-                    json={"people": ["una@ladysmith.example"], "colour": "red"}),
+                    json={"people": [una], "colour": "red"}),
         client.post("/api/v1/training-status/check", headers=headers,
                     json={"people": list(range(1, 60))}),
     ]  # fmt: skip
@@ -388,13 +388,43 @@ def test_a_status_only_token_never_sees_names_or_emails(app, client, make_person
     CHECK_OP.validate_response(responses[4])
     batch = responses[4].get_json()
     assert [r.get("trained") for r in batch["results"]] == [True, False, None, None]
-    assert batch["results"][2] == {"ref": None, "error": "not_found"}
+    assert batch["results"][2] == {"ref": 9999, "error": "not_found"}
     assert batch["results"][3] == {"ref": 9, "error": "not_found"}
     assert responses[5].status_code == 400
     assert {r["person"]["id"] for r in responses[6].get_json()["results"] if "person" in r} == {
         tess,
         una,
     }
+
+
+def test_a_status_only_token_cannot_turn_an_email_into_an_id(app, client, make_person, runner):
+    created = runner.invoke(
+        args=["tokens", "create", "--name", "Rota", "--scope", "training:status"]
+    )
+    headers = {"Authorization": f"Bearer {created.output.strip().splitlines()[-1]}"}
+    una = make_person("volunteer", name="Una Untrained", email="una@ladysmith.example")
+    responses = [
+        client.get("/api/v1/people/una@ladysmith.example/training-status", headers=headers),
+        client.get("/api/v1/people/ghost@ladysmith.example/training-status", headers=headers),
+        client.post("/api/v1/training-status/check", headers=headers,
+                    json={"people": [una, "una@ladysmith.example"]}),
+        client.post("/api/v1/training-status/check", headers=headers,
+                    json={"people": ["ghost@ladysmith.example"]}),
+    ]  # fmt: skip
+    for response in responses:
+        assert response.status_code == 400, response.get_data(as_text=True)
+        error = response.get_json()["error"]
+        assert error["code"] == "email_not_allowed" and "person's id" in error["message"]
+        assert str(una) not in response.get_data(as_text=True)
+    STATUS_OP.validate_response(responses[0])
+    CHECK_OP.validate_response(responses[2])
+    # A token that may see emails still looks people up by email.
+    full = runner.invoke(args=["tokens", "create", "--name", "HR", "--scope", "training:read"])
+    answer = client.get(
+        "/api/v1/people/una@ladysmith.example/training-status",
+        headers={"Authorization": f"Bearer {full.output.strip().splitlines()[-1]}"},
+    )
+    assert answer.status_code == 200 and answer.get_json()["person"]["id"] == una
 
 
 def test_administrators_create_a_status_only_token(app, auth, make_person):

@@ -12,6 +12,7 @@ import pytest
 from app import create_app
 from core.db import db
 from people.auth import ThrottlePolicy, retry_after
+from people.models import Person
 from tests.conftest import PASSWORD, Auth, csrf_token
 
 
@@ -120,6 +121,72 @@ def test_spraying_real_accounts_from_one_address_is_throttled(app, auth, make_pe
     # From another address the accounts are not locked: each has only one failure.
     with app.app_context():
         assert retry_after(db.session, emails[0], "10.9.9.9", ThrottlePolicy()) == 0
+
+
+def test_spraying_real_accounts_does_not_stop_a_person_on_their_own_browser(app, make_person):
+    for name in ("alice", "staff", "volunteer", "parent", "slt"):
+        make_person("staff", email=f"{name}@ladysmith.example")
+    alice = Auth(app, app.test_client())
+    assert alice.sign_in("alice@ladysmith.example").status_code == 302  # her usual browser
+    alice.client.post(
+        "/sign-out", data={"csrf_token": csrf_token(alice.client, "/account/password")}
+    )
+    attacker = Auth(app, app.test_client())  # same address: the school's network
+    for name in ("staff", "volunteer", "parent", "slt"):  # guessable, real addresses
+        for _ in range(5):
+            assert attacker.sign_in(f"{name}@ladysmith.example", "Winter2026!").status_code == 400
+    # Spraying from the address is still slowed, and a new browser there meets the limit ...
+    assert attacker.sign_in("alice@ladysmith.example", "Winter2026!").status_code == 429
+    assert Auth(app, app.test_client()).sign_in("alice@ladysmith.example").status_code == 429
+    # ... but Alice, on the browser she signed in from before, is not locked out.
+    assert alice.sign_in("alice@ladysmith.example").status_code == 302
+
+
+def test_a_trusted_browser_still_meets_the_per_account_limit(app, auth, make_person):
+    make_person("staff", email="alice@ladysmith.example")
+    make_person("staff", email="bob@ladysmith.example")
+    auth.as_person(make_person("staff", email="carol@ladysmith.example"))
+    auth.client.post("/sign-out", data={"csrf_token": csrf_token(auth.client, "/account/password")})
+    for _ in range(5):
+        assert auth.sign_in("alice@ladysmith.example", "Winter2026!").status_code == 400
+    assert auth.sign_in("alice@ladysmith.example").status_code == 429  # the mark is Carol's
+    for n in range(20):
+        assert auth.sign_in("bob@ladysmith.example", f"guess {n}").status_code in (400, 429)
+    assert auth.sign_in("carol@ladysmith.example").status_code == 302
+
+
+@pytest.mark.parametrize("app_config", [{"BASE_URL": "https://countersign.test"}])
+def test_under_https_the_device_mark_is_a_secure_host_only_cookie(app, make_person):
+    make_person("staff", email="c@ladysmith.example")
+    client = app.test_client()
+    base = "https://countersign.test"
+    token = csrf_token(client, "/sign-in")
+    response = client.post("/sign-in", base_url=base, headers={"Referer": f"{base}/sign-in"},
+                           data={"email": "c@ladysmith.example", "password": PASSWORD,
+                                 "csrf_token": token})  # fmt: skip
+    assert response.status_code == 302
+    (mark,) = [c for c in response.headers.getlist("Set-Cookie") if "_device=" in c]
+    attributes = [a.strip().lower() for a in mark.split(";")[1:]]
+    assert mark.startswith("__Host-countersign_device=")
+    assert {"secure", "httponly", "path=/", "samesite=lax"} <= set(attributes)
+    assert not any(a.startswith("domain=") for a in attributes)
+
+
+def test_a_device_mark_is_bound_to_its_person_and_signed(app, make_person):
+    from people.auth import device_token, device_trusted
+
+    ids = [make_person("staff", email=f"{n}@ladysmith.example") for n in ("alice", "bob")]
+    with app.app_context():
+        alice, bob = (db.session.get(Person, pid) for pid in ids)
+        token = device_token(app.config["SECRET_KEY"], alice)
+        assert device_trusted(app.config["SECRET_KEY"], token, alice)
+        assert not device_trusted(app.config["SECRET_KEY"], token, bob)
+        assert not device_trusted("another key", token, alice)
+        assert not device_trusted(app.config["SECRET_KEY"], token[:-2] + "xx", alice)
+        assert not device_trusted(app.config["SECRET_KEY"], None, alice)
+        alice.email = "alice.new@ladysmith.example"
+        assert not device_trusted(app.config["SECRET_KEY"], token, alice)
+        db.session.rollback()
 
 
 def test_guessing_one_account_is_throttled_from_any_address(app, make_person):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 import time
 
 import pytest
 from sqlalchemy import select
 
 from core.db import db
-from core.mail import MailError, MailFailure, send_mail
+from core.mail import MailError, MailFailure, send_mail, warn_about_plaintext
 from tests.conftest import csrf_token
 from tests.smtp_server import SMTPServer, make_ca
 
@@ -173,3 +175,76 @@ def test_an_unreadable_ca_file_is_reported_not_ignored(app, smtp, tmp_path):
     assert failure.value.reason == "tls" and "SMTP_CA_FILE" in failure.value.detail
     assert smtp.received == []
     assert _wait_for(lambda: _failures(app))
+
+
+def _address_on_the_network() -> str:
+    """This machine's address on its network (not loopback), for a server "elsewhere"."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the route
+        except OSError:
+            pytest.skip("no network address to listen on")
+        address = probe.getsockname()[0]
+    if address.startswith("127.") or address == "0.0.0.0":
+        pytest.skip("no network address to listen on")
+    return address
+
+
+@pytest.fixture
+def remote_smtp():
+    with SMTPServer(host=_address_on_the_network()) as server:
+        yield server
+
+
+def _plain_to(app, server, **extra):
+    host, port = server.server_address[:2]
+    app.config.update(SMTP_HOST=host, SMTP_PORT=port, SMTP_STARTTLS=False, **extra)
+
+
+def test_links_never_go_unencrypted_to_another_machine(app, auth, make_person, remote_smtp):
+    _plain_to(app, remote_smtp)
+    with app.app_context(), pytest.raises(MailError) as failure:
+        send_mail(app.config, "s@ladysmith.example", "Reset", "a link")
+    assert failure.value.reason == "plaintext"
+    make_person("staff", email="s@ladysmith.example")
+    token = csrf_token(auth.client, "/forgot-password")
+    auth.client.post("/forgot-password", data={"email": "s@ladysmith.example", "csrf_token": token})
+    assert _wait_for(lambda: len(_failures(app)) >= 2)
+    assert remote_smtp.received == []
+    auth.as_person(make_person("admin"))
+    page = auth.client.get("/admin/people").get_data(as_text=True)
+    assert "Email is not being sent" in page and "COUNTERSIGN_SMTP_ALLOW_PLAINTEXT" in page
+
+
+def test_plaintext_to_another_machine_only_when_allowed_and_warned(
+    app, remote_smtp, caplog, database_url
+):
+    from app import create_app
+
+    caplog.set_level(logging.WARNING, logger="countersign")
+    _plain_to(app, remote_smtp)
+    settings = {"DATABASE_URL": database_url, "SECRET_KEY": "k", "SMTP_STARTTLS": False,
+                "SMTP_HOST": remote_smtp.server_address[0]}  # fmt: skip
+    create_app(settings)
+    assert "no email will be sent" in caplog.text
+    caplog.clear()
+    create_app({**settings, "SMTP_ALLOW_PLAINTEXT": "true"})
+    assert "COUNTERSIGN_SMTP_ALLOW_PLAINTEXT is on" in caplog.text
+    app.config["SMTP_ALLOW_PLAINTEXT"] = "true"
+    with app.app_context():
+        send_mail(app.config, "s@ladysmith.example", "Hello", "body")
+    assert len(remote_smtp.received) == 1
+    # Credentials still never go in clear, allowed or not.
+    app.config.update(SMTP_USERNAME="u", SMTP_PASSWORD=SECRET)
+    with app.app_context(), pytest.raises(MailError) as failure:
+        send_mail(app.config, "s@ladysmith.example", "Hello", "body")
+    assert failure.value.reason == "insecure_credentials" and remote_smtp.auth == []
+
+
+def test_a_mail_server_on_this_machine_needs_no_tls_and_no_warning(app, smtp, caplog):
+    caplog.set_level(logging.WARNING, logger="countersign")
+    warn_about_plaintext(app)  # the app's settings: 127.0.0.1 without STARTTLS
+    assert "COUNTERSIGN_SMTP" not in caplog.text
+    with app.app_context():
+        send_mail(app.config, "s@ladysmith.example", "Hello", "body")
+    assert len(smtp.received) == 1

@@ -13,13 +13,22 @@ import pyotp
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from app import create_app
 from audit.models import AuditEvent
 from core.db import db
 from mfa.flow import PENDING
-from mfa.models import RecoveryCode, SecondFactor
+from mfa.models import PasskeyChallenge, RecoveryCode, SecondFactor
+from mfa.rules import (
+    ENROL,
+    SIGN_IN,
+    authentication_options,
+    keep_challenge,
+    relying_party,
+    spend_challenge,
+)
+from mfa.rules import use_passkey as use_passkey_rule
 from people.auth import RESET, make_link_token
 from people.models import Person, SignInAttempt
 from tests.conftest import CSRF_RE, PASSWORD, csrf_token
@@ -530,6 +539,104 @@ def test_passkey_signs_in_and_its_challenge_works_once(app, client, make_person)
     assert use_passkey(client, answer, token).status_code == 400 and not signed_in(client)
 
 
+class CounterStaysZero(SoftPasskey):
+    """A synced platform passkey: its signature counter is always 0, so the counter cannot tell a
+    replayed answer from a new one."""
+
+    def assert_(self, options: dict, origin: str | None = None) -> str:
+        self.sign_count = -1
+        return super().assert_(options, origin)
+
+
+def copy_of(app: Flask, client: FlaskClient) -> FlaskClient:
+    """A new browser holding the same session cookie as ``client`` has now."""
+    name = app.session_interface.get_cookie_name(app)
+    cookie = next(c for c in client._cookies.values() if c.key == name)
+    other = app.test_client()
+    other.set_cookie(name, cookie.value, domain=cookie.domain)
+    return other
+
+
+def test_passkey_answer_replayed_with_an_old_cookie_is_refused(app, client, make_person):
+    pid = make_person("admin")
+    key = enrol_passkey(app, client, pid)
+    key.__class__ = CounterStaysZero
+    sign_out(client)
+    password_step(client, email_of(app, pid))
+    options, token = passkey_page(client, "/sign-in/second-factor")
+    answer = key.assert_(options)
+    saved = [copy_of(app, client) for _ in range(2)]  # the cookie as it was before the answer
+    response = use_passkey(client, answer, token)
+    assert response.status_code == 302 and signed_in(client)
+    for replay in saved:
+        response = use_passkey(replay, answer, token)
+        assert response.status_code == 400 and not signed_in(replay)
+        assert "The page was out of date" in response.get_data(as_text=True)
+
+
+def test_passkey_enrolment_answer_works_once_even_with_a_copied_cookie(app, client, make_person):
+    pid = make_person("admin")
+    enrol_passkey(app, client, pid)  # signed in, with a first passkey
+    key = SoftPasskey("countersign.test", "http://countersign.test")
+    options, token = passkey_page(client, "/account/second-factor/passkey")
+    copy = copy_of(app, client)
+    answer = key.register(options)
+    url = "/account/second-factor/passkey"
+    assert client.post(url, data={"credential": answer, "csrf_token": token}).status_code == 302
+    with app.app_context():
+        db.session.execute(
+            delete(SecondFactor).where(
+                SecondFactor.label == "Passkey", SecondFactor.id != min_factor_id(pid)
+            )
+        )
+        db.session.commit()  # the new key is removed again: only the spent challenge stops a replay
+    response = copy.post(url, data={"credential": answer, "csrf_token": token})
+    assert response.status_code == 400
+    assert "The page was out of date" in response.get_data(as_text=True)
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(SecondFactor)) == 1
+
+
+def min_factor_id(pid: int) -> int:
+    return db.session.scalar(select(func.min(SecondFactor.id)).where(SecondFactor.person_id == pid))
+
+
+def test_a_passkey_challenge_is_spent_once_and_only_by_its_person(app, make_person):
+    pid, other = make_person("admin"), make_person("slt")
+    with app.app_context():
+        keep_challenge(db.session, pid, SIGN_IN, b"c" * 32)
+        db.session.commit()
+        assert not spend_challenge(db.session, other, SIGN_IN, b"c" * 32)
+        assert not spend_challenge(db.session, pid, ENROL, b"c" * 32)
+        assert spend_challenge(db.session, pid, SIGN_IN, b"c" * 32)
+        db.session.commit()
+        assert not spend_challenge(db.session, pid, SIGN_IN, b"c" * 32)
+        assert db.session.scalar(select(func.count()).select_from(PasskeyChallenge)) == 0
+
+
+def test_passkey_counter_moves_only_from_the_value_checked(app, client, make_person):
+    pid = make_person("admin")
+    key = enrol_passkey(app, client, pid)
+    with app.app_context():
+        person = db.session.get(Person, pid)
+        factor = db.session.scalar(select(SecondFactor).where(SecondFactor.person_id == pid))
+        checked = factor.sign_count
+        # Another request uses the key in between: the row moves on, this one still holds `checked`.
+        db.session.execute(
+            update(SecondFactor).where(SecondFactor.id == factor.id).values(sign_count=checked + 5),
+            execution_options={"synchronize_session": False},
+        )
+        options, challenge = authentication_options(
+            db.session, person, relying_party(app.config, "x")
+        )
+        assert factor.sign_count == checked
+        answer = key.assert_(json.loads(options))
+        assert (
+            use_passkey_rule(db.session, person, answer, challenge, relying_party(app.config, "x"))
+            is None
+        )
+
+
 def test_passkey_answer_for_another_site_or_person_is_refused(app, client, make_person):
     pid = make_person("admin")
     key = enrol_passkey(app, client, pid)
@@ -563,3 +670,14 @@ def test_anyone_who_sets_one_up_is_asked_for_it(app, client, make_person):
     sign_out(client)
     response = password_step(client, email_of(app, pid))
     assert response.location.endswith("/sign-in/second-factor") and not signed_in(client)
+
+
+def test_a_sign_in_with_the_second_factor_trusts_the_browser(app, client, make_person):
+    """The device mark (which exempts the browser from the per-address throttle) is given only
+    when both steps are done, never after the password alone."""
+    pid = make_person("admin")
+    password_step(client, email_of(app, pid))
+    assert not any(c.key == "countersign_device" for c in client._cookies.values())
+    enrol_passkey(app, client, pid)
+    assert signed_in(client)
+    assert any(c.key == "countersign_device" for c in client._cookies.values())

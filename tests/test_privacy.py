@@ -444,7 +444,7 @@ def test_second_factor_methods_are_in_the_download_without_secrets_and_go_with_e
     erasing a leaver removes their methods and recovery codes."""
     import pyotp
 
-    from mfa.models import RecoveryCode, SecondFactor
+    from mfa.models import PasskeyChallenge, RecoveryCode, SecondFactor
     from mfa.rules import enrol_totp, new_recovery_codes, new_totp_secret
 
     client = Auth(app, app.test_client()).as_person(world["zeb"])
@@ -464,7 +464,7 @@ def test_second_factor_methods_are_in_the_download_without_secrets_and_go_with_e
     leave(app, world["zeb"], days_ago=DEFAULT_RETENTION_DAYS + 1)
     assert admin(app, world).post(f"/admin/people/{world['zeb']}/erase").status_code == 302
     with app.app_context():
-        for model in (SecondFactor, RecoveryCode):
+        for model in (SecondFactor, RecoveryCode, PasskeyChallenge):
             left = db.session.scalar(
                 select(func.count()).select_from(model).where(model.person_id == world["zeb"])
             )

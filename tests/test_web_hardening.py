@@ -166,7 +166,8 @@ def _sign_in_cookie(app, make_person, base: str = "https://countersign.test") ->
         "email": "c@ladysmith.example", "password": PASSWORD, "csrf_token": token})  # fmt: skip
     assert response.status_code == 302, response.get_data(as_text=True)
     assert client.get("/", base_url=base).status_code == 200  # the browser sends it back
-    return response.headers["Set-Cookie"]
+    cookies = response.headers.getlist("Set-Cookie")
+    return next(c for c in cookies if "_session=" in c.split(";")[0])
 
 
 @pytest.mark.parametrize("app_config", [{"BASE_URL": "https://countersign.test"}])
