@@ -208,9 +208,11 @@ GOVERNOR_OWN_ACTIONS = {
 }  # fmt: skip
 
 # Tables a page view may write to: derived caches, the record that a module was opened, a
-# certificate's PDF stored on its first download, and the sign-in log.
+# certificate's PDF stored on its first download, the sign-in log, and the one-use challenge a
+# passkey page hands out (kept on the server so an answer cannot be replayed).
 DERIVED_BY_READING = {
     "precomputed_status", "status_snapshot", "module_visit", "certificate", "sign_in_attempt",
+    "passkey_challenge",
 }  # fmt: skip
 
 # The scope each API route needs (None: public, such as the API's own description).
