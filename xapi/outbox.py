@@ -414,7 +414,15 @@ def init_app(app: Flask) -> None:
         if kind is None:
             return None
         result = state.invoke_statement()
-        if result.rowcount:
+        if result.returns_rows:
+            # INSERT … RETURNING (core.db.insert_ignoring_conflict): a row back is a row
+            # inserted. The rows are kept, so the caller reads them as if nobody had looked.
+            frozen = result.freeze()
+            inserted = bool(frozen().all())
+            result = frozen()
+        else:
+            inserted = bool(result.rowcount)
+        if inserted:
             state.session.info.setdefault(PENDING, []).append((kind, _values(state)))
         return result
 
