@@ -36,6 +36,8 @@ from werkzeug.exceptions import HTTPException
 from core.config import host_list, is_https
 from core.db import db
 from core.mail import warn_about_plaintext
+from core.security_log import flag
+from core.security_log import init_app as log_security_events
 from training.loader import Federation, load_federation
 
 login_manager = LoginManager()
@@ -304,6 +306,7 @@ def init_app(app: Flask) -> None:
     # First of all the request hooks: nothing runs for a request to a host that is not this site.
     app.before_request_funcs.setdefault(None, []).insert(0, _refuse_other_hosts)
     csrf.init_app(app)
+    log_security_events(app)
 
     @app.before_request
     def _refuse_nul_in_query() -> None:
@@ -373,6 +376,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(CSRFError)
     def _csrf(error: CSRFError) -> Any:
+        flag("csrf_failed", error.description or "")
         if _is_api():
             return json_error(400, "bad_request", "This request needs a token, not a form.")
         return (

@@ -27,6 +27,7 @@ from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.forms import Form
 from core.mail import send_mail_later, smtp_configured
+from core.security_log import flag
 from core.web import EMBEDDED_IN, SESSION_FROM_LMS, external_url, federation
 from lti import grades, keys
 from lti.accounts import (
@@ -77,6 +78,7 @@ LAUNCHED = SESSION_FROM_LMS
 
 def _refused(exc: LaunchRefused, origins: list[str] | None = None) -> Any:
     current_app.logger.info("LTI refused: %s (%s)", exc.title, exc.detail)
+    flag("lti_refused", exc.title)
     g.frame_origins = origins or []  # so the reason shows inside the platform's frame
     return render_template("lti/refused.html", refusal=exc), exc.status
 

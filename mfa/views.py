@@ -25,6 +25,7 @@ from flask_login import current_user, login_required, login_user
 from audit.log import record
 from core.db import db
 from core.mail import send_mail_later, smtp_configured
+from core.security_log import flag
 from core.web import SESSION_FROM_LMS, SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
 from mfa.forms import CodeForm, PasskeyForm, RecoveryForm
@@ -131,6 +132,8 @@ def _attempt(person: Person, method: str, check: Callable[[], bool]) -> int | bo
         subject_type="sign_in_attempt", subject_id=attempt.id, detail={"second_factor": method},
     )  # fmt: skip
     s.commit()
+    if not ok:
+        flag("second_factor_failed", method)
     return ok
 
 

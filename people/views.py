@@ -29,6 +29,7 @@ from core.db import db, may_write, reads_only, writing
 from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
+from core.security_log import flag
 from core.web import SESSION_STARTED, client_ip, external_url, federation
 from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
@@ -185,6 +186,7 @@ def sign_in() -> Any:
             trust_this_device(person)
             return redirect(safe_next(request.args.get("next")))
         form.form_errors.append("The email address or password is not right.")
+        flag("sign_in_failed")
         status = 400
     elif request.method == "POST":
         status = 400

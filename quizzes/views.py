@@ -10,6 +10,7 @@ from flask_login import current_user, login_required
 from core.db import db, utcnow
 from core.events import statuses_changed
 from core.forms import Form
+from core.security_log import flag
 from people.views import roles_required
 from quizzes.attempts import (
     AlreadySubmitted,
@@ -123,6 +124,8 @@ def attempt(public_id: str) -> Any:
         except (AttemptExpired, BadAnswers) as exc:
             s.rollback()
             message, status = str(exc), 400 if isinstance(exc, BadAnswers) else 410
+            if isinstance(exc, BadAnswers):
+                flag("quiz_answers_refused", str(exc))
     expired = attempt.submission is None and attempt.expires_at <= utcnow()
     return render_template(
         "quizzes/attempt.html", attempt=attempt, policy=policy, module_version=module_version,
