@@ -44,7 +44,7 @@ audit: venv
 
 # Migrate the database in instance/, publish the content, seed demo people on first run.
 setup: deps venv
-	$(BIN)/flask setup
+	$(BIN)/flask setup --demo
 
 venv: $(VENV)/.installed
 

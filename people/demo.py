@@ -26,6 +26,16 @@ DEMO_NAMES = {
 }
 
 
+def no_one_can_sign_in() -> bool:
+    """True while the database has no active administrator (a new installation)."""
+    return not db.session.scalar(
+        select(func.count())
+        .select_from(Person)
+        .join(PersonRole, PersonRole.person_id == Person.id)
+        .where(Person.active.is_(True), PersonRole.role == "admin")
+    )
+
+
 def seed_demo(echo: Callable[[str], None]) -> bool:
     """Create one demo person per role when the database has no people yet.
 

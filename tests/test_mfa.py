@@ -435,7 +435,7 @@ def test_only_administrators_reset(app, client, make_person):
 
 
 def test_setup_says_privileged_demo_people_set_up_a_second_factor(app, runner):
-    result = runner.invoke(args=["setup"])
+    result = runner.invoke(args=["setup", "--demo"])
     assert result.exit_code == 0, result.output
     assert "asked to set up a second factor" in result.output
     assert "Administrator" in result.output.split("second factor")[-1]

@@ -326,11 +326,34 @@ def test_import_template_downloads_and_imports_cleanly(app, admin):
     assert len(result.created) == 3
 
 
+def test_setup_without_demo_creates_no_account_and_says_how_to_add_the_first_admin(
+    app, runner, database_url
+):
+    result = runner.invoke(args=["setup"])
+    assert result.exit_code == 0, result.output
+    assert "demo.ladysmith.example" not in result.output
+    assert "Nobody can sign in yet" in result.output and "flask people add" in result.output
+    with app.app_context():
+        assert people_count() == 0
+    if database_url.startswith("sqlite"):
+        notes = Path(database_url.removeprefix("sqlite:///")).with_name("demo-people.txt")
+        assert not notes.exists()
+    added = runner.invoke(
+        args=["people", "add", "--name", "Ada Admin", "--email", "ada@ladysmith.example",
+              "--roles", "staff;admin"]
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    again = runner.invoke(args=["setup"])
+    assert "Nobody can sign in yet" not in again.output
+    with app.app_context():
+        assert people_count() == 1
+
+
 def test_demo_people_are_seeded_once_with_details_beside_the_database(app, runner, database_url):
-    first = runner.invoke(args=["setup"])
+    first = runner.invoke(args=["setup", "--demo"])
     assert first.exit_code == 0, first.output
     assert first.output.count("@demo.ladysmith.example") == 6
-    second = runner.invoke(args=["setup"])
+    second = runner.invoke(args=["setup", "--demo"])
     assert "@demo.ladysmith.example" not in second.output
     with app.app_context():
         assert people_count() == 6

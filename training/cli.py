@@ -76,10 +76,17 @@ def publish_command() -> None:
         click.echo(line)
 
 
-@click.command("setup", help="Migrate the database, publish content, and seed demo people if new.")
+@click.command(
+    "setup",
+    help="Migrate the database and publish content. With --demo, also seed one demo person per "
+    "role when the database has no people (what `make run` does; never on a real school's server).",
+)
+@click.option(
+    "--demo", is_flag=True, help="Seed demo people, with printed passwords, into an empty database."
+)
 @with_appcontext
-def setup_command() -> None:
-    from people.demo import seed_demo
+def setup_command(demo: bool) -> None:
+    from people.demo import no_one_can_sign_in, seed_demo
 
     upgrade()
     try:
@@ -89,4 +96,11 @@ def setup_command() -> None:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException("The content has problems; fix them and run again.")
-    seed_demo(echo=click.echo)
+    if demo:
+        seed_demo(echo=click.echo)
+    elif no_one_can_sign_in():
+        click.echo(
+            "Nobody can sign in yet. Add the first administrator, who is given a link to set "
+            "their password:\n  flask people add --name 'Their Name' --email them@school.example "
+            "--roles 'staff;admin'"
+        )
