@@ -13,8 +13,34 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.urls import iri_to_uri
 
+from audit.models import AuditEvent
 from core.db import utcnow
 from people.models import Person, SignInAttempt
+
+# New-password links asked for by email: a person gets at most this many an hour, however many
+# times their address is typed into the form, so the form cannot be used to flood their inbox.
+RESET_MAILS_PER_HOUR = 3
+
+
+def reset_mail_allowed(
+    session: Session, person: Person, now: datetime | None = None, limit: int = RESET_MAILS_PER_HOUR
+) -> bool:
+    """Whether another new-password link may be emailed to this person now (the links emailed are
+    counted from the audit log, where each one is recorded)."""
+    since = (now or utcnow()) - timedelta(hours=1)
+    sent = session.scalar(
+        select(func.count())
+        .select_from(AuditEvent)
+        .where(
+            AuditEvent.event == "link.reset_issued",
+            AuditEvent.actor_id.is_(None),
+            AuditEvent.subject_type == "person",
+            AuditEvent.subject_id == str(person.id),
+            AuditEvent.at >= since,
+        )
+    )
+    return (sent or 0) < limit
+
 
 # --- throttling ------------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ from people.auth import (
     make_link_token,
     person_for_token,
     record_attempt,
+    reset_mail_allowed,
     retry_after,
 )
 from people.forms import (
@@ -319,7 +320,10 @@ def forgot_password() -> Any:
         s = db.session
         person = find_by_email(s, form.email.data)
         emailed = smtp_configured(current_app.config)
-        if person is not None and person.active and emailed:
+        allowed = person is not None and person.active and reset_mail_allowed(s, person)
+        if person is not None and person.active and not allowed:
+            flag("reset_mail_limited")
+        if allowed and emailed:
             token = make_link_token(current_app.config["SECRET_KEY"], RESET, person)
             link = external_url("auth.reset_password", token=token)
             _link_issued(person, RESET, "email", None)
@@ -327,8 +331,9 @@ def forgot_password() -> Any:
             subject, body = _link_message(person, RESET, link)
             send_mail_later(current_app.config, person.email, subject, body)
         else:
-            # No link: unknown, a leaver, or no email to send it by (the page says to ask an
-            # administrator). One row either way, so the answer takes as long whoever asks.
+            # No link: unknown, a leaver, enough links sent this hour, or no email to send it by
+            # (the page says to ask an administrator). One row either way, so the answer takes
+            # as long whoever asks.
             record(s, "password.reset_requested")
             s.commit()
         # The same answer whether or not the address is known.

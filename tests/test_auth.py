@@ -8,10 +8,12 @@ from datetime import timedelta
 from urllib.parse import quote, urlsplit
 
 import pytest
+from sqlalchemy import func, select
 
 from app import create_app
-from core.db import db
-from people.auth import ThrottlePolicy, retry_after
+from audit.models import AuditEvent
+from core.db import db, utcnow
+from people.auth import RESET_MAILS_PER_HOUR, ThrottlePolicy, reset_mail_allowed, retry_after
 from people.models import Person
 from tests.conftest import PASSWORD, Auth, csrf_token
 
@@ -403,6 +405,35 @@ def test_reset_links_ignore_the_host_the_request_claims(app, smtp, make_person):
     body = message.get_payload(decode=True).decode()
     assert "alias.example" not in body
     assert "http://countersign.test/reset-password/" in body
+
+
+def test_the_forgot_password_form_emails_one_person_at_most_three_links_an_hour(
+    app, auth, smtp, make_person
+):
+    """The form cannot flood someone's inbox: past the limit the page answers the same, but
+    nothing more is sent until an hour has passed since the earlier links."""
+    app.config.update(_smtp_config(smtp))
+    make_person("staff", email="flooded@ladysmith.example")
+    for _ in range(RESET_MAILS_PER_HOUR + 3):
+        response = auth.post("/forgot-password", {"email": "flooded@ladysmith.example"})
+        assert response.status_code == 200
+        assert "flooded@ladysmith.example" in response.get_data(as_text=True)
+    _wait_for_mail(smtp, RESET_MAILS_PER_HOUR + 1)
+    assert len(smtp.received) == RESET_MAILS_PER_HOUR
+    with app.app_context():
+        s = db.session
+        assert (
+            s.scalar(select(func.count()).where(AuditEvent.event == "link.reset_issued"))
+            == RESET_MAILS_PER_HOUR
+        )
+        assert (
+            s.scalar(select(func.count()).where(AuditEvent.event == "password.reset_requested"))
+            == 3
+        )
+        # An hour on, a link can be sent again.
+        later = utcnow() + timedelta(hours=1, minutes=1)
+        person = s.scalar(select(Person).where(Person.email == "flooded@ladysmith.example"))
+        assert reset_mail_allowed(s, person, now=later)
 
 
 def test_nul_in_a_query_string_is_refused_plainly(auth, make_person):
