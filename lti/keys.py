@@ -8,6 +8,7 @@ use in the instance folder, never kept in the database or the repository.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import current_app
 from jwcrypto.jwk import JWK
+
+log = logging.getLogger("countersign.lti")
+# 3072-bit RSA gives about 128-bit security (NIST SP 800-57); 2048-bit about 112.
+KEY_BITS = 3072
 
 
 def _path() -> Path:
@@ -40,7 +45,7 @@ def private_key_pem() -> str:
 
 
 def _generate(path: Path) -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -67,6 +72,12 @@ def public_key_pem() -> str:
     if cached:
         return cached
     key = serialization.load_pem_private_key(private_key_pem().encode(), password=None)
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < KEY_BITS:
+        log.warning(
+            "The LTI key %s is %d-bit RSA, weaker than the %d bits new installations get. Move it "
+            "aside and restart: a new key is made, and platforms read it from the JWKS URL.",
+            _path().name, key.key_size, KEY_BITS,
+        )  # fmt: skip
     pem = (
         key.public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

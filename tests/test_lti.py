@@ -405,6 +405,34 @@ def test_the_tool_publishes_its_public_key_only(app, client):
     assert client.get("/lti/jwks.json").get_json() == {"keys": keys}  # the same key each time
 
 
+def test_a_new_tool_key_is_3072_bit_rsa_and_an_older_2048_bit_key_is_flagged(
+    app, client, tmp_path, caplog
+):
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    (key,) = client.get("/lti/jwks.json").get_json()["keys"]
+    modulus = base64.urlsafe_b64decode(key["n"] + "=" * (-len(key["n"]) % 4))
+    assert len(modulus) * 8 == 3072
+
+    old = tmp_path / "old_key.pem"
+    old.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    app.config["LTI_PRIVATE_KEY_FILE"] = str(old)
+    app.extensions.pop("countersign.lti_key", None)
+    app.extensions.pop("countersign.lti_public_key", None)
+    with caplog.at_level("WARNING", logger="countersign.lti"):
+        client.get("/lti/jwks.json")
+    assert "is 2048-bit RSA, weaker than the 3072 bits" in caplog.text
+
+
 # --- grade return -----------------------------------------------------------------------------
 
 
