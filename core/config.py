@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -10,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
+from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +66,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "XAPI_ENDPOINT": "",
         "XAPI_USERNAME": "",
         "XAPI_PASSWORD": "",
+        "XAPI_CA_FILE": "",  # trust only this CA (PEM) for the LRS's certificate
+        # PostgreSQL on another machine without a verified TLS connection (a trusted network only).
+        "DATABASE_ALLOW_PLAINTEXT": False,
         # Roles that must pass a second factor (authenticator app or passkey) after their
         # password, comma-separated; empty means none (for development only).
         "MFA_ROLES": "admin,slt,governor",
@@ -91,8 +96,66 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
     _positive(app, "MOODLE_MAX_BYTES")
     if int(app.config["HSTS_SECONDS"]) < 0:
         raise ValueError("COUNTERSIGN_HSTS_SECONDS must be 0 (off) or a number of seconds")
+    _connections_encrypted(app)
     # The cookie lasts no longer than the session may: the server-side check is what enforces it.
     app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["SESSION_MAX_HOURS"])
+
+
+def is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback address: a connection that never leaves this machine."""
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_database_hosts(url: str) -> list[str]:
+    """The network hosts a PostgreSQL URL reaches without a verified TLS connection (libpq's
+    ``sslmode=verify-full`` or ``verify-ca`` checks the server's certificate; anything less does
+    not). Unix sockets and loopback addresses never leave the machine."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # the engine reports a malformed URL itself, more helpfully
+        return []
+    if not parsed.drivername.startswith("postgresql"):
+        return []
+    if parsed.query.get("sslmode") in ("verify-full", "verify-ca"):
+        return []
+    named = parsed.query.get("host") or parsed.host or ""
+    hosts = named if isinstance(named, tuple) else str(named).split(",")
+    return [h for h in hosts if h and not h.startswith("/") and not is_loopback(h.split(":")[0])]
+
+
+def _connections_encrypted(app: Flask) -> None:
+    """Refuse, at start, settings that would send personal data or credentials over the network
+    unencrypted or to an unverified server: PostgreSQL on another machine needs
+    ``sslmode=verify-full`` (or ``verify-ca``), and the LRS needs https (plain http only to this
+    machine, for testing)."""
+    if not _flag(app.config.get("DATABASE_ALLOW_PLAINTEXT")):
+        for key in ("DATABASE_URL", "MIGRATION_DATABASE_URL"):
+            plain = _plain_database_hosts(str(app.config.get(key) or ""))
+            if plain:
+                raise ValueError(
+                    f"COUNTERSIGN_{key} reaches PostgreSQL on {plain[0]} without a verified TLS "
+                    "connection: add ?sslmode=verify-full (and sslrootcert=/path/to/ca.pem unless "
+                    "the system trusts its CA), or set COUNTERSIGN_DATABASE_ALLOW_PLAINTEXT=true "
+                    "for a database on a trusted private network."
+                )
+    endpoint = str(app.config.get("XAPI_ENDPOINT") or "").strip()
+    if endpoint and not xapi_endpoint_allowed(endpoint):
+        raise ValueError(
+            "COUNTERSIGN_XAPI_ENDPOINT must be an https:// address (plain http:// only to this "
+            "machine): statements name the person and the LRS password goes with them."
+        )
+
+
+def xapi_endpoint_allowed(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    return scheme == "https" or (scheme == "http" and is_loopback(parts.hostname or ""))
 
 
 def is_https(app: Flask) -> bool:

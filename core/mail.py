@@ -11,7 +11,6 @@ A failure is logged and kept in ``mail_failure`` so administrators see it on the
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import smtplib
 import ssl
@@ -24,6 +23,7 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy import Integer, String, insert, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.config import is_loopback
 from core.db import Base, UTCDateTime, db, utcnow
 
 log = logging.getLogger("countersign.mail")
@@ -88,15 +88,6 @@ def _flag(value: Any, default: bool = False) -> bool:
     return bool(value)
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _encrypted(config: Any) -> bool:
     return (
         _flag(config.get("SMTP_SSL"))
@@ -110,7 +101,7 @@ def plaintext_to_network(config: Any) -> bool:
     return (
         smtp_configured(config)
         and not _encrypted(config)
-        and not _is_loopback(str(config["SMTP_HOST"]))
+        and not is_loopback(str(config["SMTP_HOST"]))
     )
 
 
@@ -219,7 +210,7 @@ def _deliver(config: Any, to: str, subject: str, body: str) -> None:
     implicit = _flag(config.get("SMTP_SSL")) or port == 465
     starttls = _flag(config.get("SMTP_STARTTLS"), default=True)
     username = config.get("SMTP_USERNAME")
-    if username and not (implicit or starttls) and not _is_loopback(host):
+    if username and not (implicit or starttls) and not is_loopback(host):
         raise MailError(
             "insecure_credentials",
             "refused to send the SMTP password over an unencrypted connection",

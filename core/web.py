@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import secrets
@@ -33,7 +32,7 @@ from flask_login import LoginManager, user_logged_in
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
-from core.config import host_list, is_https
+from core.config import host_list, is_https, is_loopback
 from core.db import db
 from core.mail import warn_about_plaintext
 from core.security_log import flag
@@ -210,21 +209,12 @@ _HOST = re.compile(r"(?P<name>[a-z0-9._-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
-def _is_loopback(name: str) -> bool:
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def allowed_hosts(config: Any) -> list[str]:
     """BASE_URL's host, the configured TRUSTED_HOSTS, and, when BASE_URL is on loopback, both
     ``localhost`` and ``127.0.0.1`` (and ``::1``), so a local installation answers to either."""
     base = (urlsplit(str(config["BASE_URL"])).hostname or "").lower()
     hosts = [base, *host_list(config.get("ALLOWED_HOSTS"))]
-    if _is_loopback(base):
+    if is_loopback(base):
         hosts.extend(LOOPBACK_NAMES)
     return [h for h in hosts if h]
 

@@ -19,8 +19,10 @@ With no ``XAPI_ENDPOINT`` configured, nothing is queued at all.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -34,6 +36,7 @@ from flask import Flask
 from sqlalchemy import event, func, inspect, literal, or_, select, update
 from sqlalchemy.orm import ORMExecuteState, Session, aliased
 
+from core.config import xapi_endpoint_allowed
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
 from quizzes.models import QuizAttempt, QuizSubmission
@@ -68,6 +71,7 @@ class Lrs:
     endpoint: str
     username: str = ""
     password: str = ""
+    ca_file: str = ""
 
     @classmethod
     def from_config(cls, config: Any) -> Lrs | None:
@@ -78,6 +82,7 @@ class Lrs:
             endpoint.rstrip("/"),
             config.get("XAPI_USERNAME") or "",
             config.get("XAPI_PASSWORD") or "",
+            config.get("XAPI_CA_FILE") or "",
         )
 
 
@@ -270,12 +275,21 @@ class Outcome:
     error: str | None
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    """Certificate and host-name checks on, made once per trust setting (loading the system's
+    store takes milliseconds, too long to repeat for every statement)."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
 def put_statement(lrs: Lrs, statement_id: str, payload: dict) -> Outcome:
     """PUT one statement under its id. An LRS that already holds the id answers 204 (the same
     statement) or 409 (xAPI: a statement with that id exists); either way it is stored there, and
     as ids are made fresh for each event and never reused, what is stored is this statement."""
-    if not lrs.endpoint.startswith(("https://", "http://")):
-        return Outcome(False, None, "The xAPI endpoint must start with https:// or http://.")
+    if not xapi_endpoint_allowed(lrs.endpoint):
+        return Outcome(
+            False, None, "The xAPI endpoint must be https:// (plain http:// only to this machine)."
+        )
     body = json.dumps(payload, separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -288,8 +302,12 @@ def put_statement(lrs: Lrs, statement_id: str, payload: dict) -> Outcome:
     url = f"{lrs.endpoint}/statements?statementId={statement_id}"
     request = urllib.request.Request(url, data=body, method="PUT", headers=headers)
     try:
-        # The scheme is checked above: only http:// and https://, never file: or others.
-        with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:  # nosec B310
+        # The scheme is checked above: only https:// (http:// to loopback), never file: or others.
+        # The LRS's certificate and host name are checked (system store, or XAPI_CA_FILE).
+        context = _tls_context(lrs.ca_file)
+        with urllib.request.urlopen(  # nosec B310
+            request, timeout=TIMEOUT_SECONDS, context=context
+        ) as response:
             return Outcome(True, response.status, None)
     except urllib.error.HTTPError as exc:
         with exc:
