@@ -75,6 +75,34 @@ def defaults(instance_path: str) -> dict[str, Any]:
     }
 
 
+# Settings that hold a secret can instead name a file holding it, ``COUNTERSIGN_<NAME>_FILE``: for
+# systemd credentials (``LoadCredentialEncrypted=``, read from ``%d/<name>``) or any file only the
+# app's user can read. The secret then never sits in the environment, where every process of the
+# same user can read it in /proc.
+SECRET_SETTINGS = (
+    "SECRET_KEY", "AUDIT_KEY", "DATABASE_URL", "MIGRATION_DATABASE_URL", "SMTP_PASSWORD",
+    "XAPI_PASSWORD", "BACKUP_KEY",
+)  # fmt: skip
+
+
+def _secrets_from_files(app: Flask) -> None:
+    for name in SECRET_SETTINGS:
+        path = app.config.pop(f"{name}_FILE", None)
+        if not path:
+            continue
+        if app.config.get(name) not in (None, "", defaults(app.instance_path).get(name)):
+            raise ValueError(f"Set COUNTERSIGN_{name} or COUNTERSIGN_{name}_FILE, not both.")
+        try:
+            value = Path(str(path)).read_text().strip()
+        except OSError as exc:
+            raise ValueError(
+                f"COUNTERSIGN_{name}_FILE names {path}, which cannot be read: {exc.strerror}"
+            ) from None
+        if not value:
+            raise ValueError(f"COUNTERSIGN_{name}_FILE names {path}, which is empty.")
+        app.config[name] = value
+
+
 def load(app: Flask, overrides: dict[str, Any] | None) -> None:
     # Everything the app creates (database, keys, exports) is private to its own user, whatever
     # the shell's umask: the database holds password hashes and personal data.
@@ -86,6 +114,7 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
     app.config.from_prefixed_env("COUNTERSIGN")
     if overrides:
         app.config.from_mapping(overrides)
+    _secrets_from_files(app)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret(Path(app.instance_path))
     _cookies(app)
