@@ -16,10 +16,12 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 LINK = re.compile(r"(/(?:invite|reset-password|lti/connect)/)[^/?#\s\"]+")
+# An API caller may name a person by email in the path; the log keeps that it was an email only.
+EMAIL_IN_API_PATH = re.compile(r"(/api/v\d+/people/)[^/?#\s\"]*(?:@|%40)[^/?#\s\"]*")
 
 
 def redact(text: str) -> str:
-    return LINK.sub(r"\1[redacted]", text)
+    return EMAIL_IN_API_PATH.sub(r"\1[email]", LINK.sub(r"\1[redacted]", text))
 
 
 class Redacting(Logger):

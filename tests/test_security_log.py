@@ -122,3 +122,19 @@ def test_a_refused_lms_launch_is_logged_with_its_reason(client, security_lines) 
     line = _one(security_lines(), "lti_refused")
     assert "path=/lti/launch" in line and 'reason="The launch could not be read"' in line
     assert "not.a.jwt" not in line
+
+
+def test_an_email_in_an_api_path_never_reaches_the_logs(client, security_lines) -> None:
+    from core.access_log import redact
+
+    for path in (
+        "/api/v1/people/vic.volunteer@ladysmith.example/training-status",
+        "/api/v1/people/vic.volunteer%40ladysmith.example/training-status",
+    ):
+        client.get(path, headers={"Authorization": "Bearer cs_nope"})
+        assert redact(f'"GET {path} HTTP/1.1"') == (
+            '"GET /api/v1/people/[email]/training-status HTTP/1.1"'
+        )
+    lines = security_lines()
+    assert len(lines) == 2 and all("ladysmith" not in line for line in lines), lines
+    assert redact("/api/v1/people/42/training-status") == "/api/v1/people/42/training-status"
