@@ -168,6 +168,20 @@ def start_session() -> None:
     session.permanent = True
 
 
+# Changing how someone signs in (one's own second factor, anyone's email address or roles) needs a
+# sign-in here this recently: a session left open on a shared computer cannot do it.
+RECENT_SIGN_IN_SECONDS = 10 * 60
+
+
+def signed_in_recently(seconds: int = RECENT_SIGN_IN_SECONDS) -> bool:
+    """Whether this session began with a sign-in here (password, and second factor where one is
+    needed) in the last ``seconds``. A session opened from the LMS never counts: it was opened on
+    the platform's word."""
+    started = session.get(SESSION_STARTED)
+    recent = isinstance(started, int | float) and 0 <= time.time() - started <= seconds
+    return recent and not session.get(SESSION_FROM_LMS)
+
+
 def session_expired(data: Any, now: float, idle_minutes: float, max_hours: float) -> bool:
     """Whether a signed-in session has been idle too long or has lived too long altogether.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,12 @@ from audit.log import record
 from core.db import db
 from core.mail import send_mail_later, smtp_configured
 from core.security_log import flag
-from core.web import SESSION_FROM_LMS, SESSION_STARTED, client_ip, external_url, federation
+from core.web import (
+    client_ip,
+    external_url,
+    federation,
+    signed_in_recently,
+)
 from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
 from mfa.forms import CodeForm, PasskeyForm, RecoveryForm
 from mfa.models import PASSKEY, TOTP, SecondFactor
@@ -356,8 +360,6 @@ def enrol_with_passkey() -> Any:
 
 # --- the person's own methods -------------------------------------------------------------------
 
-RECENT_SECONDS = 10 * 60
-
 
 def recent_sign_in_required(view: Callable[..., Any]) -> Callable[..., Any]:
     """Changing how one signs in needs a full sign-in (password and second factor) in the last
@@ -366,10 +368,7 @@ def recent_sign_in_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     @login_required
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        started = session.get(SESSION_STARTED)
-        recent = isinstance(started, int | float) and 0 <= time.time() - started <= RECENT_SECONDS
-        # A session opened from the LMS was opened on the platform's word, not a sign-in here.
-        if recent and not session.get(SESSION_FROM_LMS):
+        if signed_in_recently():
             return view(*args, **kwargs)
         session.clear()  # this browser only: signed out, to sign in afresh
         flash("To change how you sign in, first sign in again.", "info")

@@ -116,6 +116,12 @@ def update_person(
     return person
 
 
+def changes_how_they_sign_in(person: Person, data: PersonData) -> bool:
+    """Whether an edit changes the person's email address (where new-password links go) or their
+    roles (what they may do): changes that need the editor to have signed in recently."""
+    return data.email.strip().lower() != person.email or set(data.roles) != set(person.roles)
+
+
 def record_identity_changed(
     session: Session, person: Person, name: str, email: str, by_id: int | None
 ) -> None:

@@ -30,7 +30,7 @@ from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.security_log import flag
-from core.web import SESSION_STARTED, client_ip, external_url, federation
+from core.web import SESSION_STARTED, client_ip, external_url, federation, signed_in_recently
 from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
     DEVICE_MAX_AGE,
@@ -72,6 +72,7 @@ from people.service import (
     ImportFailed,
     PeopleError,
     PersonData,
+    changes_how_they_sign_in,
     check_password,
     create_person,
     deactivate,
@@ -204,7 +205,10 @@ def sign_out() -> Any:
     logout_user()
     session.clear()
     flash("You have signed out.", "success")
-    return redirect(url_for("auth.sign_in"))
+    then = request.form.get("next")
+    return redirect(
+        url_for("auth.sign_in", next=safe_next(then)) if then else url_for("auth.sign_in")
+    )
 
 
 @auth_bp.route("/account/password", methods=["GET", "POST"])
@@ -521,6 +525,7 @@ def new_person() -> Any:
 def person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     form = _person_form(person)
+    reauth = False
     if form.validate_on_submit():
         if person.erased_at is not None:
             form.form_errors.append("An erased record cannot be edited.")
@@ -528,6 +533,12 @@ def person(person_id: int) -> Any:
             form.roles.errors = [
                 "You cannot remove your own administrator role. Ask another administrator."
             ]
+        elif changes_how_they_sign_in(person, _data(form)) and not signed_in_recently():
+            form.form_errors.append(
+                "Changing an email address or roles needs a sign-in in the last ten minutes. "
+                "Nothing was saved: sign out and in again below, then make the change again."
+            )
+            reauth = True
         else:
             try:
                 update_person(db.session, person, _data(form), federation(), current_user.id)
@@ -545,7 +556,7 @@ def person(person_id: int) -> Any:
     ]
     return render_template(
         "people/person_form.html", form=form, person=person, confirm=ConfirmForm(),
-        statuses=statuses, reasons=REASON_TEXT,
+        statuses=statuses, reasons=REASON_TEXT, reauth=reauth,
     ), (400 if request.method == "POST" else 200)  # fmt: skip
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from core.db import db
 from people.models import Person
 from people.service import ImportFailed, import_people
+from tests.conftest import csrf_token
 from training.loader import Federation, School
 
 FED = Federation(
@@ -163,6 +164,59 @@ def test_admin_edits_and_deactivates_a_leaver_who_can_no_longer_sign_in(app, adm
     from tests.conftest import Auth
 
     assert Auth(app, other).sign_in("eve@ladysmith.example").status_code == 400
+
+
+def test_changing_an_email_or_roles_needs_the_admin_to_have_signed_in_recently(
+    app, admin, make_person
+):
+    """A session left open for more than ten minutes can rename someone, but cannot redirect
+    their new-password links or change what they may do until the admin signs in again."""
+    import time
+
+    from core.web import RECENT_SIGN_IN_SECONDS, SESSION_STARTED
+
+    pid = make_person("staff", name="Rita Roles", email="rita@ladysmith.example")
+    url = f"/admin/people/{pid}"
+    with admin.client.session_transaction() as session:
+        session[SESSION_STARTED] = time.time() - RECENT_SIGN_IN_SECONDS - 60
+    for change in (
+        {"email": "attacker@elsewhere.example", "roles": ["staff"]},
+        {"email": "rita@ladysmith.example", "roles": ["staff", "admin"]},
+    ):
+        response = admin.post(url, {"name": "Rita Roles", **change})
+        page = response.get_data(as_text=True)
+        assert response.status_code == 400 and "needs a sign-in in the last ten minutes" in page
+        assert "Sign out and in again" in page
+    response = admin.post(url, {"name": "Rita Renamed", "email": "RITA@ladysmith.example",
+                                "roles": ["staff"]})  # fmt: skip
+    assert response.status_code == 302  # a new name alone is fine
+    with app.app_context():
+        rita = db.session.get(Person, pid)
+        assert (rita.name, rita.email, rita.roles) == (
+            "Rita Renamed",
+            "rita@ladysmith.example",
+            ["staff"],
+        )
+    # Signing out and in again (the button's form) comes back to the page, and then it works.
+    token = csrf_token(admin.client, url)
+    out = admin.client.post("/sign-out", data={"csrf_token": token, "next": url})
+    assert out.status_code == 302 and out.location.endswith(f"/sign-in?next={url}")
+    back = admin.sign_in(next(iter(_emails_with_role(app, "admin"))))
+    assert back.status_code == 302
+    response = admin.post(url, {"name": "Rita Renamed", "email": "rita.r@ladysmith.example",
+                                "roles": ["staff", "slt"]})  # fmt: skip
+    assert response.status_code == 302
+    with app.app_context():
+        assert db.session.get(Person, pid).email == "rita.r@ladysmith.example"
+
+
+def _emails_with_role(app, role: str) -> list[str]:
+    from people.models import PersonRole
+
+    with app.app_context():
+        return list(
+            db.session.scalars(select(Person.email).join(PersonRole).where(PersonRole.role == role))
+        )
 
 
 def test_people_list_filters_and_paginates(app, admin, make_person):
