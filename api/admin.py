@@ -7,15 +7,23 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
-from wtforms import StringField
+from wtforms import SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from api.models import ApiToken, Webhook, WebhookDelivery
-from api.tokens import SCOPES, TokenError, create_token, revoke
+from api.tokens import (
+    EXPIRES_SOON,
+    LIFETIMES_DAYS,
+    MAX_LIFETIME_DAYS,
+    SCOPES,
+    TokenError,
+    create_token,
+    revoke,
+)
 from api.webhooks import create_webhook
 from api.webhooks import stop_webhook as stop
-from core.db import db
+from core.db import db, utcnow
 from core.forms import Form
 from people.forms import MultiCheckboxField
 from people.views import roles_required
@@ -34,6 +42,15 @@ class TokenForm(Form):
         choices=[SelectChoice(code, label) for code, label in SCOPES.items()],
         validators=[DataRequired("Choose at least one scope.")],
     )
+    days = SelectField(
+        "Expires after",
+        choices=[
+            SelectChoice(str(d), f"{d} days" if d < 365 else "1 year") for d in LIFETIMES_DAYS
+        ],
+        default=str(MAX_LIFETIME_DAYS),
+        description="The system using it needs a new token before then; the page warns a month "
+        "ahead.",
+    )
 
 
 @tokens_bp.route("/", methods=["GET", "POST"])
@@ -43,7 +60,9 @@ def tokens() -> Any:
     secret = None
     if form.validate_on_submit():
         try:
-            new = create_token(db.session, form.name.data, form.scopes.data, current_user.id)
+            new = create_token(
+                db.session, form.name.data, form.scopes.data, current_user.id, int(form.days.data)
+            )
         except TokenError as exc:
             form.form_errors.append(str(exc))
         else:
@@ -53,8 +72,9 @@ def tokens() -> Any:
     rows = db.session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     status = 400 if request.method == "POST" and secret is None else 200
     return render_template(
-        "api/tokens.html", form=form, tokens=rows, secret=secret, scopes=SCOPES
-    ), status
+        "api/tokens.html", form=form, tokens=rows, secret=secret, scopes=SCOPES, now=utcnow(),
+        soon=utcnow() + EXPIRES_SOON,
+    ), status  # fmt: skip
 
 
 @tokens_bp.route("/<int(max=2147483647):token_id>/revoke", methods=["POST"])

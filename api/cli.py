@@ -7,9 +7,9 @@ from flask.cli import with_appcontext
 from sqlalchemy import select
 
 from api.models import ApiToken
-from api.tokens import SCOPES, TokenError, create_token, revoke
+from api.tokens import MAX_LIFETIME_DAYS, SCOPES, TokenError, create_token, revoke
 from api.webhooks import create_webhook, deliver_due, detect_changes
-from core.db import db, writing
+from core.db import db, utcnow, writing
 
 
 @click.group("tokens", help="API tokens for other systems.")
@@ -20,14 +20,21 @@ def tokens_cli() -> None:
 @tokens_cli.command("create", help="Create a token and print it once.")
 @click.option("--name", required=True, help="Who uses it, e.g. 'Approvals workflow'.")
 @click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(sorted(SCOPES)))
+@click.option(
+    "--days", type=click.IntRange(1, MAX_LIFETIME_DAYS), default=MAX_LIFETIME_DAYS,
+    show_default=True, help="Days until the token expires.",
+)  # fmt: skip
 @with_appcontext
-def create_command(name: str, scopes: tuple[str, ...]) -> None:
+def create_command(name: str, scopes: tuple[str, ...], days: int) -> None:
     try:
-        new = create_token(db.session, name, list(scopes))
+        new = create_token(db.session, name, list(scopes), days=days)
     except TokenError as exc:
         raise click.ClickException(str(exc))
     db.session.commit()
-    click.echo(f"Token {new.token.id} for {new.token.name!r} ({', '.join(new.token.scopes)}).")
+    click.echo(
+        f"Token {new.token.id} for {new.token.name!r} ({', '.join(new.token.scopes)}), "
+        f"expires {new.token.expires_at:%Y-%m-%d}."
+    )
     click.echo("Copy it now; it is not shown again:")
     click.echo(new.secret)
 
@@ -36,7 +43,12 @@ def create_command(name: str, scopes: tuple[str, ...]) -> None:
 @with_appcontext
 def list_command() -> None:
     for token in db.session.scalars(select(ApiToken).order_by(ApiToken.id)):
-        state = f"revoked {token.revoked_at:%Y-%m-%d}" if token.revoked_at else "active"
+        if token.revoked_at:
+            state = f"revoked {token.revoked_at:%Y-%m-%d}"
+        elif token.expires_at <= utcnow():
+            state = f"expired {token.expires_at:%Y-%m-%d}"
+        else:
+            state = f"active until {token.expires_at:%Y-%m-%d}"
         used = f"{token.last_used_at:%Y-%m-%d %H:%M}" if token.last_used_at else "never"
         click.echo(
             f"{token.id}\t{token.prefix}…\t{token.name}\t{','.join(token.scopes)}\t{state}\tlast used {used}"

@@ -22,6 +22,8 @@ class ApiToken(Base):
     created_by_id: Mapped[int | None] = mapped_column(ForeignKey("person.id"))
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Refused from this moment: a token lives at most a year (MAX_LIFETIME_DAYS in api.tokens).
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Webhook(Base):

@@ -13,7 +13,7 @@ SLUG = "^[a-z0-9]+(-[a-z0-9]+)*$"
 def _error_responses(*codes: int) -> dict[str, Any]:
     text = {
         400: "The request is malformed: invalid JSON, wrong types or unknown fields.",
-        401: "No token, or a token that is not valid.",
+        401: "No token, or a token that is not valid, was revoked or has expired (code token_expired).",
         403: "The token lacks the scope this operation needs.",
         404: "No such person or policy.",
         405: "The method is not allowed here.",

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, g, jsonify, request
 
 from api.answers import Answer, PolicyRef, dumps, find_answers, is_id, policies, status_only
 from api.openapi import document
-from api.tokens import PERSONAL_SCOPE, authenticate
+from api.tokens import PERSONAL_SCOPE, TokenExpired, authenticate
 from core.db import reads_only
 from core.web import json_error
 from training.loader import SLUG_RE
@@ -46,7 +46,14 @@ def requires(*scopes: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
             scheme, _, secret = header.partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
                 raise ApiError(401, "unauthorized", "Send a token: 'Authorization: Bearer TOKEN'.")
-            token = authenticate(secret.strip())
+            try:
+                token = authenticate(secret.strip())
+            except TokenExpired as exc:
+                raise ApiError(
+                    401, "token_expired",
+                    f"The token expired on {exc.expired_at:%Y-%m-%d}; ask an administrator for "
+                    "a new one.",
+                ) from None  # fmt: skip
             if token is None:
                 raise ApiError(401, "unauthorized", "The token is not valid or has been revoked.")
             if not token.scopes & set(scopes):

@@ -285,6 +285,11 @@ class Reader:
         """A JSON column's value: PostgreSQL hands it decoded, SQLite as text."""
         return json.loads(value) if isinstance(value, str) else value
 
+    def datetime(self, value: Any) -> datetime:
+        """A UTCDateTime column's value, aware: PostgreSQL hands a naive datetime, SQLite text."""
+        naive = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        return naive.replace(tzinfo=UTC)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._connection.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pytest
 import schemathesis
@@ -193,6 +194,88 @@ def test_administrators_create_and_revoke_tokens_on_a_page(app, auth, make_perso
         == 401
     )
     assert "Copy the new token now" not in auth.client.get("/admin/tokens/").get_data(as_text=True)
+
+
+def test_a_token_stops_working_on_its_expiry_date_and_says_so(app, client, make_person):
+    pid = make_person("staff")
+    with app.app_context():
+        made = utcnow() - timedelta(days=30, seconds=1)
+        secret = create_token(db.session, "MIS", ["training:read"], days=30, now=made).secret
+        live = create_token(db.session, "Rota", ["training:status"], days=30).secret
+        db.session.commit()
+    url = f"/api/v1/people/{pid}/training-status"
+    response = client.get(url, headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 401
+    error = response.get_json()["error"]
+    assert error["code"] == "token_expired"
+    assert f"expired on {(made + timedelta(days=30)):%Y-%m-%d}" in error["message"]
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    STATUS_OP.validate_response(response)
+    assert client.get(url, headers={"Authorization": f"Bearer {live}"}).status_code == 200
+
+
+@pytest.mark.parametrize("days", [0, 366, -1, True, "30"])
+def test_a_token_lives_one_day_to_one_year(app, days):
+    from api.tokens import TokenError
+
+    with app.app_context(), pytest.raises(TokenError, match="from 1 to 365 days"):
+        create_token(db.session, "MIS", ["training:read"], days=days)
+
+
+def test_the_tokens_page_shows_expiry_warns_a_month_ahead_and_marks_expired(app, auth, make_person):
+    auth.as_person(make_person("admin"))
+    response = auth.post(
+        "/admin/tokens/", {"name": "Door system", "scopes": ["training:status"], "days": "90"}
+    )
+    assert response.status_code == 200
+    with app.app_context():
+        token = db.session.scalar(select(ApiToken))
+        assert (token.expires_at - token.created_at) == timedelta(days=90)
+        create_token(db.session, "Soon", ["training:status"], days=30)
+        create_token(db.session, "Gone", ["training:status"], days=1,
+                     now=utcnow() - timedelta(days=2))  # fmt: skip
+        db.session.commit()
+    page = auth.client.get("/admin/tokens/").get_data(as_text=True)
+    rows = {r.split("</td>")[0].split(">")[-1]: r for r in page.split('<td data-label="Name">')[1:]}
+    assert "expires soon" in rows["Soon"] and "expires soon" not in rows["Door system"]
+    assert "Expired" in rows["Gone"] and "Revoke" not in rows["Gone"]
+    bad = auth.post("/admin/tokens/", {"name": "X", "scopes": ["training:status"], "days": "999"})
+    assert bad.status_code == 400 and "Not a valid choice" in bad.get_data(as_text=True)
+
+
+def test_tokens_made_before_expiry_existed_expire_a_year_after_the_upgrade(tmp_path):
+    from sqlalchemy import text
+
+    from app import create_app
+    from core.migrate import upgrade
+
+    app = create_app({"TESTING": True, "SECRET_KEY": "x" * 32, "MFA_ROLES": "",
+                      "DATABASE_URL": f"sqlite:///{tmp_path / 'old.db'}"})  # fmt: skip
+    app.instance_path = str(tmp_path / "instance")
+    with app.app_context():
+        upgrade("0018")
+        db.session.execute(text(
+            "INSERT INTO api_token (name, token_hash, prefix, scopes, created_at) "
+            "VALUES ('Old', :h, 'cs_old', '[\"training:read\"]', '2024-01-01 00:00:00.000000')"
+        ), {"h": "0" * 64})  # fmt: skip
+        db.session.commit()
+        upgrade()
+        expires = db.session.scalar(select(ApiToken.expires_at))
+    assert abs((expires - (utcnow() + timedelta(days=365))).total_seconds()) < 300
+
+
+def test_the_tokens_command_takes_a_lifetime_and_lists_expiry(app, runner):
+    made = runner.invoke(
+        args=["tokens", "create", "--name", "HR", "--scope", "training:read", "--days", "90"]
+    )
+    assert made.exit_code == 0, made.output
+    until = (utcnow() + timedelta(days=90)).strftime("%Y-%m-%d")
+    assert f"expires {until}" in made.output
+    assert f"active until {until}" in runner.invoke(args=["tokens", "list"]).output
+    refused = runner.invoke(
+        args=["tokens", "create", "--name", "HR", "--scope", "training:read", "--days", "400"]
+    )
+    assert refused.exit_code == 2 and "400 is not in the range" in refused.output
 
 
 # --- the batch check ---------------------------------------------------------------------------
