@@ -89,6 +89,18 @@ def test_the_erasure_timer_skips_a_tampered_person_reports_it_and_erases_the_nex
     assert any(p.startswith(f"acknowledgement {world['ack_ann']} edited") for p in _problems(app))
 
 
+def test_the_erase_page_says_why_a_tampered_person_was_not_erased(app, world, auth, make_person):
+    _tamper(app, "UPDATE acknowledgement SET ip = '10.9.9.9' WHERE id = :a", a=world["ack_ann"])
+    _leave(app, world["ann"], days=7 * 365)
+    auth.as_person(make_person("admin"))
+    response = auth.post(f"/admin/people/{world['ann']}/erase")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 409
+    assert "does not match the audit log" in page and f"acknowledgement {world['ack_ann']}" in page
+    with app.app_context():
+        assert db.session.get(Person, world["ann"]).erased_at is None
+
+
 def test_erasure_records_the_digest_each_row_had(app, world):
     with app.app_context():
         before = evidence.latest_recorded(db.session, {"acknowledgement": [world["ack_ann"]]})
