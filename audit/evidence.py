@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db import Base
@@ -60,6 +60,10 @@ MODULES_OF = "acknowledgement"
 
 # Audit detail keys: which row, and its digest.
 TABLE_KEY, ID_KEY, DIGEST_KEY = "evidence", "evidence_id", "digest"
+# Events that re-record a row the chain already records (erasure, a certificate's PDF stored) carry
+# the digest they replace under this key; verify checks it is the one recorded before.
+WAS_KEY = "was"
+REPLACING = ("evidence.pseudonymised", "certificate.stored")
 
 
 def _table(name: str) -> Table:
@@ -159,6 +163,138 @@ class Recorded:
         self.rows[table][row_id] = (row_digest, seq)
 
 
+class NotAsRecorded(RuntimeError):
+    """Evidence rows about to be re-recorded no longer match what the chain records for them (or it
+    records nothing): re-recording them would make verify accept whatever was changed."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "evidence does not match the audit log, so it was not changed: " + "; ".join(problems)
+        )
+
+
+def latest_recorded(
+    session: Session, wanted: Mapping[str, Iterable[int]], *, by_subject: bool = False
+) -> dict[str, dict[int, tuple[str, int]]]:
+    """The latest digest the chain records for each of these rows, with its audit row's seq.
+
+    Reads every audit row that records a digest, a batch at a time (erasure: rare). With
+    ``by_subject``, only the audit rows whose subject is the row itself, through the subject index:
+    cheap, and right for tables always recorded that way (certificates)."""
+    events = _table("audit_event")
+    ids = {table: {int(i) for i in row_ids} for table, row_ids in wanted.items()}
+    found: dict[str, dict[int, tuple[str, int]]] = {table: {} for table in ids}
+    where = events.c.detail.contains(f'"{DIGEST_KEY}"')
+    if by_subject:
+        where = and_(
+            where,
+            or_(
+                *(
+                    and_(
+                        events.c.subject_type == table,
+                        events.c.subject_id.in_([str(i) for i in row_ids]),
+                    )  # fmt: skip
+                    for table, row_ids in ids.items()
+                    if row_ids
+                ),
+                False,
+            ),
+        )
+    after = 0
+    while True:
+        page = session.execute(
+            select(events.c.seq, events.c.detail)
+            .where(where, events.c.seq > after)
+            .order_by(events.c.seq)
+            .limit(BATCH)
+        ).all()
+        if not page:
+            return found
+        for seq, detail in page:
+            recorded = recorded_in(detail)
+            if recorded is not None and recorded[1] in ids.get(recorded[0], ()):
+                found[recorded[0]][recorded[1]] = (recorded[2], seq)
+        after = page[-1].seq
+
+
+def as_recorded(
+    session: Session, wanted: Mapping[str, Iterable[int]], *, by_subject: bool = False
+) -> dict[str, dict[int, str]]:
+    """The digest the chain records for each of these rows, after checking that each row still
+    has exactly that digest; raises :class:`NotAsRecorded` naming every row that does not."""
+    recorded = latest_recorded(session, wanted, by_subject=by_subject)
+    problems: list[str] = []
+    for table, row_ids in wanted.items():
+        label = table.replace("_", " ")
+        current = digests(session, table, row_ids)
+        for row_id in sorted(current):
+            entry = recorded[table].get(row_id)
+            if entry is None:
+                problems.append(f"{label} {row_id} has no audit row recording it")
+            elif entry[0] != current[row_id]:
+                problems.append(
+                    f"{label} {row_id} does not match the digest in audit row {entry[1]}"
+                )
+    if problems:
+        raise NotAsRecorded(problems)
+    return {table: {i: d for i, (d, _) in rows.items()} for table, rows in recorded.items()}
+
+
+def replaced_wrongly(event: str, detail: str, recorded: Recorded, seq: int) -> str | None:
+    """For an audit row that re-records an evidence row: a problem when the digest it says it
+    replaced is not the one the chain held for that row (the row had been changed in between, and
+    this row would otherwise make the change look recorded). Rows written before digests carried
+    ``was`` have none and are not checked."""
+    if event not in REPLACING:
+        return None
+    values = json.loads(detail)
+    was, table, row_id = values.get(WAS_KEY), values.get(TABLE_KEY), values.get(ID_KEY)
+    if was is None or table not in recorded.rows:
+        return None
+    before = recorded.rows[table].get(row_id)
+    if before is not None and before[0] == was:
+        return None
+    held = f"audit row {before[1]}" if before else "no audit row"
+    return (
+        f"audit row {seq} re-records {table.replace('_', ' ')} {row_id} over a digest that "
+        f"{held} did not record: the row was changed before it was re-recorded"
+    )
+
+
+PDF_BATCH = 50  # certificates whose PDFs are hashed at once (SQLite reads the bytes)
+
+
+def pdf_mismatches(session: Session, certificate_ids: Iterable[int] | None = None) -> list[int]:
+    """Certificates whose stored PDF does not hash to their digested ``pdf_sha256`` (or that have
+    one without the other), in id order; of these certificates, or all. PostgreSQL hashes in the
+    database; elsewhere the bytes are read a few at a time and not kept."""
+    t = _table("certificate")
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    hashed = func.encode(func.sha256(t.c.pdf), "hex") if postgresql else t.c.pdf
+    where = or_(t.c.pdf.is_not(None), t.c.pdf_sha256.is_not(None))
+    if certificate_ids is not None:
+        where = and_(where, t.c.id.in_(sorted(set(certificate_ids))))
+    wrong: list[int] = []
+    after = 0
+    while True:
+        rows = session.execute(
+            select(t.c.id, hashed, t.c.pdf_sha256)
+            .where(where, t.c.id > after)
+            .order_by(t.c.id)
+            .limit(PDF_BATCH)
+        ).all()
+        if not rows:
+            return wrong
+        for row_id, content, expected in rows:
+            actual = (
+                content if postgresql or content is None else hashlib.sha256(content).hexdigest()
+            )
+            if actual is None or actual != expected:
+                wrong.append(row_id)
+        after = rows[-1][0]
+
+
 def check(session: Session, recorded: Recorded) -> tuple[int, list[str]]:
     """Compare every evidence row with the chain; returns (rows checked, problems)."""
     checked, problems = 0, []
@@ -185,4 +321,7 @@ def check(session: Session, recorded: Recorded) -> tuple[int, list[str]]:
                     )
         for row_id, (_, seq) in sorted(expected.items()):
             problems.append(f"{label} {row_id} deleted: audit row {seq} records it")
+    # The PDF bytes are not digested (too large to re-read for every row); their hash is.
+    for certificate_id in pdf_mismatches(session):
+        problems.append(f"certificate {certificate_id}: stored PDF does not match its digest")
     return checked, problems

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from audit import evidence
 from audit.models import AuditEvent
-from core.db import db, utcnow, writing
+from core.db import Base, db, utcnow, writing
 
 GENESIS = "0" * 64
 # Any fixed number: the PostgreSQL advisory lock that serialises appends to the chain.
@@ -87,7 +87,9 @@ EVENTS: dict[str, str] = {
     "certificate.stored": "Certificate document stored",
     "evidence.pseudonymised": "Evidence pseudonymised on erasure",
     "evidence.sealed": "Evidence from before digests sealed",
+    "evidence.digests_start": "Where evidence digests began recorded (only rows before it are sealed)",
 }
+SEALED, DIGESTS_START = "evidence.sealed", "evidence.digests_start"
 
 
 def audit_key() -> bytes:
@@ -265,12 +267,16 @@ def record_evidence(
     subject_type: str | None = None,
     subject_id: int | str | None = None,
     detail: Mapping[str, DetailValue] | None = None,
+    was: Mapping[int, str] | None = None,
 ) -> None:
     """Record evidence rows just written (or changed by erasure), one audit row each, carrying
     the digest of each row as the database now holds it. Call it in the transaction that wrote
-    them, after they are flushed. The subject is the row itself unless given."""
+    them, after they are flushed. The subject is the row itself unless given. A row the chain
+    recorded already is re-recorded with ``was``, the digest it had (from
+    :func:`audit.evidence.as_recorded`, which checks the row first); verify checks it."""
     session.flush()
     found = evidence.digests(session, table, ids)
+    before = was or {}
     record_many(
         session,
         [
@@ -279,7 +285,11 @@ def record_evidence(
                 actor_id=actor_id,
                 subject_type=subject_type or table,
                 subject_id=row_id if subject_id is None else subject_id,
-                detail={**(detail or {}), **evidence.detail_for(table, row_id, row_digest)},
+                detail={
+                    **(detail or {}),
+                    **evidence.detail_for(table, row_id, row_digest),
+                    **({evidence.WAS_KEY: before[row_id]} if row_id in before else {}),
+                },
             )
             for row_id, row_digest in sorted(found.items())
         ],
@@ -336,33 +346,95 @@ def _rows(session: Session, batch: int = 2000) -> Iterator[Any]:
         after = page[-1].seq
 
 
-def seal_unrecorded(session: Session) -> dict[str, int]:
-    """Record the current digest of every evidence row the chain does not record yet, one
-    ``evidence.sealed`` row each; returns how many per table. For a database upgraded from a
-    version that kept no digests: run once, straight after upgrading, so that verify can tell
-    later changes from what was there then. Runs in the caller's transaction."""
+class SealRefused(ValueError):
+    """Rows the chain does not record are newer than digests: they were inserted behind the
+    application's back, and sealing them would hide that. The message names them."""
+
+
+@dataclass
+class SealPlan:
+    """What ``flask audit seal`` would record: per evidence table, the highest id that predates
+    digests (``start``: from the chain, or fixed now in ``new_start``), and the rows at or below
+    it that the chain does not record yet, with their digests."""
+
+    start: dict[str, int]
+    new_start: dict[str, int]
+    rows: dict[str, dict[int, str]]
+
+
+def plan_seal(session: Session) -> SealPlan:
+    """Work out what sealing would record; raises :class:`SealRefused` when a row the chain does
+    not record is newer than where digests began.
+
+    Where digests began, per table, is recorded in the chain (``evidence.digests_start``) by the
+    first seal. That first seal fixes it as the row before the first one the application itself
+    recorded; for a table whose rows the application never recorded, the highest id there is
+    then (which is why seal lists the rows and asks first)."""
     recorded = evidence.Recorded.empty()
+    start: dict[str, int] = {}
+    first_recorded: dict[str, int] = {}
     for row in _rows(session):
+        if row.event == DIGESTS_START:
+            for table, value in json.loads(row.detail).items():
+                start.setdefault(table, int(value))
         found = evidence.recorded_in(row.detail)
         if found is not None:
+            table, row_id, _ = found
             recorded.add(*found, row.seq)
-    sealed: dict[str, int] = {}
+            if row.event != SEALED:
+                first_recorded[table] = min(first_recorded.get(table, row_id), row_id)
+    new_start: dict[str, int] = {}
+    for table in evidence.DIGESTED:
+        if table in start:
+            continue
+        if table in first_recorded:
+            new_start[table] = first_recorded[table] - 1
+        else:
+            t = Base.metadata.tables[table]
+            new_start[table] = session.scalar(select(func.coalesce(func.max(t.c.id), 0))) or 0
+    start |= new_start
+    rows: dict[str, dict[int, str]] = {}
+    newer: list[str] = []
     for table in evidence.DIGESTED:
         known = recorded.rows[table]
         for batch in evidence.all_digests(session, table):
-            entries = [
-                Entry(
-                    "evidence.sealed",
-                    subject_type=table,
-                    subject_id=row_id,
-                    detail=evidence.detail_for(table, row_id, row_digest),
-                )  # fmt: skip
-                for row_id, row_digest in batch.items()
-                if row_id not in known
-            ]
-            record_many(session, entries)
-            if entries:
-                sealed[table] = sealed.get(table, 0) + len(entries)
+            for row_id, row_digest in batch.items():
+                if row_id in known:
+                    continue
+                if row_id <= start[table]:
+                    rows.setdefault(table, {})[row_id] = row_digest
+                else:
+                    newer.append(f"{table.replace('_', ' ')} {row_id}")
+    if newer:
+        raise SealRefused(
+            "These rows are newer than the evidence digests, so they were inserted without the "
+            f"application: {', '.join(newer)}. Nothing was sealed; find out who inserted them."
+        )
+    return SealPlan(start, new_start, rows)
+
+
+def seal(session: Session, plan: SealPlan, actor_id: int) -> dict[str, int]:
+    """Record ``plan`` in the caller's transaction: where digests began (the first time), then
+    one ``evidence.sealed`` row per row, all under ``actor_id``; returns how many per table."""
+    if plan.new_start:
+        record(
+            session, DIGESTS_START, actor_id=actor_id, subject_type="evidence",
+            detail=dict(sorted(plan.new_start.items())),
+        )  # fmt: skip
+    sealed: dict[str, int] = {}
+    for table, rows in plan.rows.items():
+        entries = [
+            Entry(
+                SEALED,
+                actor_id=actor_id,
+                subject_type=table,
+                subject_id=row_id,
+                detail=evidence.detail_for(table, row_id, row_digest),
+            )
+            for row_id, row_digest in sorted(rows.items())
+        ]
+        record_many(session, entries)
+        sealed[table] = len(entries)
     return sealed
 
 
@@ -379,6 +451,9 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
         result.rows += 1
         found = evidence.recorded_in(row.detail)
         if found is not None:
+            replaced = evidence.replaced_wrongly(row.event, row.detail, recorded, row.seq)
+            if replaced:
+                result.problems.append(replaced)
             recorded.add(*found, row.seq)
         if row.seq != expected_seq:
             missing = (

@@ -19,6 +19,8 @@ class AuditEvent(Base):
         Index("ix_audit_event_event_seq", "event", "seq"),
         Index("ix_audit_event_actor_seq", "actor_id", "seq"),
         Index("ix_audit_event_at", "at"),
+        # The latest digest recorded for one evidence row, without reading the chain (0017).
+        Index("ix_audit_event_subject", "subject_type", "subject_id"),
     )
 
     seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
@@ -36,9 +38,10 @@ class AuditEvent(Base):
 class ErasureMarker(Base):
     """Present only inside the transaction that erases a person (``people.privacy.erase_person``),
     which adds it first and removes it before committing. The evidence tables' triggers
-    (migration 0011) let that person's evidence rows be pseudonymised while it is there and refuse
-    every other UPDATE or DELETE. No other transaction can see an uncommitted marker (PostgreSQL),
-    and SQLite has one writer at a time."""
+    (migrations 0011, 0017) let that person's evidence rows take the pseudonymised values while it
+    is there and refuse every other UPDATE or DELETE. No other transaction can see an uncommitted
+    marker (PostgreSQL), and SQLite has one writer at a time. On PostgreSQL only the owner's
+    ``countersign_erasure_begin``/``_end`` functions write it, and a marker cannot be committed."""
 
     __tablename__ = "evidence_erasure"
 

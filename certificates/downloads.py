@@ -17,6 +17,8 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 from zipstream import ZIP_STORED, ZipStream
 
+from audit import evidence
+from certificates.issuing import PdfNotAsDigested, stored_pdf
 from certificates.models import Certificate
 from people.models import Person, PersonSchool
 from training.loader import Federation
@@ -122,6 +124,12 @@ def school_archive(session: Session, school: str) -> ZipStream:
         .where(PersonSchool.school == school, _not_erased())
         .order_by(Certificate.person_name, Certificate.issued_at, Certificate.id)
     ).all()
+    # Every PDF hashed before a byte is sent: a replaced one stops the download with an error,
+    # not halfway through a ZIP.
+    replaced = evidence.pdf_mismatches(session, [r[0] for r in rows if r[-1] is not None])
+    if replaced:
+        stored_pdf(session, replaced[0])  # logs and raises
+        raise PdfNotAsDigested(replaced[0])
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     used: set[str] = set()
     missing: list[str] = []
@@ -145,6 +153,6 @@ def school_archive(session: Session, school: str) -> ZipStream:
 
 
 def _pdf_chunks(session: Session, certificate_id: int) -> Iterator[bytes]:
-    pdf = session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))
+    pdf = stored_pdf(session, certificate_id)  # checked again: it is read again
     session.commit()  # end the read: a long download holds no transaction open between files
     yield pdf

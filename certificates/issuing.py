@@ -12,6 +12,7 @@ stands without its PDF, which is rendered on first download or by ``flask certif
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,7 @@ from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
+from audit import evidence
 from audit.log import record_evidence
 from certificates.models import Certificate
 from certificates.render import render
@@ -146,10 +148,22 @@ def _issue_for_policy(
     return codes
 
 
+class PdfNotAsDigested(RuntimeError):
+    """A stored PDF does not hash to the certificate's digested ``pdf_sha256``: the bytes were
+    replaced behind the application's back, and are not to be served."""
+
+    def __init__(self, certificate_id: int) -> None:
+        self.certificate_id = certificate_id
+        super().__init__(f"certificate {certificate_id}: stored PDF does not match its digest")
+
+
 def store_pdf(session: Session, certificate: Certificate) -> bytes:
     """Render the certificate's PDF and store it, unless one is stored already; returns the
-    stored bytes. An issued PDF is never replaced: when two workers render at once, the first
-    stored wins and both serve it. Commits: it runs in transactions of its own."""
+    stored bytes, checked against their digest. An issued PDF is never replaced: when two workers
+    render at once, the first stored wins and both serve it. Commits: it runs in transactions of
+    its own. Raises :class:`PdfNotAsDigested` for stored bytes that were replaced, and
+    :class:`audit.evidence.NotAsRecorded` (storing nothing) for a certificate row changed since
+    the chain recorded it."""
     stored = stored_pdf(session, certificate.id)
     # End the read, so that no transaction (on SQLite perhaps the write lock) is held while
     # rendering.
@@ -158,6 +172,13 @@ def store_pdf(session: Session, certificate: Certificate) -> bytes:
         return stored
     rendered = render(certificate)
     with writing(session):
+        # Storing re-records the row's digest: only over the digest the chain holds for it, or an
+        # earlier change to the row would pass as recorded.
+        try:
+            was = evidence.as_recorded(session, {"certificate": [certificate.id]}, by_subject=True)
+        except evidence.NotAsRecorded as exc:
+            log.error("certificate %s: PDF not stored: %s", certificate.id, exc)
+            raise
         stored_now = session.execute(
             update(Certificate)
             .where(Certificate.id == certificate.id, Certificate.pdf.is_(None))
@@ -165,7 +186,10 @@ def store_pdf(session: Session, certificate: Certificate) -> bytes:
         ).rowcount
         if stored_now:
             # The one change a certificate row allows (migration 0011): its PDF's hash, once.
-            record_evidence(session, "certificate.stored", "certificate", [certificate.id])
+            record_evidence(
+                session, "certificate.stored", "certificate", [certificate.id],
+                was=was["certificate"],
+            )  # fmt: skip
     stored = stored_pdf(session, certificate.id)
     session.commit()
     if stored is None:
@@ -174,7 +198,19 @@ def store_pdf(session: Session, certificate: Certificate) -> bytes:
 
 
 def stored_pdf(session: Session, certificate_id: int) -> bytes | None:
-    return session.scalar(select(Certificate.pdf).where(Certificate.id == certificate_id))
+    """The stored PDF, None if none is stored; raises :class:`PdfNotAsDigested` (and logs) when the
+    bytes do not hash to the certificate's digest."""
+    row = session.execute(
+        select(Certificate.pdf, Certificate.pdf_sha256).where(Certificate.id == certificate_id)
+    ).first()
+    if row is None or (row.pdf is None and row.pdf_sha256 is None):
+        return None
+    if row.pdf is None or hashlib.sha256(row.pdf).hexdigest() != row.pdf_sha256:
+        log.error(
+            "certificate %s: stored PDF does not match its digest; not served", certificate_id
+        )
+        raise PdfNotAsDigested(certificate_id)
+    return row.pdf
 
 
 def render_missing(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, abort, render_template, stream_with_context
 from flask_login import current_user, login_required
 
+from audit.evidence import NotAsRecorded
 from audit.log import record_separately
 from certificates.downloads import (
     VIEWER_ROLES,
@@ -17,13 +19,31 @@ from certificates.downloads import (
     unrendered_in_school,
     withdrawn,
 )
-from certificates.issuing import render_missing, store_pdf
+from certificates.issuing import PdfNotAsDigested, render_missing, store_pdf
 from certificates.verification import find_certificate, verify
 from core.db import db, utcnow
 from core.web import federation
 from people.views import roles_required
 
 certificates_bp = Blueprint("certificates", __name__, template_folder="templates")
+log = logging.getLogger("countersign.certificates")
+
+
+@certificates_bp.errorhandler(PdfNotAsDigested)
+@certificates_bp.errorhandler(NotAsRecorded)
+def _not_as_recorded(error: Exception) -> Any:
+    """Stored bytes or a row changed behind the application's back: never serve them. The
+    failing function has logged which; the page says only that it is withheld."""
+    db.session.rollback()
+    log.error("certificate download refused: %s", error)
+    page = render_template(
+        "error.html",
+        code=500,
+        title="This certificate cannot be downloaded",
+        message="Its stored record does not match the audit log, so it is withheld. Tell your "
+        "administrator: the audit log check lists what was changed.",
+    )
+    return page, 500
 
 
 @certificates_bp.route("/verify/<code>", endpoint="verify")

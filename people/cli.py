@@ -13,7 +13,13 @@ from core.db import db
 from core.events import statuses_changed
 from core.web import external_url, federation
 from people.auth import INVITE, make_link_token
-from people.privacy import ErasureRefused, erase_person, expired_leavers, retention_days
+from people.privacy import (
+    ErasureRefused,
+    ErasureTampered,
+    erase_person,
+    expired_leavers,
+    retention_days,
+)
 from people.service import PeopleError, PersonData, create_person, find_by_email, import_people
 
 
@@ -107,6 +113,10 @@ def erase_expired_command(dry_run: bool) -> None:
         try:
             erase_person(session, person_id, actor_id=None, retention_days=days)
             session.commit()
+        except ErasureTampered as exc:  # evidence changed behind the app's back: look into it
+            session.rollback()
+            click.echo(f"person #{person_id}: not erased: {exc}", err=True)
+            failed += 1
         except ErasureRefused as exc:  # e.g. reactivated meanwhile
             session.rollback()
             click.echo(f"person #{person_id}: skipped: {exc}", err=True)

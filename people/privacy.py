@@ -11,12 +11,13 @@ a pseudonym and keeps the evidence rows, tied to the pseudonymous id.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
 from api.models import ApiToken, PrecomputedStatus, Webhook, WebhookDelivery
@@ -27,6 +28,7 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
+from audit.evidence import NotAsRecorded, as_recorded
 from audit.log import record, record_evidence
 from audit.models import ErasureMarker
 from certificates.models import Certificate
@@ -44,6 +46,8 @@ from training.models import (
     ReadReceipt,
 )
 
+log = logging.getLogger("countersign.privacy")
+
 # Six years after leaving: the period school HR retention schedules keep staff training records
 # for (the limitation period for claims), unless COUNTERSIGN_RETENTION_DAYS says otherwise.
 DEFAULT_RETENTION_DAYS = 6 * 365
@@ -56,6 +60,11 @@ ERASED = "person.erased"
 
 class ErasureRefused(ValueError):
     """This person may not be erased (yet); the message says why."""
+
+
+class ErasureTampered(ErasureRefused):
+    """Evidence erasure would change no longer matches the audit log: erasing would re-record
+    the change as if it were the application's. Nothing is changed; the mismatch is logged."""
 
 
 def pseudonym(person_id: int) -> tuple[str, str]:
@@ -423,9 +432,23 @@ def erase_person(
         (re.compile(rf"(?<!\w){re.escape(old_name)}(?!\w)", re.IGNORECASE), new_name),
     ]
 
-    # The evidence tables refuse changes (migration 0011) except to this person's rows while this
-    # marker exists; it is removed again below, before the caller commits.
-    session.execute(insert(ErasureMarker.__table__).values(person_id=person.id))
+    # Erasure re-records each changed evidence row's digest. Only over the digest the chain holds
+    # for it: a row changed behind the application's back would otherwise pass as recorded. So
+    # every row it will change is checked first, and nothing is changed if one does not match.
+    checked = _evidence_to_pseudonymise(session, person.id, old_name, old_email)
+    try:
+        was = as_recorded(session, checked)
+    except NotAsRecorded as exc:
+        log.error("person %s: not erased: %s", person.id, exc)
+        raise ErasureTampered(
+            "Their evidence does not match the audit log, so nothing was erased: "
+            + "; ".join(exc.problems)
+        ) from exc
+
+    # The evidence tables refuse changes (migrations 0011, 0017) except the pseudonymising ones
+    # to this person's rows while the marker exists; it is removed again below, before the
+    # caller commits.
+    _begin_erasure(session, person.id)
     changed: dict[str, set[int]] = {t: set() for t in EVIDENCE_PSEUDONYMISED}
 
     session.execute(delete(SignInAttempt).where(SignInAttempt.email == old_email))
@@ -509,15 +532,71 @@ def erase_person(
     person.auth_version += 1
     person.erased_at = now
     session.flush()
-    session.execute(delete(ErasureMarker).where(ErasureMarker.person_id == person.id))
-    # The chain records each pseudonymised row's new digest, so verify checks it as it now is.
+    _end_erasure(session, person.id)
+    unchecked = {f"{t} {i}" for t, ids in changed.items() for i in ids - set(checked[t])}
+    if unchecked:  # a row appeared meanwhile: the caller rolls back
+        raise ErasureTampered(f"Evidence changed during erasure: {', '.join(sorted(unchecked))}")
+    # The chain records each pseudonymised row's new digest, so verify checks it as it now is,
+    # and the digest it had, so verify can tell it was re-recorded over the right one.
     for table, ids in changed.items():
         record_evidence(
             session, "evidence.pseudonymised", table, ids, actor_id=actor_id,
-            detail={"person": person.id},
+            detail={"person": person.id}, was=was[table],
         )  # fmt: skip
     record(session, ERASED, actor_id=actor_id, subject_type="person", subject_id=person.id)
     return person
+
+
+def _evidence_to_pseudonymise(
+    session: Session, person_id: int, old_name: str, old_email: str
+) -> dict[str, list[int]]:
+    """The ids of the evidence rows erasure will change, found before anything changes: the same
+    rows the loops in :func:`erase_person` change (it refuses if those find another)."""
+    decisions = {
+        d.id
+        for d in session.execute(
+            select(Decision.id, Decision.runners_snapshot).where(
+                Decision.application_id.in_(
+                    select(ApplicationRunner.application_id).where(
+                        ApplicationRunner.person_id == person_id
+                    )
+                )
+            )
+        )
+        if any(r.get("person_id") == person_id for r in d.runners_snapshot)
+    }
+    mentions = [
+        func.lower(Decision.reason).contains(needle.lower(), autoescape=True)
+        for needle in (old_name, old_email)
+    ]
+    decisions |= set(session.scalars(select(Decision.id).where(or_(*mentions))))
+    return {
+        "acknowledgement": list(
+            session.scalars(
+                select(Acknowledgement.id).where(Acknowledgement.person_id == person_id)
+            )
+        ),
+        "certificate": list(
+            session.scalars(select(Certificate.id).where(Certificate.person_id == person_id))
+        ),
+        "application_decision": sorted(decisions),
+    }
+
+
+def _begin_erasure(session: Session, person_id: int) -> None:
+    """Open this person's evidence rows to pseudonymising. On PostgreSQL only the owner's function
+    may write the marker (migration 0017: the application role cannot); SQLite has no roles."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT countersign_erasure_begin(:p)"), {"p": person_id})
+    else:
+        session.execute(insert(ErasureMarker.__table__).values(person_id=person_id))
+
+
+def _end_erasure(session: Session, person_id: int) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT countersign_erasure_end(:p)"), {"p": person_id})
+    else:
+        session.execute(delete(ErasureMarker).where(ErasureMarker.person_id == person_id))
 
 
 def expired_leavers(

@@ -441,7 +441,10 @@ def test_downloads_serve_the_stored_bytes_and_never_render_again(app, make_perso
     with app.app_context():
         with evidence_guard_off(db.session, "certificate"):
             db.session.execute(
-                update(Certificate).where(Certificate.id == certificate.id).values(pdf=marked)
+                update(Certificate)
+                .where(Certificate.id == certificate.id)
+                # with its digest: bytes that do not match it are never served (E2)
+                .values(pdf=marked, pdf_sha256=hashlib.sha256(marked).hexdigest())
             )
         db.session.commit()
     assert client.get(f"/certificates/{certificate.code}.pdf").data == marked
@@ -507,7 +510,7 @@ def test_the_zip_reads_each_pdf_only_when_its_turn_comes(app, schools):
     reads: list[str] = []
 
     def spy(conn, cursor, statement, *args):
-        if statement.startswith("SELECT certificate.pdf "):
+        if statement.startswith("SELECT certificate.pdf, "):  # with its digest, to check it
             reads.append(statement)
 
     event.listen(engine, "before_cursor_execute", spy)
