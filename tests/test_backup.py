@@ -33,6 +33,13 @@ NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 # Extra databases and roles beside the test database, named after it.
 _TEST_DB = make_url(PG_URL).database if PG_URL else "countersign_test"
 RESTORE_DB = f"{_TEST_DB}_restore"
+# The key that authenticates backups, held by whoever makes and restores them, never in a backup.
+BACKUP_KEY = "test-backup-key-kept-apart-from-the-backups"
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {"BACKUP_KEY": BACKUP_KEY}
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -69,6 +76,7 @@ def make_app(url: str, instance: Path, content_dir: Path, **config: Any) -> Flas
             "SECRET_KEY": "test-secret-key-not-for-production",
             "SERVER_NAME": "countersign.test",
             "BASE_URL": "http://countersign.test",
+            "BACKUP_KEY": BACKUP_KEY,
             **config,
         }
     )
@@ -196,22 +204,42 @@ def tables_with_rows(application: Flask) -> list[str]:
         ]
 
 
-def rewrite_backup(source: Path, output: Path, table: str, change) -> None:
-    """A copy of a backup with one table's lines changed and its manifest entry made to match,
-    so that only the database can notice what is wrong."""
-    with tarfile.open(source, "r:gz") as tar:
-        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-    manifest = json.loads(members["manifest.json"])
-    lines = change(members[f"tables/{table}.jsonl"].splitlines(keepends=True))
-    data = b"".join(lines)
-    members[f"tables/{table}.jsonl"] = data
-    manifest["tables"][table].update(rows=len(lines), sha256=hashlib.sha256(data).hexdigest())
-    members["manifest.json"] = json.dumps(manifest).encode()
+def read_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def write_members(output: Path, members: dict[str, bytes], sign_with: str | None = None) -> None:
+    """Tar ``members`` up again; with ``sign_with``, give the manifest a new MAC under that key,
+    as someone holding the backup key could."""
+    if sign_with is not None:
+        from operations.backup import manifest_mac
+
+        mac = json.loads(members["manifest.mac"])
+        mac["mac"] = manifest_mac(sign_with.encode(), members["manifest.json"])
+        members = {**members, "manifest.mac": json.dumps(mac).encode()}
     with tarfile.open(output, "w:gz") as tar:
         for name, body in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))
+
+
+def rewrite_backup(
+    source: Path, output: Path, table: str, change, sign_with: str | None = BACKUP_KEY, **claims
+) -> None:
+    """A copy of a backup with one table's lines changed and its manifest entry made to match
+    (and ``claims`` set in the manifest), re-signed with ``sign_with`` (None: the MAC is left as
+    it was)."""
+    members = read_members(source)
+    manifest = json.loads(members["manifest.json"])
+    lines = change(members[f"tables/{table}.jsonl"].splitlines(keepends=True))
+    data = b"".join(lines)
+    members[f"tables/{table}.jsonl"] = data
+    manifest["tables"][table].update(rows=len(lines), sha256=hashlib.sha256(data).hexdigest())
+    manifest.update(claims)
+    members["manifest.json"] = json.dumps(manifest).encode()
+    write_members(output, members, sign_with)
 
 
 def audit_verify(application: Flask) -> Any:
@@ -420,6 +448,114 @@ def test_backup_with_a_changed_row_restores_nothing(app, few_records, target, tm
     assert tables_with_rows(restored) == []
 
 
+def _doctor(lines: list[bytes]) -> list[bytes]:
+    """Acknowledgement 1 signed by someone else, from elsewhere (as a forger would edit it)."""
+    first = json.loads(lines[0])
+    first.update(typed_name="Someone Else", ip="10.9.9.9")
+    return [json.dumps(first, separators=(",", ":")).encode() + b"\n", *lines[1:]]
+
+
+def test_a_doctored_backup_without_the_backup_key_restores_nothing(
+    app, few_records, target, tmp_path
+):
+    """A row changed, its checksum recomputed and the manifest's claim about the log set to
+    null: without the backup key the MAC cannot be made again, and restore refuses the file."""
+    path, doctored = tmp_path / "backup.tar.gz", tmp_path / "doctored.tar.gz"
+    make_backup(app, path)
+    rewrite_backup(path, doctored, "acknowledgement", _doctor, sign_with=None,
+                   audit_problems=None)  # fmt: skip
+    restored = target()
+    result = restore(restored, doctored)
+    assert result.exit_code == 1
+    assert "does not match the backup key" in result.output
+    assert "Nothing was restored" in result.output
+    assert tables_with_rows(restored) == []
+    assert not (Path(restored.instance_path) / "audit_key").exists()
+    # Told to skip the MAC, restore's own walk of the evidence still refuses it.
+    unchecked = restore(restored, doctored, "--unauthenticated")
+    assert unchecked.exit_code == 1
+    assert "PROBLEM: acknowledgement 1 edited" in unchecked.output
+    assert tables_with_rows(restored) == []
+
+
+@pytest.mark.parametrize("claim", [None, "copied"])
+def test_restore_reports_what_its_own_verify_found_never_the_manifests_claim(
+    app, few_records, target, tmp_path, claim
+):
+    """Someone holding the backup key re-signs a doctored file whose manifest says the log had no
+    problems (or copies the real problem text into it): restore's own walk finds the edit, lists
+    it and restores nothing; with --accept-problems it restores and says the log does not verify."""
+    path, doctored = tmp_path / "backup.tar.gz", tmp_path / "doctored.tar.gz"
+    make_backup(app, path)
+    problem = "acknowledgement 1 edited"
+    claims: dict[str, Any] = {"audit_problems": None}
+    if claim:  # the manifest lists the real problem, word for word
+        rewrite_backup(path, doctored, "acknowledgement", _doctor)
+        found = restore(target(), doctored, "--accept-problems").output
+        line = next(x for x in found.splitlines() if problem in x)
+        claims["audit_problems"] = [line.removeprefix("PROBLEM: ")]
+    rewrite_backup(path, doctored, "acknowledgement", _doctor, **claims)
+    restored = target()
+    result = restore(restored, doctored)
+    assert result.exit_code == 1
+    assert f"PROBLEM: {problem}" in result.output and "Nothing was restored" in result.output
+    assert "verifies" not in result.output and "same" not in result.output
+    assert tables_with_rows(restored) == []
+    accepted = restore(restored, doctored, "--accept-problems")
+    assert accepted.exit_code == 0, accepted.output
+    assert "does NOT verify: 1 problem(s)" in accepted.output
+    assert f"PROBLEM: {problem}" in accepted.output
+    assert "the audit log verifies" not in accepted.output
+    assert audit_verify(restored).exit_code == 1
+
+
+def test_a_backup_without_authentication_restores_only_when_told(
+    app, few_records, target, tmp_path
+):
+    path, legacy = tmp_path / "backup.tar.gz", tmp_path / "legacy.tar.gz"
+    make_backup(app, path)
+    members = read_members(path)
+    del members["manifest.mac"]
+    write_members(legacy, members)
+    restored = target()
+    refused = restore(restored, legacy)
+    assert refused.exit_code == 1 and "carries no authentication code" in refused.output
+    assert "--unauthenticated" in refused.output
+    assert tables_with_rows(restored) == []
+    told = restore(restored, legacy, "--unauthenticated")
+    assert told.exit_code == 0, told.output
+    assert "not checking the file against the backup key" in told.output
+    assert "the audit log verifies" in told.output
+
+
+def test_the_backup_key_is_made_once_kept_apart_and_needed_to_restore(
+    app, few_records, target, tmp_path
+):
+    app.config["BACKUP_KEY"] = ""
+    key_file = Path(app.instance_path) / "backup_key"
+    path = tmp_path / "backup.tar.gz"
+    made = make_backup(app, path)
+    key = key_file.read_bytes().strip()
+    assert len(key) == 64 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert str(key_file) in made.output and "restoring needs it" in made.output
+    members = read_members(path)
+    assert not any(key in body for body in members.values())  # never inside the backup
+    assert not any("backup_key" in name for name in members)
+    make_backup(app, tmp_path / "second.tar.gz")
+    assert key_file.read_bytes().strip() == key  # made once, then reused
+
+    keyless = target(BACKUP_KEY="")
+    refused = restore(keyless, path)
+    assert refused.exit_code == 1 and "needs the backup key" in refused.output
+    assert tables_with_rows(keyless) == []
+    wrong = target(BACKUP_KEY="another-key")
+    assert "does not match the backup key" in restore(wrong, path).output
+    right = target(BACKUP_KEY="", BACKUP_KEY_FILE=str(key_file))
+    result = restore(right, path)
+    assert result.exit_code == 0, result.output
+    assert "matches the backup key" in result.output
+
+
 @pytest.mark.parametrize("kind", TARGETS)
 def test_rows_the_database_refuses_roll_back_the_whole_restore(
     app, records, target, tmp_path, kind
@@ -459,9 +595,14 @@ def test_a_tampered_log_is_restored_as_it_was_for_the_investigation(
     made = make_backup(app, path)
     assert "reports 1 problem(s)" in made.output
     restored = target()
-    result = restore(restored, path)
+    refused = restore(restored, path)
+    assert refused.exit_code == 1, refused.output
+    assert "PROBLEM: row 2 changed" in refused.output and "--accept-problems" in refused.output
+    assert tables_with_rows(restored) == []
+    result = restore(restored, path, "--accept-problems")
     assert result.exit_code == 0, result.output
-    assert "the same 1 problem(s)" in result.output
+    assert "does NOT verify: 1 problem(s)" in result.output
+    assert "PROBLEM: row 2 changed" in result.output
     assert audit_verify(restored).output == original.output
 
 
@@ -497,11 +638,7 @@ def test_restore_refuses_another_schema_revision(app, few_records, target, tmp_p
     manifest = json.loads(members["manifest.json"])
     manifest.update(alembic_revision="0009", app_version="0.0.9")
     members["manifest.json"] = json.dumps(manifest).encode()
-    with tarfile.open(older, "w:gz") as tar:
-        for name, body in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(body)
-            tar.addfile(info, io.BytesIO(body))
+    write_members(older, members, sign_with=BACKUP_KEY)
     fresh = target()
     result = restore(fresh, older)
     assert result.exit_code == 1 and "with the version that made it" in result.output
