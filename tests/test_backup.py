@@ -691,6 +691,88 @@ def test_restore_of_a_missing_or_foreign_file_says_so(target, tmp_path):
     assert result.exit_code == 1 and "not a Countersign backup" in result.output
 
 
+# --- the audit log's head, kept outside the database ---------------------------------------
+
+
+def _delete_tail(application: Flask, database_url: str, after_seq: int) -> None:
+    """What a database writer can do: remove every certificate and the audit rows after
+    ``after_seq`` (the certificates' own), with the triggers out of the way."""
+    with application.app_context():
+        session = db.session
+        if database_url.startswith("sqlite"):
+            for trigger in ("audit_event_no_delete", "certificate_no_delete"):
+                session.execute(text(f"DROP TRIGGER {trigger}"))
+        else:
+            for table in ("audit_event", "certificate"):
+                session.execute(text(f"ALTER TABLE {table} DISABLE TRIGGER USER"))
+        session.execute(text("DELETE FROM certificate"))
+        session.execute(text("DELETE FROM audit_event WHERE seq > :seq"), {"seq": after_seq})
+        if not database_url.startswith("sqlite"):  # the test database is shared: put them back
+            for table in ("audit_event", "certificate"):
+                session.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+        session.commit()
+
+
+def test_tail_deletion_passes_plain_verify_but_not_the_recorded_head(
+    app, runner, few_records, tmp_path, database_url
+):
+    heads = tmp_path / "heads" / "audit-heads"
+    heads.parent.mkdir()
+    with app.app_context():
+        assert db.session.scalar(text("SELECT count(*) FROM certificate")) == 0
+        before = db.session.scalar(text("SELECT max(seq) FROM audit_event"))
+    assert runner.invoke(args=["certificates", "issue"]).exit_code == 0
+    with app.app_context():
+        issued = db.session.scalar(text("SELECT count(*) FROM certificate"))
+        top = db.session.scalar(text("SELECT max(seq) FROM audit_event"))
+    assert issued and top > before
+
+    app.config["AUDIT_HEAD_FILE"] = str(heads)
+    recorded = runner.invoke(args=["audit", "head", "--record"])
+    assert recorded.exit_code == 0, recorded.output
+    assert f"Recorded in {heads}" in recorded.output
+    assert heads.read_text().splitlines()[-1].split(" ")[1].startswith(f"{top}:")
+    assert "is intact" in runner.invoke(args=["audit", "verify"]).output
+
+    _delete_tail(app, database_url, before)
+    app.config["AUDIT_HEAD_FILE"] = ""
+    plain = runner.invoke(args=["audit", "verify"])
+    assert plain.exit_code == 0 and "is intact" in plain.output  # the limitation the file closes
+
+    app.config["AUDIT_HEAD_FILE"] = str(heads)
+    anchored = runner.invoke(args=["audit", "verify"])
+    assert anchored.exit_code == 1
+    assert f"rows {before + 1} to {top} removed from the end" in anchored.output
+    assert "Comparing with the head recorded" in anchored.output
+    # A shorter log is never recorded over the longer one.
+    again = runner.invoke(args=["audit", "head", "--record"])
+    assert again.exit_code == 1 and "removed from the end" in again.output
+    assert len(heads.read_text().splitlines()) == 1
+
+
+def test_verify_uses_the_given_head_over_the_file_and_reads_it_strictly(
+    app, runner, few_records, tmp_path
+):
+    heads = tmp_path / "audit-heads"
+    app.config["AUDIT_HEAD_FILE"] = str(heads)
+    missing = runner.invoke(args=["audit", "verify"])
+    assert missing.exit_code == 0 and "no head has been recorded" in missing.output
+    assert runner.invoke(args=["audit", "head", "--record"]).exit_code == 0
+    heads.write_text(heads.read_text() + f"2026-01-01T00:00:00+00:00 999999:{'a' * 64}\n")
+    assert runner.invoke(args=["audit", "verify"]).exit_code == 1
+    with app.app_context():
+        current = db.session.execute(text("SELECT seq, hash FROM audit_event ORDER BY seq DESC"))
+        seq, digest = current.first()
+    given = runner.invoke(args=["audit", "verify", "--head", f"{seq}:{digest}"])
+    assert given.exit_code == 0, given.output
+    heads.write_text("not a head\n")
+    broken = runner.invoke(args=["audit", "verify"])
+    assert broken.exit_code == 1 and "cannot be read" in broken.output
+    app.config["AUDIT_HEAD_FILE"] = ""
+    unset = runner.invoke(args=["audit", "head", "--record"])
+    assert unset.exit_code == 1 and "COUNTERSIGN_AUDIT_HEAD_FILE" in unset.output
+
+
 # --- the application role on PostgreSQL --------------------------------------------------------
 
 OWNER, APP_ROLE, ROLE_DB = f"{_TEST_DB}_owner", f"{_TEST_DB}_app", f"{_TEST_DB}_roles"
