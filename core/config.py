@@ -193,6 +193,14 @@ def _instance_secret(instance: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
+    except PermissionError:
+        # A command run as another user than the app's (migrations as the schema owner, the
+        # audit head recorder) may not read the app's folder. It serves no pages and signs no
+        # links, so a key for this run alone does; the app itself, owning the folder, never
+        # gets here.
+        if instance.stat().st_uid != os.geteuid():
+            return secrets.token_hex(32)
+        raise
     instance.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
