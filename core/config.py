@@ -155,7 +155,9 @@ def _positive(app: Flask, key: str) -> None:
 
 
 # Files Countersign makes in the instance folder that hold secrets or personal data.
-INSTANCE_FILES = ("secret_key", "audit_key", "lti_private_key.pem", "demo-people.txt")
+INSTANCE_FILES = (
+    "secret_key", "audit_key", "lti_private_key.pem", "demo-people.txt", "backup_key",
+)  # fmt: skip
 
 
 def _make_private(path: Path, mode: int) -> None:

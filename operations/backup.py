@@ -214,7 +214,8 @@ def backup(app: Flask, engine: Engine, output: Path) -> Summary:
         mac_key = backup_key(app, create=True)
     except (OSError, ValueError) as exc:
         raise BackupError(f"The backup key cannot be read ({exc}); nothing was written.")
-    assert mac_key is not None
+    if mac_key is None:  # not asked to be made: cannot happen with create=True
+        raise BackupError("There is no backup key; nothing was written.")
     keys = [k for k in key_files(app) if k.path.is_file()]
     configured = [k.label for k in key_files(app) if k.configured]
     with tempfile.TemporaryDirectory(prefix="countersign-backup-") as work:

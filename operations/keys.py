@@ -87,7 +87,9 @@ def backup_key(app: Flask, *, create: bool = False) -> BackupKey | None:
     try:
         data = path.read_bytes().strip()
     except FileNotFoundError:
-        if not create or named:
+        if named:  # a file that was meant to be there: say so rather than make another
+            raise
+        if not create:
             return None
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:

@@ -550,6 +550,13 @@ def test_the_backup_key_is_made_once_kept_apart_and_needed_to_restore(
     assert tables_with_rows(keyless) == []
     wrong = target(BACKUP_KEY="another-key")
     assert "does not match the backup key" in restore(wrong, path).output
+    missing = str(tmp_path / "no-such-key")
+    unreadable = restore(target(BACKUP_KEY="", BACKUP_KEY_FILE=missing), path)
+    assert unreadable.exit_code == 1 and "backup key cannot be read" in unreadable.output
+    app.config["BACKUP_KEY_FILE"] = missing
+    not_made = app.test_cli_runner().invoke(args=["backup", "--output", str(tmp_path / "x.tgz")])
+    assert not_made.exit_code == 1 and "backup key cannot be read" in not_made.output
+    assert not (tmp_path / "no-such-key").exists() and not (tmp_path / "x.tgz").exists()
     right = target(BACKUP_KEY="", BACKUP_KEY_FILE=str(key_file))
     result = restore(right, path)
     assert result.exit_code == 0, result.output
