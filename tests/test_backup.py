@@ -757,6 +757,30 @@ def test_tail_deletion_passes_plain_verify_but_not_the_recorded_head(
     assert len(heads.read_text().splitlines()) == 1
 
 
+def test_the_evidence_pack_prints_the_head_that_verify_checks(
+    app, runner, auth, make_person, few_records, tmp_path
+):
+    import shutil
+    import subprocess
+
+    if not shutil.which("pdftotext"):
+        pytest.skip("pdftotext is not installed")
+    client = auth.as_person(make_person("governor", schools=("infant",)))
+    response = client.get("/reports/schools/infant/evidence.pdf")
+    assert response.status_code == 200, response.status_code
+    (tmp_path / "pack.pdf").write_bytes(response.data)
+    words = " ".join(
+        subprocess.run(  # noqa: S603 - fixed arguments
+            ["pdftotext", str(tmp_path / "pack.pdf"), "-"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()
+    )  # fmt: skip
+    head = runner.invoke(args=["audit", "head"]).output.strip()  # the pack's download is the head
+    seq, digest = head.split(":")
+    assert f"entry {seq}, hash" in words and digest[:16] in words.replace(" ", "")
+    assert runner.invoke(args=["audit", "verify", "--head", head]).exit_code == 0
+
+
 def test_verify_uses_the_given_head_over_the_file_and_reads_it_strictly(
     app, runner, few_records, tmp_path
 ):
