@@ -67,6 +67,11 @@ def record(path: Path, current: Head) -> str:
     line = f"{utcnow().isoformat(timespec='seconds')} {current}"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        # Heads are not secret (every evidence pack prints one): the app's user must read the
+        # file, whatever the umask the app sets for its own files.
+        info = os.fstat(fd)
+        if info.st_uid == os.geteuid() and info.st_mode & 0o777 != 0o644:
+            os.fchmod(fd, 0o644)
         os.write(fd, (line + "\n").encode())
         os.fsync(fd)
     finally:

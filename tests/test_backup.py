@@ -738,6 +738,7 @@ def test_tail_deletion_passes_plain_verify_but_not_the_recorded_head(
     recorded = runner.invoke(args=["audit", "head", "--record"])
     assert recorded.exit_code == 0, recorded.output
     assert f"Recorded in {heads}" in recorded.output
+    assert stat.S_IMODE(heads.stat().st_mode) == 0o644  # the app's user reads it, never writes it
     assert heads.read_text().splitlines()[-1].split(" ")[1].startswith(f"{top}:")
     assert "is intact" in runner.invoke(args=["audit", "verify"]).output
 
