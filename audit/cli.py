@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import click
+from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
+from audit import anchor
 from audit.log import Head, SealRefused, head, plan_seal, seal, verify
 from core.db import db, writing
 from people.models import Person
@@ -19,15 +21,32 @@ def audit_cli() -> None:
 @audit_cli.command(
     "verify",
     help="Check every row's hash and the chain between rows. With --head (as printed on an "
-    "evidence pack), also check that nothing after it was removed or rewritten.",
+    "evidence pack), or else the latest head in COUNTERSIGN_AUDIT_HEAD_FILE when set, also check "
+    "that nothing up to it was removed or rewritten.",
 )
-@click.option("--head", "expected", metavar="SEQUENCE:HASH", help="A head recorded earlier.")
+@click.option(
+    "--head",
+    "expected",
+    metavar="SEQUENCE:HASH",
+    help="A head recorded earlier (instead of the head file's latest).",
+)
 @with_appcontext
 def verify_command(expected: str | None) -> None:
     try:
         earlier = Head.parse(expected) if expected else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--head")
+    path = anchor.head_file(current_app)
+    if earlier is None and path is not None:
+        try:
+            recorded = anchor.latest(path)
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"The recorded head cannot be read: {exc}.")
+        if recorded is None:
+            click.echo(f"WARNING: no head has been recorded in {path} yet.", err=True)
+        else:
+            earlier = recorded.head
+            click.echo(f"Comparing with the head recorded {recorded.at} in {path}.")
     result = verify(db.session, earlier)
     for problem in result.problems:
         click.echo(f"PROBLEM: {problem}", err=True)
@@ -42,11 +61,41 @@ def verify_command(expected: str | None) -> None:
     )
 
 
-@audit_cli.command("head", help="Print the latest row's sequence and hash, to record elsewhere.")
+@audit_cli.command(
+    "head",
+    help="Print the latest row's sequence and hash, to record elsewhere. With --record, also "
+    "append it to COUNTERSIGN_AUDIT_HEAD_FILE, after checking it follows the head last recorded "
+    "there.",
+)
+@click.option("--record", "keep", is_flag=True, help="Append it to COUNTERSIGN_AUDIT_HEAD_FILE.")
 @with_appcontext
-def head_command() -> None:
+def head_command(keep: bool) -> None:
+    path = anchor.head_file(current_app)
+    if keep and path is None:
+        raise click.ClickException("--record needs COUNTERSIGN_AUDIT_HEAD_FILE: set it to a file.")
     latest = head(db.session)
     click.echo(str(latest) if latest else "The audit log is empty.")
+    if not keep or path is None:
+        return
+    try:
+        earlier = anchor.latest(path)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"The recorded head cannot be read: {exc}.")
+    if earlier is not None:
+        # A shorter or rewritten log is never recorded over the evidence that it was longer.
+        why = anchor.check_against(db.session, earlier.head, latest)
+        if why:
+            raise click.ClickException(
+                f"Not recorded: the audit log does not follow the head recorded {earlier.at} "
+                f"({earlier.head}): {why}. Run `flask audit verify`."
+            )
+    if latest is None:
+        return
+    try:
+        line = anchor.record(path, latest)
+    except OSError as exc:
+        raise click.ClickException(f"The head cannot be recorded in {path}: {exc}.")
+    click.echo(f"Recorded in {path}: {line}")
 
 
 @audit_cli.command(

@@ -247,7 +247,9 @@ def _positive(app: Flask, key: str) -> None:
 
 
 # Files Countersign makes in the instance folder that hold secrets or personal data.
-INSTANCE_FILES = ("secret_key", "audit_key", "lti_private_key.pem", "demo-people.txt")
+INSTANCE_FILES = (
+    "secret_key", "audit_key", "lti_private_key.pem", "demo-people.txt", "backup_key",
+)  # fmt: skip
 
 
 def _make_private(path: Path, mode: int) -> None:
@@ -285,6 +287,14 @@ def _instance_secret(instance: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
+    except PermissionError:
+        # A command run as another user than the app's (migrations as the schema owner, the
+        # audit head recorder) may not read the app's folder. It serves no pages and signs no
+        # links, so a key for this run alone does; the app itself, owning the folder, never
+        # gets here.
+        if instance.stat().st_uid != os.geteuid():
+            return secrets.token_hex(32)
+        raise
     instance.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -6,7 +6,10 @@ A backup is a gzipped tar file:
   head and what ``flask audit verify`` said of it, and for every table its columns, row count and
   the SHA-256 of its data; for every key its SHA-256;
 - ``tables/NAME.jsonl``: one JSON object per row, in primary-key order;
-- ``keys/NAME``: the instance key files that exist (see :mod:`operations.keys`).
+- ``keys/NAME``: the instance key files that exist (see :mod:`operations.keys`);
+- ``manifest.mac``: HMAC-SHA256 of ``manifest.json`` under the backup key, which is never in a
+  backup. The manifest holds every member's SHA-256, so the MAC covers the whole file: someone
+  holding a backup but not that key cannot change a row and make the checksums match again.
 
 JSON lines rather than a database dump, so that a backup made on SQLite restores into PostgreSQL
 and back. Tables are taken from the models' metadata in dependency order, so a table added later is
@@ -19,9 +22,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import os
+import secrets
 import tarfile
 import tempfile
 import tomllib
@@ -40,13 +45,17 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
 from audit import log as audit_log
+from audit.models import AuditEvent
 from core.config import ROOT
 from core.db import Base, deferred_reads, utcnow
-from operations.keys import KeyFile, fingerprint, key_files
+from operations.keys import BackupKey, KeyFile, backup_key, fingerprint, key_files
 
 FORMAT = "countersign-backup"
 FORMAT_VERSION = 1
 BATCH = 1000
+MAC_MEMBER = "manifest.mac"
+# Binds the MAC to its purpose: the same key used for anything else never yields a valid one.
+MAC_CONTEXT = b"countersign backup manifest\0"
 # Tables that belong to the migration tool, not to the app: backed up as the manifest's revision.
 NOT_DATA = {"alembic_version"}
 
@@ -64,6 +73,12 @@ class Summary:
     keys: list[str]
     keys_not_included: list[str] = field(default_factory=list)
     audit_problems: list[str] | None = None
+    backup_key: str = ""  # where the key that authenticates it is kept
+    backup_key_fingerprint: str = ""
+
+
+def manifest_mac(key: bytes, manifest: bytes) -> str:
+    return hmac.new(key, MAC_CONTEXT + manifest, hashlib.sha256).hexdigest()
 
 
 def app_version() -> str:
@@ -195,6 +210,12 @@ def backup(app: Flask, engine: Engine, output: Path) -> Summary:
     output = output.resolve()
     if output.exists():
         raise BackupError(f"{output} already exists: choose another name (--output).")
+    try:
+        mac_key = backup_key(app, create=True)
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"The backup key cannot be read ({exc}); nothing was written.")
+    if mac_key is None:  # not asked to be made: cannot happen with create=True
+        raise BackupError("There is no backup key; nothing was written.")
     keys = [k for k in key_files(app) if k.path.is_file()]
     configured = [k.label for k in key_files(app) if k.configured]
     with tempfile.TemporaryDirectory(prefix="countersign-backup-") as work:
@@ -233,7 +254,7 @@ def backup(app: Flask, engine: Engine, output: Path) -> Summary:
                 "sha256": hashlib.sha256(key_data[key.name]).hexdigest(),
                 "fingerprint": fingerprint(key_data[key.name]),
             }
-        _write_archive(output, manifest, Path(work), key_data)
+        _write_archive(output, manifest, Path(work), key_data, mac_key)
     # Like every other export of personal data, a backup is on the record (after the snapshot, so
     # it is in the next backup, not this one).
     with Session(bind=engine) as session, session.begin():
@@ -255,6 +276,8 @@ def backup(app: Flask, engine: Engine, output: Path) -> Summary:
         keys=[k.label for k in keys],
         keys_not_included=configured,
         audit_problems=manifest["audit_problems"],
+        backup_key=mac_key.where,
+        backup_key_fingerprint=mac_key.fingerprint,
     )
 
 
@@ -269,7 +292,11 @@ def _audit_problems(app: Flask, session: Session, head: audit_log.Head | None) -
 
 
 def _write_archive(
-    output: Path, manifest: dict[str, Any], work: Path, key_data: dict[str, bytes]
+    output: Path,
+    manifest: dict[str, Any],
+    work: Path,
+    key_data: dict[str, bytes],
+    mac_key: BackupKey,
 ) -> None:
     """Written whole under a temporary name beside ``output``, then linked into place: a backup
     that stopped half-way never has the name of a finished one."""
@@ -280,6 +307,15 @@ def _write_archive(
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as archive:
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             _add(archive, "manifest.json", io.BytesIO(body), len(body))
+            mac = json.dumps(
+                {
+                    "algorithm": "HMAC-SHA256",
+                    "key_fingerprint": mac_key.fingerprint,
+                    "mac": manifest_mac(mac_key.data, body),
+                },
+                indent=2,
+            ).encode()
+            _add(archive, MAC_MEMBER, io.BytesIO(mac), len(mac))
             for name in manifest["tables"]:
                 path = work / name
                 with open(path, "rb") as data:
@@ -308,7 +344,8 @@ class Archive:
         self.path = path
         try:
             self.tar = tarfile.open(path, mode="r:gz")
-            self.manifest = json.loads(self._member("manifest.json").read())
+            self.manifest_bytes = self._member("manifest.json").read()
+            self.manifest = json.loads(self.manifest_bytes)
         except FileNotFoundError:
             raise BackupError(f"There is no backup at {path}.")
         except BackupError:
@@ -337,6 +374,39 @@ class Archive:
 
     def close(self) -> None:
         self.tar.close()
+
+    def authenticate(self, key: BackupKey | None) -> str:
+        """Check the manifest's MAC under the backup key before anything else is trusted; returns
+        the fingerprint of the key that made it."""
+        try:
+            member = self.tar.extractfile(MAC_MEMBER)
+        except KeyError:
+            member = None
+        if member is None:
+            raise BackupError(
+                f"{self.path} carries no authentication code: it was made by a version of "
+                "Countersign that did not authenticate backups, or the code was removed. Restore "
+                "it only if you know where the file has been, with --unauthenticated. Nothing "
+                "was restored."
+            )
+        try:
+            mac = json.loads(member.read())
+            claimed, named = str(mac["mac"]), str(mac.get("key_fingerprint", "?"))
+        except (ValueError, KeyError, TypeError, tarfile.TarError, OSError, zlib.error) as exc:
+            raise self.damaged(f"its authentication code is unreadable: {exc}")
+        if key is None:
+            raise BackupError(
+                "Restoring needs the backup key, to check the file was not altered since it was "
+                "made: set COUNTERSIGN_BACKUP_KEY, or COUNTERSIGN_BACKUP_KEY_FILE to the file "
+                f"kept apart from the backups (the backup names key {named}). Nothing was restored."
+            )
+        if not hmac.compare_digest(claimed, manifest_mac(key.data, self.manifest_bytes)):
+            raise BackupError(
+                f"{self.path} does not match the backup key ({key.where}, key {key.fingerprint}): "
+                f"it was altered after it was made, or made with another key (it names key "
+                f"{named}). Nothing was restored."
+            )
+        return key.fingerprint
 
     def check(self) -> None:
         """Read every member once and compare with the manifest, before anything is written."""
@@ -385,7 +455,10 @@ class Restored:
     keys_kept: list[str]  # different from the backup's, kept (they sign nothing recorded)
     keys_set_aside: list[str]
     migrated: bool
-    audit_problems: list[str] | None = None
+    # What this restore's own walk of the chain found, never what the backup's manifest says.
+    audit_problems: list[str] = field(default_factory=list)
+    claimed_problems: list[str] | None = None  # what the manifest says (unauthenticated text)
+    authenticated_by: str | None = None  # the backup key's fingerprint; None with --unauthenticated
 
 
 def _is_empty(connection: Connection) -> bool:
@@ -486,16 +559,27 @@ def restore(
     *,
     force_keys: bool = False,
     migrate: Any = None,
+    accept_problems: bool = False,
+    unauthenticated: bool = False,
 ) -> Restored:
     """Bring a backup back into an empty database, and its keys into the instance folder.
 
     The backup must come from this version's schema revision. ``migrate(revision)`` is called
-    first when the database has no schema at all, to build it. The rows, the sequences and a check
-    of the audit chain under the restored key happen in one transaction; the key files are moved
-    into place only once it has committed.
+    first when the database has no schema at all, to build it. The manifest's MAC is checked
+    under the backup key first (skipped only with ``unauthenticated``). The rows, the sequences
+    and a walk of the restored audit chain under the key that will be in effect happen in one
+    transaction: problems found by that walk roll it all back unless ``accept_problems``. The key
+    files are moved into place only once it has committed.
     """
     archive = Archive(path)
     try:
+        authenticated_by = None
+        if not unauthenticated:
+            try:
+                key = backup_key(app)
+            except (OSError, ValueError) as exc:
+                raise BackupError(f"The backup key cannot be read ({exc}). Nothing was restored.")
+            authenticated_by = archive.authenticate(key)
         archive.check()
         manifest = archive.manifest
         revision = manifest["alembic_revision"]
@@ -544,7 +628,9 @@ def restore(
                     connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
                 counts = _restore_rows(connection, archive)
                 _set_sequences(connection)
-                _check_chain(app, connection, manifest, audit_key)
+                found = _check_chain(app, connection, manifest, audit_key)
+                if found.problems and not accept_problems:
+                    raise ProblemsFound(found.problems)
             except BaseException:
                 transaction.rollback()
                 raise
@@ -559,36 +645,64 @@ def restore(
         raise archive.damaged(f"its manifest is malformed: {exc}")
     finally:
         archive.close()
+    claimed = manifest.get("audit_problems")
     return Restored(
         revision=revision,
         rows=counts,
-        head=manifest["audit_head"],
+        head=str(found.head) if found.head else None,
         keys_written=written,
         keys_kept=kept_different,
         keys_set_aside=set_aside,
         migrated=migrated,
-        audit_problems=manifest.get("audit_problems"),
+        audit_problems=found.problems,
+        claimed_problems=claimed if isinstance(claimed, list) else None,
+        authenticated_by=authenticated_by,
     )
+
+
+class ProblemsFound(BackupError):
+    """The restored audit log does not verify; nothing was restored."""
+
+    SHOWN = 20
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        listed = "\n".join(f"PROBLEM: {p}" for p in problems[: self.SHOWN])
+        more = len(problems) - self.SHOWN
+        if more > 0:
+            listed += f"\n… and {more} more."
+        super().__init__(
+            f"The restored audit log does not verify with the audit key that would be in effect: "
+            f"{len(problems)} problem(s).\n{listed}\nIf every row is reported changed, is "
+            "COUNTERSIGN_AUDIT_KEY set to another key? Nothing was restored. To restore the "
+            "records as they are (for an investigation), run again with --accept-problems."
+        )
 
 
 def _check_chain(
     app: Flask, connection: Connection, manifest: dict[str, Any], audit_key: bytes | None
-) -> None:
-    """Walk the restored chain with the key that will be in effect afterwards; it must say what it
-    said when the backup was made (nothing wrong, usually). A backup restored under the wrong key
-    would leave a log that can never be verified."""
-    if manifest["audit_head"] is None:
-        return
-    if audit_key is None and not app.config.get("AUDIT_KEY"):
+) -> audit_log.Verification:
+    """Walk the restored chain and evidence with the key that will be in effect afterwards, and
+    say what that walk found; nothing the manifest claims is taken on trust. A backup restored
+    under the wrong key would leave a log that can never be verified, so every row reported
+    changed is a problem like any other."""
+    configured = bool(app.config.get("AUDIT_KEY"))
+    if audit_key is None and not configured:
         try:
             audit_key = (Path(app.instance_path) / "audit_key").read_bytes()
         except FileNotFoundError:
-            raise BackupError(
-                "The backup's audit log was kept with a key set in the environment, which is not "
-                "in the backup: set COUNTERSIGN_AUDIT_KEY to it and run again. Nothing was restored."
-            )
+            has_rows = connection.execute(sa.select(AuditEvent.seq).limit(1)).first()
+            if has_rows:
+                raise BackupError(
+                    "The backup's audit log was kept with a key set in the environment, which is "
+                    "not in the backup: set COUNTERSIGN_AUDIT_KEY to it and run again. Nothing "
+                    "was restored."
+                )
+            # An empty log needs no key; the evidence check (any evidence row is then one
+            # without its audit row) still runs. This key is used for this walk only.
+            audit_key = secrets.token_hex(32).encode()
     cache = app.extensions.pop("countersign.audit_key", None)
-    if audit_key is not None and not app.config.get("AUDIT_KEY"):
+    if audit_key is not None and not configured:
         app.extensions["countersign.audit_key"] = audit_key.strip()
     try:
         with app.app_context(), Session(bind=connection) as session:
@@ -598,15 +712,12 @@ def _check_chain(
         if cache is not None:
             app.extensions["countersign.audit_key"] = cache
     head = str(result.head) if result.head else None
-    expected = manifest.get("audit_problems")
-    if head != manifest["audit_head"] or (expected is not None and result.problems != expected):
-        new = [p for p in result.problems if p not in (expected or [])]
-        first = new[0] if new else f"head {head}"
-        raise BackupError(
-            "The restored audit log does not verify as it did when the backup was made, with the "
-            f"audit key that would be in effect ({first}). Is COUNTERSIGN_AUDIT_KEY set to another "
-            "key? Nothing was restored."
+    if head != manifest.get("audit_head"):
+        result.problems.append(
+            f"the restored log's head is {head or 'none'}; the backup's manifest says "
+            f"{manifest.get('audit_head') or 'none'}"
         )
+    return result
 
 
 def _stage_keys(keys: list[tuple[KeyFile, bytes]]) -> list[tuple[KeyFile, Path]]:

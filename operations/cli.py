@@ -50,6 +50,11 @@ def backup_command(output: Path | None) -> None:
             "anyone and forge audit rows: keep it encrypted, off this server, readable only by "
             "whoever restores."
         )
+    click.echo(
+        f"Authenticated with the backup key {summary.backup_key_fingerprint} "
+        f"({summary.backup_key}), which is not in the backup: keep a copy of it apart from the "
+        "backups; restoring needs it."
+    )
     for label in summary.keys_not_included:
         click.echo(
             f"Not included: {label}, set in the environment. Keep it with your backups: the "
@@ -60,8 +65,9 @@ def backup_command(output: Path | None) -> None:
 @click.command(
     "restore",
     help="Bring a backup made by this version back into an EMPTY database (a database without "
-    "tables is migrated first) and its keys into the instance folder, all or nothing. Then run "
-    "`flask audit verify`.",
+    "tables is migrated first) and its keys into the instance folder, all or nothing. The file "
+    "must match the backup key (COUNTERSIGN_BACKUP_KEY or COUNTERSIGN_BACKUP_KEY_FILE), and the "
+    "restored audit log must verify; otherwise nothing is restored.",
 )
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
@@ -70,11 +76,39 @@ def backup_command(output: Path | None) -> None:
     help="Replace instance key files that differ from the backup's (each is kept beside it as "
     "NAME.replaced-TIME).",
 )
+@click.option(
+    "--accept-problems",
+    is_flag=True,
+    help="Restore even when the restored audit log does not verify (the problems are listed): "
+    "for an investigation of a log that was already tampered with.",
+)
+@click.option(
+    "--unauthenticated",
+    is_flag=True,
+    help="Skip the check against the backup key: only for a backup made before backups were "
+    "authenticated, whose whereabouts you know.",
+)
 @with_appcontext
-def restore_command(file: Path, force_keys: bool) -> None:
+def restore_command(
+    file: Path, force_keys: bool, accept_problems: bool, unauthenticated: bool
+) -> None:
     engine = migration_engine(current_app)
+    if unauthenticated:
+        click.echo(
+            "WARNING: not checking the file against the backup key (--unauthenticated): anything "
+            "in it may have been changed by whoever held it.",
+            err=True,
+        )
     try:
-        result = restore(current_app, engine, file, force_keys=force_keys, migrate=upgrade)
+        result = restore(
+            current_app,
+            engine,
+            file,
+            force_keys=force_keys,
+            migrate=upgrade,
+            accept_problems=accept_problems,
+            unauthenticated=unauthenticated,
+        )
     except BackupError as exc:
         raise click.ClickException(str(exc))
     except SQLAlchemyError as exc:
@@ -87,16 +121,27 @@ def restore_command(file: Path, force_keys: bool) -> None:
             engine.dispose()
     if result.migrated:
         click.echo(f"Built the schema at revision {result.revision}.")
+    if result.authenticated_by:
+        click.echo(f"The file matches the backup key {result.authenticated_by}.")
+    # Only what this restore's own walk of the chain found: the manifest's words prove nothing.
     checked = (
         "the audit log verifies"
         if not result.audit_problems
-        else f"the audit log reports the same {len(result.audit_problems)} problem(s) as when the "
-        "backup was made (`flask audit verify` lists them)"
+        else f"the audit log does NOT verify: {len(result.audit_problems)} problem(s), restored "
+        "as they are (--accept-problems)"
     )
     click.echo(
         f"Restored {sum(result.rows.values()):,} rows in {len(result.rows)} tables; {checked}, "
         f"head {result.head or 'none (empty log)'}."
     )
+    for problem in result.audit_problems:
+        click.echo(f"PROBLEM: {problem}", err=True)
+    if result.claimed_problems is not None and result.claimed_problems != result.audit_problems:
+        click.echo(
+            f"WARNING: the backup's manifest says the log had {len(result.claimed_problems)} "
+            "problem(s) when it was made, not what this restore found.",
+            err=True,
+        )
     if result.keys_written:
         click.echo(f"Keys written to the instance folder: {', '.join(result.keys_written)}.")
     for name in result.keys_kept:

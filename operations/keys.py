@@ -9,6 +9,8 @@ instance folder on first use; only files can go into a backup.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +61,45 @@ def _configured_secret(app: Flask, path: Path) -> bool:
 def fingerprint(data: bytes) -> str:
     """A short digest that tells two keys apart without showing either."""
     return hashlib.sha256(b"countersign key fingerprint\0" + data.strip()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class BackupKey:
+    """The key that authenticates backups: a MAC over each backup's manifest. It is never put in
+    a backup, so whoever holds a backup file alone cannot alter it unnoticed."""
+
+    data: bytes
+    where: str  # how messages speak of where it is kept
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.data)
+
+
+def backup_key(app: Flask, *, create: bool = False) -> BackupKey | None:
+    """``COUNTERSIGN_BACKUP_KEY``, else the file ``COUNTERSIGN_BACKUP_KEY_FILE`` names, else
+    ``instance/backup_key``; with ``create``, that last file is made (0600) when none exists."""
+    configured = str(app.config.get("BACKUP_KEY") or "").strip()
+    if configured:
+        return BackupKey(configured.encode(), "COUNTERSIGN_BACKUP_KEY")
+    named = app.config.get("BACKUP_KEY_FILE")
+    path = Path(named) if named else Path(app.instance_path) / "backup_key"
+    try:
+        data = path.read_bytes().strip()
+    except FileNotFoundError:
+        if named:  # a file that was meant to be there: say so rather than make another
+            raise
+        if not create:
+            return None
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            data = path.read_bytes().strip()
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            data = path.read_bytes().strip()
+    if not data:
+        raise ValueError(f"The backup key file {path} is empty.")
+    return BackupKey(data, str(path))
