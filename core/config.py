@@ -79,9 +79,10 @@ def defaults(instance_path: str) -> dict[str, Any]:
 # systemd credentials (``LoadCredentialEncrypted=``, read from ``%d/<name>``) or any file only the
 # app's user can read. The secret then never sits in the environment, where every process of the
 # same user can read it in /proc.
+# (``BACKUP_KEY_FILE`` is read by ``operations.keys`` itself, only when a backup is made or restored.)
 SECRET_SETTINGS = (
     "SECRET_KEY", "AUDIT_KEY", "DATABASE_URL", "MIGRATION_DATABASE_URL", "SMTP_PASSWORD",
-    "XAPI_PASSWORD", "BACKUP_KEY",
+    "XAPI_PASSWORD",
 )  # fmt: skip
 
 
