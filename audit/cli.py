@@ -8,7 +8,7 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
 from audit import anchor
-from audit.log import Head, SealRefused, head, plan_seal, seal, verify
+from audit.log import KEYRING, Head, SealRefused, head, plan_seal, rotate_key, seal, verify
 from core.db import db, writing
 from people.models import Person
 
@@ -110,13 +110,7 @@ def head_command(keep: bool) -> None:
 @with_appcontext
 def seal_command(email: str, yes: bool) -> None:
     session = db.session
-    actor = session.scalar(
-        select(Person).where(func.lower(Person.email) == email.strip().lower(), Person.active)
-    )
-    if actor is None or not actor.has_role("admin"):
-        raise click.BadParameter(
-            "give the email address of an active administrator", param_hint="--actor"
-        )
+    actor = _administrator(email)
     try:
         plan = plan_seal(session)
     except SealRefused as exc:
@@ -140,6 +134,47 @@ def seal_command(email: str, yes: bool) -> None:
         return
     counts = ", ".join(f"{table.replace('_', ' ')}: {n}" for table, n in sorted(sealed.items()))
     click.echo(f"Sealed {sum(sealed.values())} evidence rows ({counts}).")
+
+
+def _administrator(email: str) -> Person:
+    actor = db.session.scalar(
+        select(Person).where(func.lower(Person.email) == email.strip().lower(), Person.active)
+    )
+    if actor is None or not actor.has_role("admin"):
+        raise click.BadParameter(
+            "give the email address of an active administrator", param_hint="--actor"
+        )
+    return actor
+
+
+@audit_cli.command(
+    "rotate-key",
+    help="Replace the audit log's key: later rows are hashed with a new key, kept in the instance "
+    f"folder's {KEYRING}/ folder; earlier keys stay for verify. Do it when a key may have been "
+    "seen, and on a schedule (README: Keys and algorithms). Back up straight after, and copy the "
+    "new key file to every server that runs the app.",
+)
+@click.option("--actor", "email", required=True, metavar="EMAIL", help="The administrator.")
+@with_appcontext
+def rotate_key_command(email: str) -> None:
+    session = db.session
+    actor = _administrator(email)
+    result = verify(session)
+    if not result.ok:
+        for problem in result.problems[:20]:
+            click.echo(f"PROBLEM: {problem}", err=True)
+        raise click.ClickException(
+            "The audit log does not verify: find out why before replacing its key (a new key "
+            "would seal whatever was changed). Nothing was changed."
+        )
+    with writing(session):
+        kid = rotate_key(session, actor.id)
+    path = f"{current_app.instance_path}/{KEYRING}/{kid}"
+    click.echo(f"The audit log's key is now {kid}, kept in {path}.")
+    click.echo(
+        "Make a backup now (it holds the new key), and copy that file to every other server "
+        "that runs the app: it cannot record anything without it."
+    )
 
 
 def _ranges(ids: list[int]) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,8 +89,16 @@ EVENTS: dict[str, str] = {
     "evidence.pseudonymised": "Evidence pseudonymised on erasure",
     "evidence.sealed": "Evidence from before digests sealed",
     "evidence.digests_start": "Where evidence digests began recorded (only rows before it are sealed)",
+    "audit.key_rotated": "Audit log key replaced (later rows use the new key)",
 }
 SEALED, DIGESTS_START = "evidence.sealed", "evidence.digests_start"
+# Replacing the chain's key: the rotation row, hashed with the key in use until then, names the
+# next key by its id; every later row is hashed with that key. Keys made by rotation are kept in
+# this folder of the instance folder, one file per key named by its id, and never deleted: verify
+# needs each of them for the rows it signed.
+ROTATED = "audit.key_rotated"
+KEYRING = "audit_keys"
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def audit_key() -> bytes:
@@ -115,6 +124,87 @@ def audit_key() -> bytes:
             key = path.read_text().strip()
     current_app.extensions["countersign.audit_key"] = key.encode()
     return key.encode()
+
+
+def key_id(key: bytes) -> str:
+    """A short name for a key that tells keys apart without revealing one."""
+    return hashlib.sha256(b"countersign audit key id\0" + key.strip()).hexdigest()[:16]
+
+
+def is_key_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_KEY_ID.fullmatch(value))
+
+
+def keyring_key(kid: str) -> bytes | None:
+    """The key a rotation named, from ``instance/audit_keys/<id>`` (a restore in progress may
+    supply its backup's keys before placing them); None when it is missing or is not that key."""
+    if not is_key_id(kid):
+        return None
+    given = current_app.extensions.get("countersign.audit_keyring") or {}
+    if kid in given:
+        return given[kid]
+    cache = current_app.extensions.setdefault("countersign.audit_keyring_cache", {})
+    if kid in cache:
+        return cache[kid]
+    try:
+        data = (Path(current_app.instance_path) / KEYRING / kid).read_bytes().strip()
+    except FileNotFoundError:
+        return None
+    if key_id(data) != kid:
+        return None
+    cache[kid] = data
+    return data
+
+
+def _next_key(detail: str) -> str | None:
+    value = json.loads(detail).get("next_key")
+    return value if is_key_id(value) else None
+
+
+class KeyMissing(RuntimeError):
+    pass
+
+
+def signing_key(session: Session) -> bytes:
+    """The key the next row is hashed with: the one the latest rotation named, else the first key.
+    Read from the chain under its lock, so every worker on every server follows a rotation at
+    once (each needs the key file: copy ``instance/audit_keys/`` to every server)."""
+    detail = session.scalar(
+        select(AuditEvent.detail)
+        .where(AuditEvent.event == ROTATED)
+        .order_by(AuditEvent.seq.desc())
+        .limit(1)
+    )
+    if detail is None:
+        return audit_key()
+    kid = _next_key(detail)
+    key = keyring_key(kid) if kid else None
+    if key is None:
+        raise KeyMissing(
+            f"The audit log's current key ({kid}) is not in the instance folder's {KEYRING}/ "
+            "folder: copy it there from the server that replaced the key, or from a backup. "
+            "Nothing can be recorded until it is there."
+        )
+    return key
+
+
+def rotate_key(session: Session, actor_id: int | None) -> str:
+    """Make a new key, keep it in the keyring, and record the rotation (hashed with the key in
+    use until now) in the caller's transaction; returns the new key's id. From the next row on,
+    the chain is hashed with the new key, so whoever learns an earlier key can no longer add or
+    change anything unnoticed: the first row after the rotation, which only the new key can
+    make, holds the hash of every row before it."""
+    new = secrets.token_hex(32).encode()
+    kid = key_id(new)
+    folder = Path(current_app.instance_path) / KEYRING
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(folder / kid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
+    record(session, ROTATED, actor_id=actor_id, detail={"next_key": kid})
+    return kid
 
 
 def canonical_detail(detail: Mapping[str, DetailValue] | None) -> str:
@@ -205,7 +295,7 @@ def record(
         detail=canonical_detail(detail),
         prev_hash=prev_hash,
     )
-    row.hash = _hash_of(audit_key(), row)
+    row.hash = _hash_of(signing_key(session), row)
     session.add(row)
     session.flush()
     return row
@@ -231,9 +321,11 @@ def record_many(session: Session, entries: Sequence[Entry]) -> None:
     for entry in entries:
         if entry.event not in EVENTS:
             raise ValueError(f"unknown audit event {entry.event!r}")
+        if entry.event == ROTATED:
+            raise ValueError("a key rotation is recorded on its own (rotate_key)")
     _lock_chain(session)
     session.flush()
-    key = audit_key()
+    key = signing_key(session)
     head = session.execute(
         select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()
@@ -443,7 +535,7 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
     ``expected_head`` (printed earlier), also rows removed from the end or a rewritten head. Then
     compare every evidence row with the latest digest the chain records for it (edited, deleted,
     or inserted without an audit row)."""
-    key = audit_key()
+    key: bytes | None = audit_key()
     result = Verification()
     recorded = evidence.Recorded.empty()
     expected_seq, prev_hash = 1, GENESIS
@@ -462,13 +554,22 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
                 else f"rows {expected_seq} to {row.seq - 1}"
             )
             result.problems.append(f"{missing} removed (the next row present is {row.seq})")
-        if _hash_of(key, row) != row.hash:
+        intact = key is None or _hash_of(key, row) == row.hash
+        if not intact:
             result.problems.append(f"row {row.seq} changed: its content does not match its hash")
         elif row.prev_hash != prev_hash:
             result.problems.append(
                 f"row {row.seq} is out of place: it does not follow the row before it "
                 "(rows removed, reordered or inserted)"
             )
+        if row.event == ROTATED and intact and key is not None:
+            kid = _next_key(row.detail)
+            key = keyring_key(kid) if kid else None
+            if key is None:
+                result.problems.append(
+                    f"row {row.seq} hands the chain to audit key {kid}, which is not in the "
+                    f"instance folder's {KEYRING}/ folder: the rows after it cannot be checked"
+                )
         expected_seq, prev_hash = row.seq + 1, row.hash
         result.head = Head(row.seq, row.hash)
     if expected_head is not None:

@@ -48,7 +48,7 @@ from audit import log as audit_log
 from audit.models import AuditEvent
 from core.config import ROOT
 from core.db import Base, deferred_reads, utcnow
-from operations.keys import BackupKey, KeyFile, backup_key, fingerprint, key_files
+from operations.keys import BackupKey, KeyFile, backup_key, fingerprint, key_files, keyring_file
 
 FORMAT = "countersign-backup"
 FORMAT_VERSION = 1
@@ -476,9 +476,10 @@ def _plan_keys(
     wanted = {k.name: k for k in key_files(app)}
     plan, kept = [], []
     for name in archive.manifest["keys"]:
-        if name not in wanted:
+        key = wanted.get(name) or keyring_file(app, name)
+        if key is None:
             raise BackupError(f"The backup holds a key this version does not know: {name}.")
-        key, data = wanted[name], archive.key(name)
+        data = archive.key(name)
         if key.path.is_file():
             existing = key.path.read_bytes()
             if existing.strip() == data.strip():
@@ -615,6 +616,8 @@ def restore(
             )
         keys, kept_different = _plan_keys(app, archive, force_keys)
         audit_key = next((d for k, d in keys if k.name == "audit_key"), None)
+        # Keys made by rotations: the restored chain is checked with them before they are placed.
+        keyring = {k.path.name: d.strip() for k, d in keys if keyring_file(app, k.name) is not None}
         with engine.connect() as connection:
             transaction = connection.begin()
             try:
@@ -628,7 +631,7 @@ def restore(
                     connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
                 counts = _restore_rows(connection, archive)
                 _set_sequences(connection)
-                found = _check_chain(app, connection, manifest, audit_key)
+                found = _check_chain(app, connection, manifest, audit_key, keyring)
                 if found.problems and not accept_problems:
                     raise ProblemsFound(found.problems)
             except BaseException:
@@ -680,7 +683,11 @@ class ProblemsFound(BackupError):
 
 
 def _check_chain(
-    app: Flask, connection: Connection, manifest: dict[str, Any], audit_key: bytes | None
+    app: Flask,
+    connection: Connection,
+    manifest: dict[str, Any],
+    audit_key: bytes | None,
+    keyring: dict[str, bytes] | None = None,
 ) -> audit_log.Verification:
     """Walk the restored chain and evidence with the key that will be in effect afterwards, and
     say what that walk found; nothing the manifest claims is taken on trust. A backup restored
@@ -704,10 +711,12 @@ def _check_chain(
     cache = app.extensions.pop("countersign.audit_key", None)
     if audit_key is not None and not configured:
         app.extensions["countersign.audit_key"] = audit_key.strip()
+    app.extensions["countersign.audit_keyring"] = keyring or {}
     try:
         with app.app_context(), Session(bind=connection) as session:
             result = audit_log.verify(session)
     finally:
+        app.extensions.pop("countersign.audit_keyring", None)
         app.extensions.pop("countersign.audit_key", None)
         if cache is not None:
             app.extensions["countersign.audit_key"] = cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,29 @@ def key_files(app: Flask) -> list[KeyFile]:
             Path(lti_file) if lti_file else instance / "lti_private_key.pem",
             configured=False,
         ),
+        *_keyring_files(app),
     ]  # fmt: skip
+
+
+KEYRING_MEMBER = re.compile(r"audit_keys/([0-9a-f]{16})")
+
+
+def keyring_file(app: Flask, name: str) -> KeyFile | None:
+    """The key file a backup's ``audit_keys/<id>`` member goes to: a key made by rotating the
+    audit log's key (``flask audit rotate-key``); None for any other name."""
+    match = KEYRING_MEMBER.fullmatch(name)
+    if match is None:
+        return None
+    return KeyFile(
+        name, f"the audit log's key {match.group(1)} (from a rotation)",
+        Path(app.instance_path) / "audit_keys" / match.group(1), configured=False,
+    )  # fmt: skip
+
+
+def _keyring_files(app: Flask) -> list[KeyFile]:
+    folder = Path(app.instance_path) / "audit_keys"
+    found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return [k for name in found if (k := keyring_file(app, f"audit_keys/{name}")) is not None]
 
 
 def _configured_secret(app: Flask, path: Path) -> bool:

@@ -90,7 +90,7 @@ def test_learning_approvals_roles_tokens_and_exports_are_recorded(
         str(people["vic"]),
         '{"from":"volunteer","to":"parent volunteer"}',
     ) in by_admin
-    assert ("token.created", str(token_id), '{"scopes":"training:read"}') in by_admin
+    assert ("token.created", str(token_id), '{"days":365,"scopes":"training:read"}') in by_admin
     assert ("token.revoked", str(token_id), "{}") in by_admin
 
     governor = Auth(app, app.test_client()).as_person(people["gus"])
