@@ -280,9 +280,15 @@ def decide(
 
 
 def record_account(
-    session: Session, application: AccountApplication, admin: Person, platform: str, handle: str
+    session: Session,
+    application: AccountApplication,
+    admin: Person,
+    platform: str,
+    handle: str,
+    now: datetime | None = None,
 ) -> SocialAccount:
-    """After approval: the account exists. Its address is recorded; its password never is."""
+    """After approval: the account exists. Its address is recorded; its password never is.
+    ``now`` is when it was recorded (the present unless given)."""
     if application.state != "approved":
         raise ApprovalError("Only an approved application can have its account recorded.")
     if application.account is not None:
@@ -297,7 +303,7 @@ def record_account(
         )
     if platform not in PLATFORMS:
         raise ApprovalError("Choose the platform.")
-    now = utcnow()
+    now = now or utcnow()
     account = SocialAccount(
         application_id=application.id, platform=platform, handle=handle,
         recorded_by_id=admin.id, recorded_at=now,
@@ -308,11 +314,22 @@ def record_account(
     ]
     session.add(account)
     session.flush()
-    record(
-        session, "account.recorded", actor_id=admin.id, subject_type="social_account",
-        subject_id=account.id, detail={"application_id": application.id},
+    # The register is evidence: the account and each runner row are recorded with their digests.
+    record_evidence(
+        session, "account.recorded", "social_account", [account.id], actor_id=admin.id,
+        detail={"application_id": application.id},
     )  # fmt: skip
+    _record_runners(session, "account.runner_added", account, account.runner_rows, admin)
     return account
+
+
+def _record_runners(
+    session: Session, event: str, account: SocialAccount, rows: list[AccountRunner], admin: Person
+) -> None:
+    record_evidence(
+        session, event, "account_runner", [row.id for row in rows], actor_id=admin.id,
+        subject_type="social_account", subject_id=account.id,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -364,15 +381,18 @@ def transfer(
     now = utcnow()
     keep = {p.id for p in people}
     current = {row.person_id: row for row in account.runner_rows if row.removed_at is None}
+    removed, added = [], []
     for person_id, row in current.items():
         if person_id not in keep:
             row.removed_at = now
+            removed.append(row)
     for person in people:
         if person.id not in current:
-            account.runner_rows.append(
-                AccountRunner(person_id=person.id, added_at=now, added_by_id=admin.id)
-            )
+            added.append(AccountRunner(person_id=person.id, added_at=now, added_by_id=admin.id))
+            account.runner_rows.append(added[-1])
     session.flush()
+    _record_runners(session, "account.runner_removed", account, removed, admin)
+    _record_runners(session, "account.runner_added", account, added, admin)
     record(
         session, "account.handed_over", actor_id=admin.id, subject_type="social_account",
         subject_id=account.id,
@@ -392,7 +412,4 @@ def close(session: Session, account: SocialAccount, admin: Person, reason: str) 
     account.closed_by_id = admin.id
     account.close_reason = reason.strip()[:2000]
     session.flush()
-    record(
-        session, "account.closed", actor_id=admin.id, subject_type="social_account",
-        subject_id=account.id,
-    )  # fmt: skip
+    record_evidence(session, "account.closed", "social_account", [account.id], actor_id=admin.id)

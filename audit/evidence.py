@@ -52,11 +52,28 @@ DIGESTED: dict[str, tuple[str, ...]] = {
         "issued_at", "valid_until", "person_name", "policy_title", "version_label",
         "module_titles", "federation_name", "pdf_sha256",
     ),
+    # Who a record names: evidence is read through the person's id, email and name (the status
+    # API answers by id or email), and their roles decide what they must do.
+    "person": ("id", "email", "name", "active", "created_at", "deactivated_at", "erased_at"),
+    # The register: which accounts exist and who may run them, since when, added by whom.
+    "social_account": (
+        "id", "application_id", "platform", "handle", "recorded_by_id", "recorded_at",
+        "closed_at", "closed_by_id", "close_reason",
+    ),
+    "account_runner": ("id", "account_id", "person_id", "added_at", "added_by_id", "removed_at"),
 }  # fmt: skip
-NOT_DIGESTED = {"certificate": ("pdf",)}
+# Left out on purpose: the PDF (see above); a person's password hash and the counters that change
+# on every sign-out or status change (auth_version, status_rev) are not who they are.
+NOT_DIGESTED = {
+    "certificate": ("pdf",),
+    "person": ("password_hash", "auth_version", "status_rev"),
+}
 # An acknowledgement's digest also covers the module versions it was signed for, with their text
 # hashes, from ``acknowledgement_module``: those rows are part of the signature.
 MODULES_OF = "acknowledgement"
+# A person's digest also covers their roles and schools (``person_role``, ``person_school``), which
+# have no ids of their own: adding or removing one changes the person's digest.
+MEMBERSHIPS_OF = "person"
 
 # Audit detail keys: which row, and its digest.
 TABLE_KEY, ID_KEY, DIGEST_KEY = "evidence", "evidence_id", "digest"
@@ -78,12 +95,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def digest(table: str, row: Mapping[str, Any], modules: Sequence[Sequence[Any]] = ()) -> str:
+def digest(
+    table: str,
+    row: Mapping[str, Any],
+    modules: Sequence[Sequence[Any]] = (),
+    memberships: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """SHA-256 of a canonical JSON form of the row (sorted keys, ASCII, no spaces)."""
     content: dict[str, Any] = {"table": table}
     content["row"] = {c: _plain(row[c]) for c in DIGESTED[table]}
     if table == MODULES_OF:
         content["modules"] = sorted([int(mv), str(h)] for mv, h in modules)
+    if table == MEMBERSHIPS_OF:
+        for kind in ("roles", "schools"):
+            content[kind] = sorted(str(v) for v in (memberships or {}).get(kind, ()))
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -100,9 +125,26 @@ def _modules(session: Session, where: Any) -> dict[int, list[tuple[int, str]]]:
     return found
 
 
+def _memberships(session: Session, where: Any) -> dict[int, dict[str, list[str]]]:
+    found: dict[int, dict[str, list[str]]] = {}
+    for kind, name, column in (
+        ("roles", "person_role", "role"),
+        ("schools", "person_school", "school"),
+    ):
+        t = _table(name)
+        for person_id, value in session.execute(
+            select(t.c.person_id, t.c[column]).where(where(t.c.person_id))
+        ):
+            found.setdefault(person_id, {}).setdefault(kind, []).append(value)
+    return found
+
+
 def _digest_rows(session: Session, table: str, rows: Sequence[Any], where: Any) -> dict[int, str]:
     modules = _modules(session, where) if table == MODULES_OF and rows else {}
-    return {r.id: digest(table, r._mapping, modules.get(r.id, ())) for r in rows}
+    memberships = _memberships(session, where) if table == MEMBERSHIPS_OF and rows else {}
+    return {
+        r.id: digest(table, r._mapping, modules.get(r.id, ()), memberships.get(r.id)) for r in rows
+    }
 
 
 def digests(session: Session, table: str, ids: Iterable[int]) -> dict[int, str]:

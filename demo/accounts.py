@@ -3,8 +3,9 @@
 Each application is submitted with :func:`approvals.rules.submit_application` (at least two staff
 runners, all active), decided with :func:`approvals.rules.decide` at a moment in the past (so the
 rule checks that every runner was trained *then* and keeps its snapshot), and recorded with
-:func:`approvals.rules.record_account`. Those functions stamp the present moment; the demo then
-dates the application and the register entry to their place in the story.
+:func:`approvals.rules.record_account`, each given its moment in the story (the register is
+evidence: its rows are digested as written, never re-dated afterwards); the demo dates the
+application itself.
 
 Two accounts need attention on the register: one runner of "Junior sport" has left since, and the
 runners of the early years group were approved over a year ago and one of them has let her training
@@ -159,14 +160,11 @@ def _make(
     session.flush()
     decide(session, application, person[spec.decider], True, REASON, now=decided)
     recorded = decided + min((now - decided) * 0.2, timedelta(days=rng.uniform(1, 3)))
-    account = record_account(
-        session, application, person["admin"], spec.platform, spec.handle.format(tag=tag)
-    )
-    account.recorded_at = recorded
-    for row in account.runner_rows:
-        row.added_at = recorded
+    record_account(
+        session, application, person["admin"], spec.platform, spec.handle.format(tag=tag),
+        now=recorded,
+    )  # fmt: skip
     if spec.leaver:
-        leaver = person[spec.leaver]
-        deactivate(leaver)
-        leaver.deactivated_at = recorded + (now - recorded) * rng.uniform(0.4, 0.7)
+        left = recorded + (now - recorded) * rng.uniform(0.4, 0.7)
+        deactivate(person[spec.leaver], at=left)
     session.flush()

@@ -189,7 +189,10 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
     _insert_rows(session, ReadReceipt.__table__, receipts)
     result.receipts += len(receipts)
     # Each evidence row gets its audit row with its digest, as the app's own writes do.
-    written: list[tuple[str, str, int, int]] = []
+    # Who each person is (email, name, roles, schools, left or not) first, then what they did.
+    written: list[tuple[str, str, int, int | None]] = [
+        ("person.created", "person", person_id, None) for person_id in ids
+    ]
     for person_id, receipt_id in session.execute(
         select(ReadReceipt.person_id, ReadReceipt.id)
         .where(ReadReceipt.person_id.in_(ids))
@@ -268,7 +271,7 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
     return ids
 
 
-def _record_evidence(session: Session, written: list[tuple[str, str, int, int]]) -> None:
+def _record_evidence(session: Session, written: list[tuple[str, str, int, int | None]]) -> None:
     """One audit row per evidence row (event, table, row id, person id), with its digest, as the
     app's own writes record them; in bulk, and under the person's id as the one who acted."""
     session.flush()

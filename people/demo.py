@@ -13,7 +13,7 @@ from core.db import db
 from mfa.rules import first_sign_in_note
 from people.models import Person, PersonRole, PersonSchool
 from people.roles import ROLES
-from people.service import set_password
+from people.service import record_person, set_password
 
 DEMO_DOMAIN = "demo.ladysmith.example"
 DEMO_NAMES = {
@@ -49,7 +49,8 @@ def seed_demo(echo: Callable[[str], None]) -> bool:
             echo(f"Demo sign-in details: {notes}")
         return False
     schools = [s.code for s in current_app.extensions["countersign.federation"].schools]
-    lines = []
+    lines: list[str] = []
+    added: list[Person] = []
     for index, (role, name) in enumerate(DEMO_NAMES.items()):
         password = secrets.token_urlsafe(9)
         person = Person(name=name, email=f"{role}@{DEMO_DOMAIN}", active=True)
@@ -60,7 +61,10 @@ def seed_demo(echo: Callable[[str], None]) -> bool:
             person.school_rows = [PersonSchool(school=schools[index % len(schools)])]
         set_password(person, password)
         session.add(person)
+        added.append(person)
         lines.append(f"  {ROLES[role]:<24} {person.email:<34} {password}")
+    session.flush()
+    record_person(session, "person.created", [p.id for p in added], None, {"via": "demo"})
     session.commit()
     text = "Demo people (role, email, password):\n" + "\n".join(lines) + "\n"
     note = first_sign_in_note(current_app.config)

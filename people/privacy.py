@@ -54,7 +54,9 @@ DEFAULT_RETENTION_DAYS = 6 * 365
 
 EXPORTED = "personal_data.exported"
 # The evidence tables erasure changes (only the columns migration 0011's triggers let it).
-EVIDENCE_PSEUDONYMISED = ("acknowledgement", "certificate", "application_decision")
+EVIDENCE_PSEUDONYMISED = (
+    "acknowledgement", "certificate", "application_decision", "social_account",
+)  # fmt: skip
 ERASED = "person.erased"
 
 
@@ -510,6 +512,8 @@ def erase_person(
                     setattr(row, column, _redact(value, needles))
             if isinstance(row, Decision):
                 changed["application_decision"].add(row.id)
+            elif isinstance(row, SocialAccount):  # the register is digested too
+                changed["social_account"].add(row.id)
     # Webhook deliveries keep the event as sent, which names the person.
     about_them = [
         delivery_id
@@ -543,7 +547,8 @@ def erase_person(
             session, "evidence.pseudonymised", table, ids, actor_id=actor_id,
             detail={"person": person.id}, was=was[table],
         )  # fmt: skip
-    record(session, ERASED, actor_id=actor_id, subject_type="person", subject_id=person.id)
+    # The person's row is digested too: the chain holds the pseudonym from now on.
+    record_evidence(session, ERASED, "person", [person.id], actor_id=actor_id)
     return person
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from audit.log import record
+from audit.log import record, record_evidence
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
 from people.passwords import MIN_LENGTH, context_words, password_problem
@@ -89,11 +91,21 @@ def create_person(
     _apply(person, data)
     session.add(person)
     session.flush()
-    record(
-        session, "person.created", actor_id=by_id, subject_type="person", subject_id=person.id,
-        detail={"roles": " ".join(data.roles)},
-    )  # fmt: skip
+    record_person(session, "person.created", [person.id], by_id, {"roles": " ".join(data.roles)})
     return person
+
+
+def record_person(
+    session: Session,
+    event: str,
+    person_ids: Iterable[int],
+    by_id: int | None,
+    detail: Mapping[str, int | str | bool | None] | None = None,
+) -> None:
+    """Record a change to who people are, with each one's digest as now stored (their email,
+    name, state, roles and schools): the chain then notices any later change made behind the
+    application's back. Every write to those goes through here, in its own transaction."""
+    record_evidence(session, event, "person", person_ids, actor_id=by_id, detail=detail)
 
 
 def update_person(
@@ -107,11 +119,13 @@ def update_person(
     other = find_by_email(session, data.email)
     if other is not None and other.id != person.id:
         raise PeopleError(f"Someone else already has the email {data.email}.")
-    before, name, email = person.roles, person.name, person.email
+    before, name, email, schools = person.roles, person.name, person.email, person.schools
     _apply(person, data)
     session.flush()
     if before != list(data.roles):
         record_roles_changed(session, person, before, by_id)
+    if schools != list(data.schools):
+        record_person(session, "person.schools_changed", [person.id], by_id)
     record_identity_changed(session, person, name, email, by_id)
     return person
 
@@ -132,7 +146,7 @@ def record_identity_changed(
         ("person.email_changed", email, person.email),
     ):
         if old != new:
-            record(session, event, actor_id=by_id, subject_type="person", subject_id=person.id)
+            record_person(session, event, [person.id], by_id)
     if (name, email) != (person.name, person.email):
         from lti.links import account_claimed  # lti builds on people: imported when used
 
@@ -142,9 +156,9 @@ def record_identity_changed(
 def record_roles_changed(
     session: Session, person: Person, before: list[str], by_id: int | None
 ) -> None:
-    record(
-        session, "person.roles_changed", actor_id=by_id, subject_type="person",
-        subject_id=person.id, detail={"from": " ".join(before), "to": " ".join(person.roles)},
+    record_person(
+        session, "person.roles_changed", [person.id], by_id,
+        {"from": " ".join(before), "to": " ".join(person.roles)},
     )  # fmt: skip
     from lti.links import closed_roles, roles_changed  # lti builds on people: imported when used
 
@@ -170,11 +184,12 @@ def end_sessions(session: Session, person: Person, by_id: int | None, keep_curre
     )  # fmt: skip
 
 
-def deactivate(person: Person, by_id: int | None = None) -> None:
-    """A leaver: they can no longer sign in and are never trained; every record is kept."""
+def deactivate(person: Person, by_id: int | None = None, at: datetime | None = None) -> None:
+    """A leaver: they can no longer sign in and are never trained; every record is kept. ``at``
+    is when they left (now unless given)."""
     if person.active:
         person.active = False
-        person.deactivated_at = utcnow()
+        person.deactivated_at = at or utcnow()
         person.auth_version += 1
         _record_on(person, "person.deactivated", by_id)
 
@@ -189,7 +204,7 @@ def reactivate(person: Person, by_id: int | None = None) -> None:
 def _record_on(person: Person, event: str, by_id: int | None) -> None:
     session = object_session(person)
     if session is not None:  # a person not yet stored has no history to audit
-        record(session, event, actor_id=by_id, subject_type="person", subject_id=person.id)
+        record_person(session, event, [person.id], by_id)
 
 
 def set_password(person: Person, password: str) -> None:
@@ -331,6 +346,8 @@ def import_people(
         for p in session.scalars(select(Person).where(Person.email.in_([d.email for _, d in rows])))
     }
     role_changes: list[tuple[Person, list[str]]] = []
+    school_changes: list[Person] = []
+    created: list[Person] = []
     renamed: list[tuple[Person, str]] = []
     for _line, data in rows:
         person = existing.get(data.email)
@@ -338,6 +355,7 @@ def import_people(
             person = Person(name=data.name, email=data.email, active=True)
             _apply(person, data)
             session.add(person)
+            created.append(person)
             result.created.append(data.email)
         elif (person.name, person.roles, person.schools) == (
             data.name,
@@ -348,12 +366,17 @@ def import_people(
         else:
             if person.roles != list(data.roles):
                 role_changes.append((person, person.roles))
+            if person.schools != list(data.schools):
+                school_changes.append(person)
             renamed.append((person, person.name))
             _apply(person, data)
             result.updated.append(data.email)
     session.flush()
+    record_person(session, "person.created", [p.id for p in created], by_id, {"via": "import"})
     for person, before in role_changes:
         record_roles_changed(session, person, before, by_id)
+    for person in school_changes:
+        record_person(session, "person.schools_changed", [person.id], by_id)
     for person, name in renamed:
         record_identity_changed(session, person, name, person.email, by_id)
     record(

@@ -21,7 +21,7 @@ from core.config import ROOT
 from core.db import Base, db, normalise_url
 from core.migrate import upgrade
 from people.models import Person, PersonRole, PersonSchool
-from people.service import set_password
+from people.service import record_person, set_password
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -157,6 +157,9 @@ def make_person(app: Flask) -> Callable[..., int]:
             if password:
                 set_password(person, password)
             db.session.add(person)
+            db.session.flush()
+            # As the app's own ways of adding someone do: who they are is digested in the chain.
+            record_person(db.session, "person.created", [person.id], None)
             db.session.commit()
             return person.id
 

@@ -286,7 +286,11 @@ def test_register_account_recorded_handed_over_and_closed_are_audited(app, peopl
         rows = db.session.scalars(
             select(AuditEvent).where(AuditEvent.event.like("account.%")).order_by(AuditEvent.seq)
         ).all()
-    assert [r.event for r in rows] == ["account.recorded", "account.handed_over", "account.closed"]
+    # Each runner row taken off or added is recorded too, with its digest (the register is evidence).
+    assert [r.event for r in rows] == [
+        "account.recorded", "account.runner_added", "account.runner_added",
+        "account.runner_removed", "account.runner_added", "account.handed_over", "account.closed",
+    ]  # fmt: skip
     assert all(r.actor_id == people["ada"] and r.subject_id == str(account.id) for r in rows)
-    assert rows[1].detail == (f'{{"added":"{people["ada"]}","removed":"{people["bob"]}"}}')
+    assert rows[5].detail == (f'{{"added":"{people["ada"]}","removed":"{people["bob"]}"}}')
     assert all("Staff" not in r.detail and "facebook" not in r.detail for r in rows)

@@ -85,11 +85,15 @@ def test_learning_approvals_roles_tokens_and_exports_are_recorded(
     by_admin = [
         (e.event, e.subject_id, e.detail) for e in events(app) if e.actor_id == people["ada"]
     ]
-    assert (
-        "person.roles_changed",
-        str(people["vic"]),
-        '{"from":"volunteer","to":"parent volunteer"}',
-    ) in by_admin
+    roles = [
+        json.loads(detail)
+        for event, subject, detail in by_admin
+        if (event, subject) == ("person.roles_changed", str(people["vic"]))
+    ]
+    # With the digest of who the person now is (their roles are evidence too).
+    assert [(r["from"], r["to"], r["evidence"]) for r in roles] == [
+        ("volunteer", "parent volunteer", "person")
+    ]
     assert ("token.created", str(token_id), '{"days":365,"scopes":"training:read"}') in by_admin
     assert ("token.revoked", str(token_id), "{}") in by_admin
 
@@ -284,12 +288,16 @@ def test_the_check_page_says_when_the_log_was_tampered_with(app, make_person):
 
 
 def test_erasing_a_person_leaves_the_chain_intact(app, make_person):
-    """Rows name people by id only, so a person's details can change or go without touching it."""
+    """Rows name people by id only, so a person's details can change or go without touching it
+    (the change itself is recorded with the person's new digest, as erasure does)."""
+    from people.service import record_person
+
     pid = make_person("staff")
     Auth(app, app.test_client()).as_person(pid)
     with app.app_context():
         person = db.session.get(Person, pid)
         person.name, person.email = "Erased person", f"erased-{pid}@erased.invalid"
+        record_person(db.session, "person.erased", [pid], None)
         db.session.commit()
         assert verify(db.session).ok
 

@@ -24,6 +24,7 @@ from app import create_app
 from core.db import Base, db, normalise_url
 from core.migrate import upgrade
 from people.models import Person, PersonRole
+from people.service import record_person
 from tests.conftest import PG_URL, train_people
 from training.publishing import published_policies
 from training.status import statuses_for
@@ -251,6 +252,8 @@ def add_person(application: Flask) -> int:
         person = Person(name="Nadia Restored", email="nadia.restored@ladysmith.example")
         person.role_rows = [PersonRole(role="staff")]
         db.session.add(person)
+        db.session.flush()
+        record_person(db.session, "person.created", [person.id], None)  # as the app adds people
         db.session.commit()
         return person.id
 
