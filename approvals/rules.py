@@ -22,7 +22,7 @@ from approvals.models import (
     Decision,
     SocialAccount,
 )
-from audit.log import record, record_evidence
+from audit.log import note_before_change, record, record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person, PersonRole, PersonSchool
 from training.models import Policy
@@ -381,6 +381,7 @@ def transfer(
     now = utcnow()
     keep = {p.id for p in people}
     current = {row.person_id: row for row in account.runner_rows if row.removed_at is None}
+    note_before_change(session, "account_runner", [row.id for row in current.values()])
     removed, added = [], []
     for person_id, row in current.items():
         if person_id not in keep:
@@ -408,6 +409,7 @@ def close(session: Session, account: SocialAccount, admin: Person, reason: str) 
         raise ApprovalError("This account is already closed.")
     if not reason.strip():
         raise ApprovalError("Say why the account is being closed.")
+    note_before_change(session, "social_account", [account.id])
     account.closed_at = utcnow()
     account.closed_by_id = admin.id
     account.close_reason = reason.strip()[:2000]

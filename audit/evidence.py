@@ -79,8 +79,9 @@ MEMBERSHIPS_OF = "person"
 TABLE_KEY, ID_KEY, DIGEST_KEY = "evidence", "evidence_id", "digest"
 # Events that re-record a row the chain already records (erasure, a certificate's PDF stored) carry
 # the digest they replace under this key; verify checks it is the one recorded before.
+# An audit row that re-records a row the chain already records says which digest it replaced;
+# verify checks that it is the one the chain held (``replaced_wrongly``).
 WAS_KEY = "was"
-REPLACING = ("evidence.pseudonymised", "certificate.stored")
 
 
 def _table(name: str) -> Table:
@@ -288,8 +289,6 @@ def replaced_wrongly(event: str, detail: str, recorded: Recorded, seq: int) -> s
     replaced is not the one the chain held for that row (the row had been changed in between, and
     this row would otherwise make the change look recorded). Rows written before digests carried
     ``was`` have none and are not checked."""
-    if event not in REPLACING:
-        return None
     values = json.loads(detail)
     was, table, row_id = values.get(WAS_KEY), values.get(TABLE_KEY), values.get(ID_KEY)
     if was is None or table not in recorded.rows:

@@ -371,7 +371,8 @@ def record_evidence(
     :func:`audit.evidence.as_recorded`, which checks the row first); verify checks it."""
     session.flush()
     found = evidence.digests(session, table, ids)
-    before = was or {}
+    held = _held(session)
+    before = {i: held[(table, i)] for i in found if (table, i) in held} | dict(was or {})
     record_many(
         session,
         [
@@ -389,6 +390,34 @@ def record_evidence(
             for row_id, row_digest in sorted(found.items())
         ],
     )
+    for row_id, row_digest in found.items():  # re-recorded later in this transaction: over this
+        held[(table, row_id)] = row_digest
+
+
+def _held(session: Session) -> dict[tuple[str, int], str]:
+    """Digests kept for this transaction: of rows as they were before the application changed
+    them (:func:`note_before_change`), or as this transaction last recorded them."""
+    if session.get_transaction() is None:
+        session.connection()  # begin it now, as the first query would: the digests belong to it
+    transaction = session.get_transaction()
+    kept = session.info.get("countersign.evidence_held")
+    if kept is None or kept[0] is not transaction:
+        kept = (transaction, {})
+        session.info["countersign.evidence_held"] = kept
+    return kept[1]
+
+
+def note_before_change(session: Session, table: str, ids: Iterable[int]) -> None:
+    """Call before the application changes rows the chain already records (a person's name,
+    email, roles or state; an account on the register; a runner taken off): keeps each row's
+    digest as it is now, which :func:`record_evidence` then records as ``was``. verify checks
+    that ``was`` is the digest the chain last recorded, so a change made behind the application's
+    back is still reported after the application's own change, instead of being covered by it."""
+    held = _held(session)
+    wanted = [i for i in ids if (table, i) not in held]
+    if wanted:
+        for row_id, row_digest in evidence.digests(session, table, wanted).items():
+            held[(table, row_id)] = row_digest
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from approvals.models import (
     SocialAccount,
 )
 from audit.evidence import NotAsRecorded, as_recorded
-from audit.log import record, record_evidence
+from audit.log import note_before_change, record, record_evidence
 from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
@@ -447,6 +447,7 @@ def erase_person(
             + "; ".join(exc.problems)
         ) from exc
 
+    note_before_change(session, "person", [person.id])  # its erasure is recorded over this
     # The evidence tables refuse changes (migrations 0011, 0017) except the pseudonymising ones
     # to this person's rows while the marker exists; it is removed again below, before the
     # caller commits.
@@ -575,6 +576,21 @@ def _evidence_to_pseudonymise(
         for needle in (old_name, old_email)
     ]
     decisions |= set(session.scalars(select(Decision.id).where(or_(*mentions))))
+    accounts = set(
+        session.scalars(
+            select(SocialAccount.id).where(
+                or_(
+                    *(
+                        func.lower(getattr(SocialAccount, column)).contains(
+                            needle.lower(), autoescape=True
+                        )
+                        for column in ("handle", "close_reason")
+                        for needle in (old_name, old_email)
+                    )
+                )
+            )
+        )
+    )
     return {
         "acknowledgement": list(
             session.scalars(
@@ -585,6 +601,7 @@ def _evidence_to_pseudonymise(
             session.scalars(select(Certificate.id).where(Certificate.person_id == person_id))
         ),
         "application_decision": sorted(decisions),
+        "social_account": sorted(accounts),
     }
 
 

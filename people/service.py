@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from audit.log import record, record_evidence
+from audit.log import note_before_change, record, record_evidence
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
 from people.passwords import MIN_LENGTH, context_words, password_problem
@@ -120,6 +120,7 @@ def update_person(
     if other is not None and other.id != person.id:
         raise PeopleError(f"Someone else already has the email {data.email}.")
     before, name, email, schools = person.roles, person.name, person.email, person.schools
+    note_before_change(session, "person", [person.id])
     _apply(person, data)
     session.flush()
     if before != list(data.roles):
@@ -188,6 +189,7 @@ def deactivate(person: Person, by_id: int | None = None, at: datetime | None = N
     """A leaver: they can no longer sign in and are never trained; every record is kept. ``at``
     is when they left (now unless given)."""
     if person.active:
+        _note(person)
         person.active = False
         person.deactivated_at = at or utcnow()
         person.auth_version += 1
@@ -196,9 +198,16 @@ def deactivate(person: Person, by_id: int | None = None, at: datetime | None = N
 
 def reactivate(person: Person, by_id: int | None = None) -> None:
     if not person.active:
+        _note(person)
         person.active = True
         person.deactivated_at = None
         _record_on(person, "person.reactivated", by_id)
+
+
+def _note(person: Person) -> None:
+    session = object_session(person)
+    if session is not None and person.id is not None:
+        note_before_change(session, "person", [person.id])
 
 
 def _record_on(person: Person, event: str, by_id: int | None) -> None:
@@ -369,6 +378,7 @@ def import_people(
             if person.schools != list(data.schools):
                 school_changes.append(person)
             renamed.append((person, person.name))
+            note_before_change(session, "person", [person.id])
             _apply(person, data)
             result.updated.append(data.email)
     session.flush()

@@ -10,7 +10,7 @@ import secrets
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from audit import evidence
@@ -21,6 +21,7 @@ from certificates.models import Certificate
 from core.db import db, grant_app_role, utcnow
 from people.models import Person
 from people.privacy import ErasureTampered, erase_person
+from people.service import deactivate
 from tests import test_evidence_integrity as integrity
 from tests.conftest import Auth, train_people
 from training.models import Acknowledgement, ModuleVersion, ReadReceipt
@@ -33,11 +34,8 @@ _problems, _sql, _tamper = integrity._problems, integrity._sql, integrity._tampe
 
 def _leave(app, *person_ids: int, days: int = 10) -> None:
     with app.app_context():
-        db.session.execute(
-            update(Person)
-            .where(Person.id.in_(person_ids))
-            .values(active=False, deactivated_at=utcnow() - timedelta(days=days))
-        )
+        for person_id in person_ids:  # as the application does, so the chain records it
+            deactivate(db.session.get(Person, person_id), at=utcnow() - timedelta(days=days))
         db.session.commit()
 
 

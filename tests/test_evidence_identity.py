@@ -399,3 +399,65 @@ def test_postgresql_app_role_cannot_remove_register_rows(app, world, database_ur
                     conn.execute(text("ROLLBACK TO SAVEPOINT attempt"))
         finally:
             db.session.rollback()
+
+
+@pytest.mark.parametrize("later", ["rename", "deactivate", "roles", "import"])
+def test_a_change_made_behind_the_apps_back_stays_reported_after_the_apps_own_change(
+    app, world, later
+):
+    """Someone gives Vic an SLT role in the database; later an administrator renames Vic (or
+    takes any other recorded action on Vic's record). The application's change is recorded with
+    the digest the row had just before it, which is not the one the chain held: verify goes on
+    naming the earlier change, instead of the new digest covering it."""
+    vic = world["vic"]
+    _sql(app, "INSERT INTO person_role (person_id, role) VALUES (:p, 'slt')", p=vic)
+    assert any(p.startswith(f"person {vic} edited") for p in _problems(app))
+    with app.app_context():
+        s = db.session
+        person = s.get(Person, vic)
+        if later == "rename":
+            renamed = PersonData("Victoria Volunteer", person.email, tuple(person.roles))
+            update_person(s, person, renamed, federation(), world["admin"])
+        elif later == "deactivate":
+            deactivate(person, world["admin"])
+        elif later == "roles":
+            update_person(s, person, PersonData(person.name, person.email, ("volunteer",)),
+                          federation(), world["admin"])  # fmt: skip
+        else:
+            import_people(s, "name,email,roles,schools\nVictoria Volunteer,vic@ladysmith.example,"
+                             "volunteer;slt,\n", federation(), world["admin"])  # fmt: skip
+        s.commit()
+    problems = _problems(app)
+    assert any(
+        f"re-records person {vic} over a digest that" in p and "was changed before" in p
+        for p in problems
+    ), problems
+
+
+def test_a_register_row_edited_behind_the_apps_back_stays_reported_after_it_is_closed(app, world):
+    account = world["account"]
+    _tamper(app, "UPDATE social_account SET handle = '@forged' WHERE id = :a", a=account)
+    with app.app_context():
+        s = db.session
+        close(s, s.get(SocialAccount, account), s.get(Person, world["admin"]), "Replaced.")
+        s.commit()
+    problems = _problems(app)
+    assert any(f"re-records social account {account} over a digest" in p for p in problems), (
+        problems
+    )
+
+
+def test_the_apps_own_successive_changes_in_one_transaction_verify(app, world):
+    with app.app_context():
+        s = db.session
+        person = s.get(Person, world["vic"])
+        update_person(s, person, PersonData("Vic V", "vic.v@ladysmith.example", ("volunteer",
+                      "parent")), federation(), world["admin"])  # fmt: skip
+        update_person(s, person, PersonData("Vic W", "vic.w@ladysmith.example", ("parent",)),
+                      federation(), world["admin"])  # fmt: skip
+        deactivate(person, world["admin"])
+        reactivate(person, world["admin"])
+        s.commit()
+        deactivate(s.get(Person, world["vic"]), world["admin"])
+        s.commit()
+    assert _problems(app) == []

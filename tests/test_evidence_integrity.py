@@ -20,6 +20,7 @@ from certificates.models import Certificate
 from core.db import Base, db, utcnow
 from people.models import Person
 from people.privacy import erase_person
+from people.service import deactivate
 from quizzes.attempts import start_attempt, submit_attempt
 from quizzes.models import QuizAttempt, QuizBank, QuizSubmission
 from tests.conftest import train_people, wrong_answers
@@ -229,11 +230,7 @@ def test_verify_reports_an_erasure_marker_left_behind(app, world, database_url):
 def _erase(app, person_id: int) -> None:
     with app.app_context():
         s = db.session
-        s.execute(
-            update(Person)
-            .where(Person.id == person_id)
-            .values(active=False, deactivated_at=utcnow() - timedelta(days=10))
-        )
+        deactivate(s.get(Person, person_id), at=utcnow() - timedelta(days=10))
         erase_person(s, person_id, actor_id=None, retention_days=1)
         s.commit()
 

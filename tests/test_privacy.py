@@ -99,8 +99,7 @@ def world(app, make_person):
 def leave(app, person_id: int, days_ago: int) -> None:
     with app.app_context():
         person = db.session.get(Person, person_id)
-        deactivate(person)
-        person.deactivated_at = utcnow() - timedelta(days=days_ago)
+        deactivate(person, at=utcnow() - timedelta(days=days_ago))
         db.session.commit()
 
 

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from core.db import db, utcnow
+from people.service import deactivate
 from tests import lrs as lrs_server
 from tests.conftest import csrf_token, wrong_answers
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules, pass_quiz, read_modules
@@ -225,7 +226,7 @@ def test_erasing_a_leaver_replaces_their_name_and_email_in_the_outbox(app, auth,
     with app.app_context():
         s = db.session
         person = s.get(Person, person_id)
-        person.active, person.deactivated_at = False, utcnow() - timedelta(days=2)
+        deactivate(person, at=utcnow() - timedelta(days=2))
         s.commit()
         erase_person(s, person_id, actor_id=None, retention_days=1)
         s.commit()
