@@ -12,6 +12,8 @@ audit log keeps the events that are evidence; this log is for spotting attacks a
 from __future__ import annotations
 
 import logging
+import re
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 
@@ -33,8 +35,24 @@ def _person_id() -> str:
     return str(user.id) if user is not None and getattr(user, "is_authenticated", False) else "-"
 
 
+# The path as the client sent it may hold anything once decoded (line breaks, quotes, spaces,
+# terminal escapes): it is logged percent-encoded, so one request is always one line whose
+# fields cannot be forged.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~[]"
+_METHOD = re.compile(r"[A-Z]{1,10}")
+
+
+def _path() -> str:
+    return quote(redact(request.path), safe=_PATH_SAFE)
+
+
+def _method() -> str:
+    return request.method if _METHOD.fullmatch(request.method) else "?"
+
+
 def _words(text: str) -> str:
-    return " ".join(text.split())[:200].replace('"', "'")
+    printable = "".join(c if c.isprintable() else " " for c in text)
+    return " ".join(printable.split())[:200].replace('"', "'")
 
 
 def log_response(response: Response) -> Response:
@@ -45,7 +63,7 @@ def log_response(response: Response) -> Response:
     reason = f' reason="{_words(marked[1])}"' if marked and marked[1] else ""
     log.warning(
         "event=%s status=%d method=%s path=%s ip=%s person=%s%s",
-        event, response.status_code, request.method, redact(request.path),
+        event, response.status_code, _method(), _path(),
         request.remote_addr or "unknown", _person_id(), reason,
     )  # fmt: skip
     return response

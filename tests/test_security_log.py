@@ -138,3 +138,21 @@ def test_an_email_in_an_api_path_never_reaches_the_logs(client, security_lines) 
     lines = security_lines()
     assert len(lines) == 2 and all("ladysmith" not in line for line in lines), lines
     assert redact("/api/v1/people/42/training-status") == "/api/v1/people/42/training-status"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        "x%0A2026-12-05T11:40:00.000Z WARNING countersign.security: event=sign_in_failed",
+        "x%22%20ip=203.0.113.7%20person=3%20x=%22",
+        "x%0D%09%1B[2J%C2%85%E2%80%A8",
+    ],
+)
+def test_a_path_cannot_forge_lines_or_fields_in_the_security_log(
+    client, security_lines, forged
+) -> None:
+    client.get(f"/api/v1/people/{forged}/training-status")
+    (line,) = security_lines()
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line.count(" ip=") == 1 and line.count(" person=") == 1
+    assert " ip=127.0.0.1 person=-" in line and line.isprintable()
