@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, current_app, render_template, request
 from sqlalchemy import and_, func, or_, select
 
+from audit import anchor
 from audit.log import EVENTS, head, verify
 from audit.models import AuditEvent
 from core.db import db
@@ -106,5 +107,19 @@ def index() -> Any:
 @audit_bp.get("/check")
 @roles_required(*READERS)
 def check() -> Any:
-    result = verify(db.session)
-    return render_template("audit/check.html", result=result)
+    """The same check as ``flask audit verify``: against the head recorded outside the database
+    when there is one, so rows removed from the end are reported here too."""
+    recorded, unreadable = None, None
+    path = anchor.head_file(current_app)
+    if path is not None:
+        try:
+            recorded = anchor.latest(path)
+        except (OSError, ValueError) as exc:
+            unreadable = f"The recorded head cannot be read ({exc}): rows removed from the end "
+            "would not show here."
+    result = verify(db.session, recorded.head if recorded else None)
+    if unreadable:
+        result.problems.insert(0, unreadable)
+    return render_template(
+        "audit/check.html", result=result, recorded=recorded, head_file=path is not None
+    )

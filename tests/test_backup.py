@@ -761,6 +761,27 @@ def test_tail_deletion_passes_plain_verify_but_not_the_recorded_head(
     assert len(heads.read_text().splitlines()) == 1
 
 
+def test_the_check_page_compares_with_the_recorded_head_too(
+    app, runner, auth, make_person, few_records, tmp_path, database_url
+):
+    """Governors read the web page, not the command: it reports the same tail deletion."""
+    heads = tmp_path / "heads"
+    with app.app_context():
+        before = db.session.scalar(text("SELECT max(seq) FROM audit_event"))
+    assert runner.invoke(args=["certificates", "issue"]).exit_code == 0
+    app.config["AUDIT_HEAD_FILE"] = str(heads)
+    assert runner.invoke(args=["audit", "head", "--record"]).exit_code == 0
+    client = auth.as_person(make_person("governor"))
+    page = client.get("/audit/check").get_data(as_text=True)
+    assert "The audit log is intact" in page and "Compared with the head recorded" in page
+    _delete_tail(app, database_url, before)
+    page = client.get("/audit/check").get_data(as_text=True)
+    assert "has been tampered with" in page and "removed from the end" in page
+    heads.write_text("not a head\n")
+    page = client.get("/audit/check").get_data(as_text=True)
+    assert "The recorded head cannot be read" in page and "has been tampered with" in page
+
+
 def test_the_evidence_pack_prints_the_head_that_verify_checks(
     app, runner, auth, make_person, few_records, tmp_path
 ):
