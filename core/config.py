@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,10 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
 
 
 def is_loopback(name: str) -> bool:
-    """``localhost`` or a loopback address: a connection that never leaves this machine."""
+    """``localhost`` or a literal loopback address: a connection that never leaves this machine.
+    (Other names ending in ``.localhost`` may be looked up in DNS, so they do not count.)"""
     name = name.lower().rstrip(".")
-    if name == "localhost" or name.endswith(".localhost"):
+    if name == "localhost":
         return True
     try:
         return ipaddress.ip_address(name.strip("[]")).is_loopback
@@ -142,21 +144,44 @@ def is_loopback(name: str) -> bool:
         return False
 
 
-def _plain_database_hosts(url: str) -> list[str]:
-    """The network hosts a PostgreSQL URL reaches without a verified TLS connection (libpq's
+def _last(value: Any) -> str:
+    """A query parameter given once or several times: libpq takes the last."""
+    if isinstance(value, tuple):
+        return str(value[-1]) if value else ""
+    return str(value or "")
+
+
+VERIFIED_SSL = ("verify-full", "verify-ca")
+
+
+def _plain_database_hosts(url: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Where a PostgreSQL URL may reach without a verified TLS connection (libpq's
     ``sslmode=verify-full`` or ``verify-ca`` checks the server's certificate; anything less does
-    not). Unix sockets and loopback addresses never leave the machine."""
+    not). Unix sockets and loopback addresses never leave the machine. What libpq would also take
+    from outside the URL counts: ``hostaddr=`` and ``service=`` (a service file), and, with no host
+    in the URL, ``PGHOST``, ``PGHOSTADDR``, ``PGSERVICE`` and ``PGSSLMODE`` in the environment."""
+    env = os.environ if environ is None else environ
     try:
         parsed = make_url(url)
-    except Exception:  # the engine reports a malformed URL itself, more helpfully
+    except Exception:  # the engine refuses a malformed URL itself, before any connection
         return []
-    if not parsed.drivername.startswith("postgresql"):
+    if not parsed.drivername.startswith("postgres"):  # postgres://, postgresql+psycopg://, …
         return []
-    if parsed.query.get("sslmode") in ("verify-full", "verify-ca"):
+    query = parsed.query
+    sslmode = _last(query.get("sslmode")) or env.get("PGSSLMODE", "")
+    if sslmode in VERIFIED_SSL:
         return []
-    named = parsed.query.get("host") or parsed.host or ""
-    hosts = named if isinstance(named, tuple) else str(named).split(",")
-    return [h for h in hosts if h and not h.startswith("/") and not is_loopback(h.split(":")[0])]
+    for key in ("hostaddr", "service"):
+        if query.get(key):
+            return [f"{key}={_last(query[key])}"]
+    named: Any = query.get("host") or parsed.host
+    if not named:
+        for key in ("PGHOSTADDR", "PGSERVICE"):
+            if env.get(key):
+                return [f"{key}={env[key]}"]
+        named = env.get("PGHOST", "")
+    hosts = list(named) if isinstance(named, tuple) else str(named).split(",")
+    return [h for h in hosts if h and not h.startswith("/") and not is_loopback(h)]
 
 
 def _connections_encrypted(app: Flask) -> None:

@@ -36,6 +36,11 @@ def _app(tmp_path: Path, **config: object):
         "postgresql+psycopg://app:pw@10.0.0.5:5432/countersign?sslmode=require",
         "postgresql+psycopg://app:pw@db.school.example/countersign?sslmode=prefer",
         "postgresql+psycopg://app:pw@/countersign?host=db.school.example",
+        "postgres://app:pw@192.0.2.2:5432/countersign?sslmode=disable",
+        "postgresql://app:pw@localhost/countersign?hostaddr=192.0.2.2",
+        "postgresql://app:pw@localhost/countersign?service=remote",
+        "postgresql://app:pw@db.localhost/countersign",
+        "postgresql://app:pw@/countersign?host=localhost&host=db.school.example",
     ],
 )
 def test_postgresql_on_another_machine_needs_a_verified_tls_connection(tmp_path, key, url) -> None:
@@ -51,10 +56,39 @@ def test_postgresql_on_another_machine_needs_a_verified_tls_connection(tmp_path,
         "postgresql+psycopg://app:pw@127.0.0.1:5432/cs",
         "postgresql+psycopg://app:pw@localhost/cs",
         "postgresql+psycopg://app@/cs?host=/var/run/postgresql",
+        "postgresql://app:pw@[::1]:5432/cs",
+        "postgres://app:pw@127.0.0.1/cs",
+        "postgresql://app:pw@localhost/cs?hostaddr=10.0.0.5&sslmode=verify-full",
     ],
 )
 def test_verified_tls_loopback_and_unix_sockets_are_accepted(tmp_path, url) -> None:
     assert _app(tmp_path, MIGRATION_DATABASE_URL=url)
+
+
+@pytest.mark.parametrize(
+    ("environment", "refused"),
+    [
+        ({"PGHOST": "192.0.2.2", "PGSSLMODE": "disable"}, True),
+        ({"PGHOSTADDR": "192.0.2.2"}, True),
+        ({"PGSERVICE": "remote"}, True),
+        ({"PGHOST": "192.0.2.2", "PGSSLMODE": "verify-full"}, False),
+        ({"PGHOST": "/run/postgresql"}, False),
+        ({}, False),
+    ],
+)
+def test_a_url_without_a_host_is_judged_by_where_libpq_would_connect(
+    tmp_path, monkeypatch, environment, refused
+) -> None:
+    for name in ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGSSLMODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    url = "postgresql+psycopg://app:pw@/countersign"
+    if refused:
+        with pytest.raises(ValueError, match="reaches PostgreSQL on"):
+            _app(tmp_path, MIGRATION_DATABASE_URL=url)
+    else:
+        assert _app(tmp_path, MIGRATION_DATABASE_URL=url)
 
 
 def test_a_trusted_network_can_be_named_explicitly(tmp_path) -> None:
