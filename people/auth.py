@@ -26,7 +26,10 @@ def reset_mail_allowed(
     session: Session, person: Person, now: datetime | None = None, limit: int = RESET_MAILS_PER_HOUR
 ) -> bool:
     """Whether another new-password link may be emailed to this person now (the links emailed are
-    counted from the audit log, where each one is recorded)."""
+    counted from the audit log, where each one is recorded). Holds the person's sign-in lock for
+    the rest of the caller's transaction, so requests at the same moment are counted one after
+    another: call it in the transaction that records the link."""
+    lock_sign_in(session, person.email)
     since = (now or utcnow()) - timedelta(hours=1)
     sent = session.scalar(
         select(func.count())

@@ -436,6 +436,36 @@ def test_the_forgot_password_form_emails_one_person_at_most_three_links_an_hour(
         assert reset_mail_allowed(s, person, now=later)
 
 
+def test_requests_at_the_same_moment_cannot_pass_the_forgot_password_limit(app, smtp, make_person):
+    import threading
+
+    app.config.update(_smtp_config(smtp))
+    make_person("staff", email="raced@ladysmith.example")
+    clients = [app.test_client() for _ in range(8)]
+    tokens = [csrf_token(c, "/forgot-password") for c in clients]
+    start, answers = threading.Barrier(len(clients)), []
+
+    def ask(client, token, n):
+        start.wait()
+        email = "RACED@ladysmith.example" if n % 2 else "raced@ladysmith.example"
+        answers.append(
+            client.post("/forgot-password", data={"email": email, "csrf_token": token}).status_code
+        )
+
+    threads = [threading.Thread(target=ask, args=(c, t, n))
+               for n, (c, t) in enumerate(zip(clients, tokens, strict=True))]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert answers == [200] * len(clients)
+    with app.app_context():
+        issued = db.session.scalar(
+            select(func.count()).where(AuditEvent.event == "link.reset_issued")
+        )
+    assert issued == RESET_MAILS_PER_HOUR
+
+
 def test_nul_in_a_query_string_is_refused_plainly(auth, make_person):
     auth.as_person(make_person("admin"))
     response = auth.client.get("/admin/people?school=%00")
