@@ -335,6 +335,11 @@ def _write_archive(
 # --- reading a backup --------------------------------------------------------------------------
 
 DAMAGED = "The backup {path} is damaged or incomplete ({why}); nothing was restored."
+# Read before the backup is authenticated, so bounded: no real manifest comes near these.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MAC_BYTES = 4096
+# One table row (a certificate with its PDF is the largest): a longer line is damage.
+MAX_ROW_BYTES = 64 * 1024 * 1024
 
 
 class Archive:
@@ -344,13 +349,13 @@ class Archive:
         self.path = path
         try:
             self.tar = tarfile.open(path, mode="r:gz")
-            self.manifest_bytes = self._member("manifest.json").read()
+            self.manifest_bytes = self._member("manifest.json", MAX_MANIFEST_BYTES).read()
             self.manifest = json.loads(self.manifest_bytes)
         except FileNotFoundError:
             raise BackupError(f"There is no backup at {path}.")
         except BackupError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, RecursionError) as exc:
             raise self.damaged(str(exc) or type(exc).__name__)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != FORMAT:
             raise BackupError(f"{path} is not a Countersign backup.")
@@ -363,9 +368,12 @@ class Archive:
     def damaged(self, why: str) -> BackupError:
         return BackupError(DAMAGED.format(path=self.path, why=why))
 
-    def _member(self, name: str) -> IO[bytes]:
+    def _member(self, name: str, max_size: int | None = None) -> IO[bytes]:
         try:
-            member = self.tar.extractfile(name)
+            info = self.tar.getmember(name)
+            if max_size is not None and info.size > max_size:
+                raise self.damaged(f"{name} is {info.size:,} bytes, more than any backup holds")
+            member = self.tar.extractfile(info)
         except KeyError:
             member = None
         if member is None:
@@ -379,7 +387,10 @@ class Archive:
         """Check the manifest's MAC under the backup key before anything else is trusted; returns
         the fingerprint of the key that made it."""
         try:
-            member = self.tar.extractfile(MAC_MEMBER)
+            info = self.tar.getmember(MAC_MEMBER)
+            if info.size > MAX_MAC_BYTES:
+                raise self.damaged(f"its authentication code is {info.size:,} bytes long")
+            member = self.tar.extractfile(info)
         except KeyError:
             member = None
         if member is None:
@@ -392,7 +403,8 @@ class Archive:
         try:
             mac = json.loads(member.read())
             claimed, named = str(mac["mac"]), str(mac.get("key_fingerprint", "?"))
-        except (ValueError, KeyError, TypeError, tarfile.TarError, OSError, zlib.error) as exc:
+        except (ValueError, KeyError, TypeError, tarfile.TarError, OSError, zlib.error,
+                RecursionError) as exc:  # fmt: skip
             raise self.damaged(f"its authentication code is unreadable: {exc}")
         if key is None:
             raise BackupError(
@@ -427,9 +439,15 @@ class Archive:
 
     def rows(self, name: str, table: dict[str, Any]) -> Iterator[dict[str, Any]]:
         digest = hashlib.sha256()
-        for line in self._member(f"tables/{name}.jsonl"):
+        member = self._member(f"tables/{name}.jsonl")
+        while line := member.readline(MAX_ROW_BYTES + 1):
+            if len(line) > MAX_ROW_BYTES:
+                raise self.damaged(f"a row of {name} is longer than any row Countersign writes")
             digest.update(line)
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError) as exc:
+                raise self.damaged(f"a row of {name} is not readable ({type(exc).__name__})")
             if not isinstance(row, dict) or list(row) != table["columns"]:
                 raise self.damaged(f"a row of {name} does not have the table's columns")
             yield row

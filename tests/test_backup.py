@@ -761,6 +761,32 @@ def test_tail_deletion_passes_plain_verify_but_not_the_recorded_head(
     assert len(heads.read_text().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "doctor",
+    [
+        lambda m: {**m, "manifest.json": b" " * (17 * 1024 * 1024) + b"{}"},
+        lambda m: {**m, "manifest.mac": b"[" * 100_000},
+        lambda m: {**m, "manifest.json": b"[" * 100_000},
+        lambda m: {**m, "manifest.mac": b" " * 5000 + b"{}"},
+    ],
+)
+def test_an_oversized_or_deeply_nested_manifest_is_refused_plainly(
+    app, few_records, target, tmp_path, doctor
+):
+    """Read before the backup is authenticated, so bounded: a small file cannot take the
+    restoring machine's memory, and a nested one gets a message, not a traceback."""
+    path = tmp_path / "backup.tar.gz"
+    make_backup(app, path)
+    doctored = tmp_path / "doctored.tar.gz"
+    write_members(doctored, doctor(read_members(path)))
+    restored = target()
+    result = restore(restored, doctored)
+    assert result.exit_code == 1, result.output
+    assert "is damaged or incomplete" in result.output and "nothing was restored" in result.output
+    assert isinstance(result.exception, SystemExit | None), repr(result.exception)
+    assert tables_with_rows(restored) == []
+
+
 def test_the_check_page_compares_with_the_recorded_head_too(
     app, runner, auth, make_person, few_records, tmp_path, database_url
 ):
