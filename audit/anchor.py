@@ -50,6 +50,21 @@ def latest(path: Path) -> Recorded | None:
         raise ValueError(f"the last line of {path} is not TIME SEQUENCE:HASH") from None
 
 
+def all_heads(path: Path) -> list[Recorded]:
+    """Every head recorded in the file, oldest first; a line that is not a head is an error."""
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        at, _, value = line.rpartition(" ")
+        try:
+            found.append(Recorded(at, Head.parse(value)))
+        except ValueError:
+            raise ValueError(f"line {number} of {path} is not TIME SEQUENCE:HASH") from None
+    return found
+
+
 def check_against(session: Session, earlier: Head, current: Head | None) -> str | None:
     """Why ``current`` cannot follow ``earlier`` (rows gone from the end, or the row at the
     earlier head rewritten); None when it can. Needs no key: it compares stored hashes."""

@@ -44,6 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeDecorator
 
+from audit import anchor
 from audit import log as audit_log
 from audit.models import AuditEvent
 from core.config import ROOT
@@ -580,6 +581,7 @@ def restore(
     migrate: Any = None,
     accept_problems: bool = False,
     unauthenticated: bool = False,
+    heads: Path | None = None,
 ) -> Restored:
     """Bring a backup back into an empty database, and its keys into the instance folder.
 
@@ -588,7 +590,11 @@ def restore(
     under the backup key first (skipped only with ``unauthenticated``). The rows, the sequences
     and a walk of the restored audit chain under the key that will be in effect happen in one
     transaction: problems found by that walk roll it all back unless ``accept_problems``. The key
-    files are moved into place only once it has committed.
+    files are moved into place only once it has committed. ``heads`` (a file of heads recorded
+    by ``flask audit head --record``, kept away from the app's user) is compared with the restored
+    log too: every head it holds up to the backup's must be in the restored chain, so a backup of
+    a rewritten log is refused even when it carries a valid MAC (someone who could read the app's
+    keys could make one).
     """
     archive = Archive(path)
     try:
@@ -650,6 +656,8 @@ def restore(
                 counts = _restore_rows(connection, archive)
                 _set_sequences(connection)
                 found = _check_chain(app, connection, manifest, audit_key, keyring)
+                if heads is not None:
+                    found.problems += _check_heads(connection, heads)
                 if found.problems and not accept_problems:
                     raise ProblemsFound(found.problems)
             except BaseException:
@@ -679,6 +687,38 @@ def restore(
         claimed_problems=claimed if isinstance(claimed, list) else None,
         authenticated_by=authenticated_by,
     )
+
+
+def _check_heads(connection: Connection, path: Path) -> list[str]:
+    """Each head recorded in ``path`` no later than the restored log's end must be the restored
+    row at that position (later ones are expected: the backup is older than them)."""
+    try:
+        recorded = anchor.all_heads(path)
+    except FileNotFoundError:
+        raise BackupError(
+            f"The file of recorded heads {path} does not exist. Nothing was restored."
+        )
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"The recorded heads cannot be read ({exc}). Nothing was restored.")
+    problems, compared = [], 0
+    for entry in recorded:
+        stored = connection.execute(
+            sa.select(AuditEvent.hash).where(AuditEvent.seq == entry.head.seq)
+        ).scalar()
+        if stored is None:
+            continue  # recorded after this backup was made
+        compared += 1
+        if stored != entry.head.hash:
+            problems.append(
+                f"row {entry.head.seq} is not the row recorded at {entry.at} in {path}: the "
+                "backup holds a rewritten log"
+            )
+    if not compared and recorded:
+        problems.append(
+            f"no head recorded in {path} is in the restored log: it cannot be compared (is this "
+            "the right file, and the right backup?)"
+        )
+    return problems
 
 
 class ProblemsFound(BackupError):

@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy.exc import SQLAlchemyError
 
+from audit import anchor
 from core.db import db, migration_engine
 from core.migrate import upgrade
 from operations.backup import BackupError, backup, default_name, restore
@@ -83,6 +84,13 @@ def backup_command(output: Path | None) -> None:
     "for an investigation of a log that was already tampered with.",
 )
 @click.option(
+    "--heads",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file of heads recorded by `flask audit head --record` (default: "
+    "COUNTERSIGN_AUDIT_HEAD_FILE, when set): each one up to the backup's end must be in the "
+    "restored log.",
+)
+@click.option(
     "--unauthenticated",
     is_flag=True,
     help="Skip the check against the backup key: only for a backup made before backups were "
@@ -90,8 +98,15 @@ def backup_command(output: Path | None) -> None:
 )
 @with_appcontext
 def restore_command(
-    file: Path, force_keys: bool, accept_problems: bool, unauthenticated: bool
+    file: Path, force_keys: bool, accept_problems: bool, heads: Path | None, unauthenticated: bool
 ) -> None:
+    heads = heads or anchor.head_file(current_app)
+    if heads is None:
+        click.echo(
+            "WARNING: no recorded heads to compare with (--heads, or COUNTERSIGN_AUDIT_HEAD_FILE): "
+            "a backup of a rewritten log that carries a valid authentication code would restore.",
+            err=True,
+        )
     engine = migration_engine(current_app)
     if unauthenticated:
         click.echo(
@@ -108,6 +123,7 @@ def restore_command(
             migrate=upgrade,
             accept_problems=accept_problems,
             unauthenticated=unauthenticated,
+            heads=heads,
         )
     except BackupError as exc:
         raise click.ClickException(str(exc))

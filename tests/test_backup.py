@@ -787,6 +787,77 @@ def test_an_oversized_or_deeply_nested_manifest_is_refused_plainly(
     assert tables_with_rows(restored) == []
 
 
+def _rewrite_history(app: Flask) -> None:
+    """What code running as the app's user could do to a copy of the database it holds the audit
+    key for: change one row and re-hash the whole chain after it, so the copy verifies."""
+    from audit.log import audit_key, row_hash, verify
+    from audit.models import AuditEvent
+
+    with app.app_context():
+        s = db.session
+        key = audit_key()
+        rows = s.scalars(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        s.expunge_all()
+        # A row that records no evidence (a sign-in, say), given another actor.
+        seq = next(r.seq for r in rows if r.seq > 1 and '"digest"' not in r.detail)
+        postgresql = s.get_bind().dialect.name == "postgresql"
+        if postgresql:
+            s.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+        else:
+            s.execute(text("DROP TRIGGER audit_event_no_update"))
+        prev = rows[seq - 2].hash if seq > 1 else "0" * 64
+        for row in rows[seq - 1 :]:
+            fields = {"seq": row.seq, "at": row.at, "event": row.event, "actor_id": row.actor_id,
+                      "subject_type": row.subject_type, "subject_id": row.subject_id,
+                      "detail": row.detail, "prev_hash": prev}  # fmt: skip
+            if row.seq == seq:
+                fields["actor_id"] = 999
+            new = row_hash(key, **fields)
+            s.execute(
+                text(
+                    "UPDATE audit_event SET actor_id = :a, prev_hash = :p, hash = :h WHERE seq = :s"
+                ),
+                {"a": fields["actor_id"], "p": prev, "h": new, "s": row.seq},
+            )
+            prev = new
+        if postgresql:
+            s.execute(text("ALTER TABLE audit_event ENABLE TRIGGER USER"))
+        s.commit()
+        assert verify(s).ok  # the copy verifies on its own
+
+
+def test_a_backup_of_a_rewritten_log_is_refused_against_the_recorded_heads(
+    app, runner, few_records, target, tmp_path
+):
+    """Someone who can read the app's keys can make a backup of a rewritten log that carries a
+    valid authentication code; the heads recorded by another user show the rewrite."""
+    from audit.log import record
+
+    with app.app_context():
+        record(db.session, "people.imported", actor_id=few_records[0], detail={"created": 0})
+        db.session.commit()
+    heads = tmp_path / "heads"
+    app.config["AUDIT_HEAD_FILE"] = str(heads)
+    assert runner.invoke(args=["audit", "head", "--record"]).exit_code == 0
+    _rewrite_history(app)
+    forged = tmp_path / "forged.tar.gz"
+    make_backup(app, forged)
+
+    refused = restore(target(), forged, "--heads", str(heads))
+    assert refused.exit_code == 1
+    assert "row " in refused.output and "the backup holds a rewritten log" in refused.output
+    assert "Nothing was restored" in refused.output
+
+    configured = target(AUDIT_HEAD_FILE=str(heads))  # the setting is used when --heads is not
+    again = restore(configured, forged)
+    assert again.exit_code == 1 and "rewritten log" in again.output
+    assert tables_with_rows(configured) == []
+
+    unanchored = restore(target(), forged)
+    assert unanchored.exit_code == 0  # the limit the recorded heads close
+    assert "no recorded heads to compare with" in unanchored.output
+
+
 def test_the_check_page_compares_with_the_recorded_head_too(
     app, runner, auth, make_person, few_records, tmp_path, database_url
 ):

@@ -246,10 +246,24 @@ def test_the_backup_is_encrypted_to_the_operator_and_no_plain_copy_is_kept():
     assert gpg[gpg.index("--recipient-file") + 1] == "/etc/countersign/backup-recipient.asc"
     assert gpg[gpg.index("--output") + 1].startswith("/var/backups/countersign/")
     assert gpg[gpg.index("--output") + 1].endswith(".gpg")
-    assert backup["ExecStart"][0].rstrip("'").endswith('rm -f "/tmp/$$name"')
+    encrypt, cleanup = backup["ExecStartPost"]
+    assert encrypt.rstrip("'").endswith(f"rm -f {plain}")
     assert "/var/backups/countersign" not in plain
-    (cleanup,) = backup["ExecStartPost"]
     assert "*.tar.gz.gpg" in cleanup and "-mtime +35" in cleanup
+
+
+def test_only_root_writes_the_backup_store():
+    """Code running as the app's user (which can read the backup key) cannot replace, remove or
+    add backups: the encrypted copies are made and pruned by root ("!": root's user, the unit's
+    sandbox), in a folder root owns; the app's user only writes its private /tmp."""
+    backup = services()["countersign-backup.service"]
+    assert one(backup, "User") == APP_USER
+    (make,) = backup["ExecStart"]
+    assert not make.startswith(("!", "+")) and "/var/backups" not in make
+    for post in backup["ExecStartPost"]:
+        assert post.startswith("!") and not post.startswith("!!")
+    readme = (ROOT / "README.md").read_text()
+    assert "install -d -o root -g root -m 0700 /var/backups/countersign" in readme
 
 
 def test_the_head_is_recorded_by_another_user_where_the_app_cannot_write():
