@@ -31,6 +31,7 @@ HARDENING = {
     "PrivateDevices": "yes",
     "ProtectSystem": "strict",
     "ProtectHome": "yes",
+    "InaccessiblePaths": "-/srv/countersign/.git",
     "PrivateMounts": "yes",
     "RemoveIPC": "yes",
     "ProtectProc": "invisible",
