@@ -8,7 +8,17 @@ from flask.cli import with_appcontext
 from sqlalchemy import func, select
 
 from audit import anchor
-from audit.log import KEYRING, Head, SealRefused, head, plan_seal, rotate_key, seal, verify
+from audit.log import (
+    KEYRING,
+    Head,
+    SealRefused,
+    forget_key,
+    head,
+    plan_seal,
+    rotate_key,
+    seal,
+    verify,
+)
 from core.db import db, writing
 from people.models import Person
 
@@ -167,10 +177,22 @@ def rotate_key_command(email: str) -> None:
             "The audit log does not verify: find out why before replacing its key (a new key "
             "would seal whatever was changed). Nothing was changed."
         )
-    with writing(session):
-        kid = rotate_key(session, actor.id)
+    made: list[str] = []
+    try:
+        with writing(session):
+            made.append(rotate_key(session, actor.id))
+    except BaseException:
+        for kid in made:  # recorded nothing: the key must not look like one the log dropped
+            forget_key(kid)
+        raise
+    kid = made[0]
     path = f"{current_app.instance_path}/{KEYRING}/{kid}"
     click.echo(f"The audit log's key is now {kid}, kept in {path}.")
+    click.echo(
+        f"The log's head is now {head(session)}: record it off the server (the evidence pack "
+        "prints it too); `flask audit head --record` does so where COUNTERSIGN_AUDIT_HEAD_FILE "
+        "is set."
+    )
     click.echo(
         "Make a backup now (it holds the new key), and copy that file to every other server "
         "that runs the app: it cannot record anything without it."

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -185,7 +185,12 @@ def recorded_in(detail: str) -> tuple[str, int, str] | None:
     """(table, id, digest) when an audit row's detail records an evidence row."""
     if f'"{DIGEST_KEY}"' not in detail:  # most rows: skip parsing
         return None
-    values = json.loads(detail)
+    try:
+        values = json.loads(detail)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(values, dict):
+        return None
     table, row_id, row_digest = values.get(TABLE_KEY), values.get(ID_KEY), values.get(DIGEST_KEY)
     if table in DIGESTED and isinstance(row_id, int) and isinstance(row_digest, str):
         return table, row_id, row_digest
@@ -218,13 +223,18 @@ class NotAsRecorded(RuntimeError):
 
 
 def latest_recorded(
-    session: Session, wanted: Mapping[str, Iterable[int]], *, by_subject: bool = False
+    session: Session,
+    wanted: Mapping[str, Iterable[int]],
+    *,
+    by_subject: bool = False,
+    trusted: Callable[[Any], bool] | None = None,
 ) -> dict[str, dict[int, tuple[str, int]]]:
     """The latest digest the chain records for each of these rows, with its audit row's seq.
 
     Reads every audit row that records a digest, a batch at a time (erasure: rare). With
     ``by_subject``, only the audit rows whose subject is the row itself, through the subject index:
-    cheap, and right for tables always recorded that way (certificates)."""
+    cheap, and right for tables always recorded that way (certificates). With ``trusted``, only
+    the audit rows it accepts (``audit.log.trusted_rows``: the hash verifies) count."""
     events = _table("audit_event")
     ids = {table: {int(i) for i in row_ids} for table, row_ids in wanted.items()}
     found: dict[str, dict[int, tuple[str, int]]] = {table: {} for table in ids}
@@ -247,26 +257,29 @@ def latest_recorded(
     after = 0
     while True:
         page = session.execute(
-            select(events.c.seq, events.c.detail)
-            .where(where, events.c.seq > after)
-            .order_by(events.c.seq)
-            .limit(BATCH)
+            select(events).where(where, events.c.seq > after).order_by(events.c.seq).limit(BATCH)
         ).all()
         if not page:
             return found
-        for seq, detail in page:
-            recorded = recorded_in(detail)
+        for row in page:
+            if trusted is not None and not trusted(row):
+                continue
+            recorded = recorded_in(row.detail)
             if recorded is not None and recorded[1] in ids.get(recorded[0], ()):
-                found[recorded[0]][recorded[1]] = (recorded[2], seq)
+                found[recorded[0]][recorded[1]] = (recorded[2], row.seq)
         after = page[-1].seq
 
 
 def as_recorded(
-    session: Session, wanted: Mapping[str, Iterable[int]], *, by_subject: bool = False
+    session: Session,
+    wanted: Mapping[str, Iterable[int]],
+    *,
+    by_subject: bool = False,
+    trusted: Callable[[Any], bool] | None = None,
 ) -> dict[str, dict[int, str]]:
     """The digest the chain records for each of these rows, after checking that each row still
     has exactly that digest; raises :class:`NotAsRecorded` naming every row that does not."""
-    recorded = latest_recorded(session, wanted, by_subject=by_subject)
+    recorded = latest_recorded(session, wanted, by_subject=by_subject, trusted=trusted)
     problems: list[str] = []
     for table, row_ids in wanted.items():
         label = table.replace("_", " ")
@@ -284,12 +297,33 @@ def as_recorded(
     return {table: {i: d for i, (d, _) in rows.items()} for table, rows in recorded.items()}
 
 
+def first_recorded_by_change(detail: str, recorded: Recorded) -> tuple[str, int] | None:
+    """(table, id) when an audit row re-records a row over a digest (``was``) although the chain
+    held none for it yet: a row from before digests began, changed by the application before
+    ``flask audit seal`` ran. Whether that is a problem depends on where digests began."""
+    try:
+        values = json.loads(detail)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(values, dict) or values.get(WAS_KEY) is None:
+        return None
+    table, row_id = values.get(TABLE_KEY), values.get(ID_KEY)
+    if table in recorded.rows and isinstance(row_id, int) and row_id not in recorded.rows[table]:
+        return table, row_id
+    return None
+
+
 def replaced_wrongly(event: str, detail: str, recorded: Recorded, seq: int) -> str | None:
     """For an audit row that re-records an evidence row: a problem when the digest it says it
     replaced is not the one the chain held for that row (the row had been changed in between, and
     this row would otherwise make the change look recorded). Rows written before digests carried
     ``was`` have none and are not checked."""
-    values = json.loads(detail)
+    try:
+        values = json.loads(detail)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(values, dict):
+        return None
     was, table, row_id = values.get(WAS_KEY), values.get(TABLE_KEY), values.get(ID_KEY)
     if was is None or table not in recorded.rows:
         return None

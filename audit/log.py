@@ -10,13 +10,14 @@ governors' evidence pack prints it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -160,7 +161,10 @@ def keyring_key(kid: str) -> bytes | None:
 
 
 def _next_key(detail: str) -> str | None:
-    value = json.loads(detail).get("next_key")
+    try:
+        value = json.loads(detail).get("next_key")
+    except (ValueError, RecursionError, AttributeError):
+        return None
     return value if is_key_id(value) else None
 
 
@@ -168,27 +172,107 @@ class KeyMissing(RuntimeError):
     pass
 
 
+class KeyRolledBack(RuntimeError):
+    """The keyring holds a key the log no longer hands over to where it did: rows from a rotation
+    on were removed or rewritten, perhaps by someone holding an earlier key."""
+
+
+@dataclass(frozen=True)
+class Handover:
+    """From the row after ``seq`` (the rotation row, whose hash is ``hash``), rows use ``key``."""
+
+    seq: int
+    hash: str
+    kid: str | None
+    key: bytes | None  # None: the key file is missing
+
+
+def key_schedule(session: Session) -> list[Handover]:
+    """Which key hashes which rows: the first key, then each key a rotation hands over to. Only a
+    rotation row whose own hash verifies under the key before it counts, so a row inserted
+    behind the application's back can neither switch keys nor stop the application recording."""
+    schedule = [Handover(0, GENESIS, None, audit_key())]
+    table = AuditEvent.__table__
+    for row in session.execute(
+        select(table).where(table.c.event == ROTATED).order_by(table.c.seq)
+    ).all():
+        key = schedule[-1].key
+        if key is None:
+            break
+        if _hash_of(key, row) != row.hash:
+            continue  # not the application's: verify reports it
+        kid = _next_key(row.detail)
+        schedule.append(Handover(row.seq, row.hash, kid, keyring_key(kid) if kid else None))
+    return schedule
+
+
+def key_positions() -> dict[str, Head]:
+    """Where each key in the keyring took over, as ``rotate_key`` wrote beside it (``<id>.at``):
+    kept outside the database, so removing a rotation from the log is noticed."""
+    folder = Path(current_app.instance_path) / KEYRING
+    cache = current_app.extensions.setdefault("countersign.audit_key_positions", {})
+    found: dict[str, Head] = {}
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    for name in names:
+        kid, dot, suffix = name.partition(".")
+        if not (dot and suffix == "at" and is_key_id(kid)):
+            continue
+        if kid not in cache:
+            try:
+                cache[kid] = Head.parse((folder / name).read_text())
+            except (OSError, ValueError):
+                continue
+        found[kid] = cache[kid]
+    return found
+
+
+def rolled_back(schedule: Sequence[Handover]) -> list[str]:
+    """Keys the keyring says took over at a row where the log no longer hands over to them."""
+    handed = {h.kid: h for h in schedule if h.kid}
+    problems = []
+    for kid, at in sorted(key_positions().items(), key=lambda item: item[1].seq):
+        h = handed.get(kid)
+        if h is None or h.seq != at.seq or h.hash != at.hash:
+            problems.append(
+                f"audit key {kid} took over after row {at.seq} (recorded beside the key), but the "
+                "log no longer hands over to it there: rows from that rotation on were removed "
+                "or rewritten"
+            )
+    return problems
+
+
 def signing_key(session: Session) -> bytes:
-    """The key the next row is hashed with: the one the latest rotation named, else the first key.
-    Read from the chain under its lock, so every worker on every server follows a rotation at
-    once (each needs the key file: copy ``instance/audit_keys/`` to every server)."""
-    detail = session.scalar(
-        select(AuditEvent.detail)
-        .where(AuditEvent.event == ROTATED)
-        .order_by(AuditEvent.seq.desc())
-        .limit(1)
-    )
-    if detail is None:
-        return audit_key()
-    kid = _next_key(detail)
-    key = keyring_key(kid) if kid else None
-    if key is None:
-        raise KeyMissing(
-            f"The audit log's current key ({kid}) is not in the instance folder's {KEYRING}/ "
-            "folder: copy it there from the server that replaced the key, or from a backup. "
-            "Nothing can be recorded until it is there."
+    """The key the next row is hashed with: the one the latest verified rotation named, else the
+    first key. Read from the chain under its lock, so every worker on every server follows a
+    rotation at once (each needs the key files: copy ``instance/audit_keys/`` to every server).
+    Refuses, rather than go back to an earlier key, when a rotation was removed from the log."""
+    schedule = key_schedule(session)
+    problems = rolled_back(schedule)
+    if problems:
+        raise KeyRolledBack(
+            "; ".join(problems) + ". Nothing can be recorded until this is investigated "
+            "(flask audit verify)."
         )
-    return key
+    current = schedule[-1]
+    if current.key is None:
+        raise KeyMissing(
+            f"The audit log's current key ({current.kid}) is not in the instance folder's "
+            f"{KEYRING}/ folder: copy it there from the server that replaced the key, or from a "
+            "backup. Nothing can be recorded until it is there."
+        )
+    return current.key
+
+
+def trusted_rows(session: Session) -> Callable[[Any], bool]:
+    """A check that an audit row is the application's: its hash verifies under the key in use
+    at its position. Digests are taken only from such rows before evidence is re-recorded."""
+    schedule = key_schedule(session)
+
+    def trusted(row: Any) -> bool:
+        key = next(h.key for h in reversed(schedule) if h.seq < row.seq)
+        return key is not None and _hash_of(key, row) == row.hash
+
+    return trusted
 
 
 def rotate_key(session: Session, actor_id: int | None) -> str:
@@ -201,13 +285,32 @@ def rotate_key(session: Session, actor_id: int | None) -> str:
     kid = key_id(new)
     folder = Path(current_app.instance_path) / KEYRING
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / kid, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    _write_new(folder / kid, new)
+    try:
+        row = record(session, ROTATED, actor_id=actor_id, detail={"next_key": kid})
+        # Where this key takes over, beside it: verify, and every append, check that the log
+        # still hands over to it there.
+        _write_new(folder / f"{kid}.at", f"{row.seq}:{row.hash}\n".encode())
+    except BaseException:
+        forget_key(kid)
+        raise
+    return kid
+
+
+def forget_key(kid: str) -> None:
+    """Remove a key made by a rotation that was not committed (nothing was hashed with it)."""
+    folder = Path(current_app.instance_path) / KEYRING
+    for name in (kid, f"{kid}.at"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(new)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    record(session, ROTATED, actor_id=actor_id, detail={"next_key": kid})
-    return kid
 
 
 def canonical_detail(detail: Mapping[str, DetailValue] | None) -> str:
@@ -497,15 +600,19 @@ def plan_seal(session: Session) -> SealPlan:
     recorded = evidence.Recorded.empty()
     start: dict[str, int] = {}
     first_recorded: dict[str, int] = {}
+    trusted = trusted_rows(session)
     for row in _rows(session):
+        if not trusted(row):
+            continue  # not the application's: verify reports it; it counts for nothing here
         if row.event == DIGESTS_START:
-            for table, value in json.loads(row.detail).items():
-                start.setdefault(table, int(value))
+            start = _digests_start(row.detail, start) | start
         found = evidence.recorded_in(row.detail)
         if found is not None:
             table, row_id, _ = found
             recorded.add(*found, row.seq)
-            if row.event != SEALED:
+            # Where the application began recording: its first recordings, not a change to a
+            # row from before digests (which carries ``was``), nor a seal.
+            if row.event != SEALED and f'"{evidence.WAS_KEY}"' not in row.detail:
                 first_recorded[table] = min(first_recorded.get(table, row_id), row_id)
     new_start: dict[str, int] = {}
     for table in evidence.DIGESTED:
@@ -535,6 +642,21 @@ def plan_seal(session: Session) -> SealPlan:
             f"application: {', '.join(newer)}. Nothing was sealed; find out who inserted them."
         )
     return SealPlan(start, new_start, rows)
+
+
+def _digests_start(detail: str, known: Mapping[str, int]) -> dict[str, int]:
+    """The tables an ``evidence.digests_start`` row fixes, other than those already fixed."""
+    try:
+        values = json.loads(detail)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    return {
+        table: int(value)
+        for table, value in values.items()
+        if table not in known and isinstance(value, int) and not isinstance(value, bool)
+    }
 
 
 def seal(session: Session, plan: SealPlan, actor_id: int) -> dict[str, int]:
@@ -570,15 +692,12 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
     key: bytes | None = audit_key()
     result = Verification()
     recorded = evidence.Recorded.empty()
+    handed: dict[str, tuple[int, str]] = {}
+    deferred: list[tuple[str, int, str]] = []
+    start: dict[str, int] = {}
     expected_seq, prev_hash = 1, GENESIS
     for row in _rows(session):
         result.rows += 1
-        found = evidence.recorded_in(row.detail)
-        if found is not None:
-            replaced = evidence.replaced_wrongly(row.event, row.detail, recorded, row.seq)
-            if replaced:
-                result.problems.append(replaced)
-            recorded.add(*found, row.seq)
         if row.seq != expected_seq:
             missing = (
                 f"row {expected_seq}"
@@ -594,8 +713,23 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
                 f"row {row.seq} is out of place: it does not follow the row before it "
                 "(rows removed, reordered or inserted)"
             )
+        # Only what a row whose hash verifies says is taken as recorded: a row inserted behind
+        # the application's back is reported above, and records nothing.
+        found = evidence.recorded_in(row.detail) if intact and key is not None else None
+        if found is not None:
+            unbased = evidence.first_recorded_by_change(row.detail, recorded)
+            replaced = evidence.replaced_wrongly(row.event, row.detail, recorded, row.seq)
+            if unbased is not None and replaced:
+                deferred.append((*unbased, replaced))  # fine if from before digests began
+            elif replaced:
+                result.problems.append(replaced)
+            recorded.add(*found, row.seq)
+        if intact and key is not None and row.event == DIGESTS_START:
+            start.update(_digests_start(row.detail, start))
         if row.event == ROTATED and intact and key is not None:
             kid = _next_key(row.detail)
+            if kid:
+                handed[kid] = (row.seq, row.hash)
             key = keyring_key(kid) if kid else None
             if key is None:
                 result.problems.append(
@@ -604,6 +738,19 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
                 )
         expected_seq, prev_hash = row.seq + 1, row.hash
         result.head = Head(row.seq, row.hash)
+    # A row from before digests (at or below where they began) first recorded by an application
+    # change is how an upgraded database catches up; any other row so recorded was not the
+    # application's to begin with.
+    result.problems += [
+        problem for table, row_id, problem in deferred if row_id > start.get(table, -1)
+    ]
+    for kid, at in sorted(key_positions().items(), key=lambda item: item[1].seq):
+        if handed.get(kid) != (at.seq, at.hash):
+            result.problems.append(
+                f"audit key {kid} took over after row {at.seq} (recorded beside the key), but the "
+                "log no longer hands over to it there: rows from that rotation on were removed "
+                "or rewritten"
+            )
     if expected_head is not None:
         if result.head is None or result.head.seq < expected_head.seq:
             last = result.head.seq if result.head else 0

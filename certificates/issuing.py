@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from audit import evidence
-from audit.log import record_evidence
+from audit.log import record_evidence, trusted_rows
 from certificates.models import Certificate
 from certificates.render import render
 from core.db import db, insert_ignoring_conflict, utcnow, writing
@@ -175,7 +175,10 @@ def store_pdf(session: Session, certificate: Certificate) -> bytes:
         # Storing re-records the row's digest: only over the digest the chain holds for it, or an
         # earlier change to the row would pass as recorded.
         try:
-            was = evidence.as_recorded(session, {"certificate": [certificate.id]}, by_subject=True)
+            was = evidence.as_recorded(
+                session, {"certificate": [certificate.id]}, by_subject=True,
+                trusted=trusted_rows(session),
+            )  # fmt: skip
         except evidence.NotAsRecorded as exc:
             log.error("certificate %s: PDF not stored: %s", certificate.id, exc)
             raise
@@ -210,6 +213,18 @@ def stored_pdf(session: Session, certificate_id: int) -> bytes | None:
             "certificate %s: stored PDF does not match its digest; not served", certificate_id
         )
         raise PdfNotAsDigested(certificate_id)
+    # The bytes match the row's own digest; the row (that digest included) must also be what the
+    # audit chain last recorded for it, or bytes stored behind the application's back, with a
+    # digest to match, would be served.
+    try:
+        evidence.as_recorded(
+            session, {"certificate": [certificate_id]}, by_subject=True,
+            trusted=trusted_rows(session),
+        )  # fmt: skip
+    except evidence.NotAsRecorded as exc:
+        log.error("certificate %s: not as the audit log records it; not served: %s",
+                  certificate_id, exc)  # fmt: skip
+        raise PdfNotAsDigested(certificate_id) from exc
     return row.pdf
 
 

@@ -53,7 +53,8 @@ def key_files(app: Flask) -> list[KeyFile]:
     ]  # fmt: skip
 
 
-KEYRING_MEMBER = re.compile(r"audit_keys/([0-9a-f]{16})")
+# A key made by rotation, and beside it (``.at``) where in the log it took over.
+KEYRING_MEMBER = re.compile(r"audit_keys/([0-9a-f]{16}(?:\.at)?)")
 
 
 def keyring_file(app: Flask, name: str) -> KeyFile | None:
@@ -63,7 +64,8 @@ def keyring_file(app: Flask, name: str) -> KeyFile | None:
     if match is None:
         return None
     return KeyFile(
-        name, f"the audit log's key {match.group(1)} (from a rotation)",
+        name, f"the audit log's key {match.group(1)} (from a rotation)"
+        if "." not in match.group(1) else f"where the audit log's key {match.group(1)[:16]} took over",
         Path(app.instance_path) / "audit_keys" / match.group(1), configured=False,
     )  # fmt: skip
 

@@ -29,7 +29,7 @@ from approvals.models import (
     SocialAccount,
 )
 from audit.evidence import NotAsRecorded, as_recorded
-from audit.log import note_before_change, record, record_evidence
+from audit.log import note_before_change, record, record_evidence, trusted_rows
 from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
@@ -438,8 +438,11 @@ def erase_person(
     # for it: a row changed behind the application's back would otherwise pass as recorded. So
     # every row it will change is checked first, and nothing is changed if one does not match.
     checked = _evidence_to_pseudonymise(session, person.id, old_name, old_email)
+    # The person's row too: that they left, and when, is what allows erasure at all, so it must
+    # be what the chain recorded (a leaving date set behind the application's back erases no one).
+    checked["person"] = [person.id]
     try:
-        was = as_recorded(session, checked)
+        was = as_recorded(session, checked, trusted=trusted_rows(session))
     except NotAsRecorded as exc:
         log.error("person %s: not erased: %s", person.id, exc)
         raise ErasureTampered(

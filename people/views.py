@@ -30,7 +30,14 @@ from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.security_log import flag
-from core.web import SESSION_STARTED, client_ip, external_url, federation, signed_in_recently
+from core.web import (
+    SESSION_STARTED,
+    client_ip,
+    external_url,
+    federation,
+    fresh_sign_in_for_changes,
+    signed_in_recently,
+)
 from mfa.flow import needs_second_step, start_second_step
 from people.auth import (
     DEVICE_MAX_AGE,
@@ -473,6 +480,7 @@ def people() -> Any:
 
 @admin_bp.route("/people/invite-all", methods=["POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def invite_all() -> Any:
     """Invitations for every active person who has no password yet (e.g. after an import)."""
     s = db.session
@@ -504,6 +512,7 @@ def invite_all() -> Any:
 
 @admin_bp.route("/people/new", methods=["GET", "POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def new_person() -> Any:
     form = _person_form()
     if form.validate_on_submit():
@@ -562,6 +571,7 @@ def person(person_id: int) -> Any:
 
 @admin_bp.route("/people/<int(max=2147483647):person_id>/deactivate", methods=["GET", "POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def deactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     if person.id == current_user.id:
@@ -598,6 +608,7 @@ def sign_out_everywhere(person_id: int) -> Any:
 
 @admin_bp.route("/people/<int(max=2147483647):person_id>/erase", methods=["GET", "POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def erase(person_id: int) -> Any:
     person = _person_or_404(person_id)
     days = retention_days(current_app.config)
@@ -622,6 +633,7 @@ def erase(person_id: int) -> Any:
 
 @admin_bp.route("/people/<int(max=2147483647):person_id>/reactivate", methods=["POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def reactivate_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     if person.erased_at is not None:
@@ -636,6 +648,7 @@ def reactivate_person(person_id: int) -> Any:
 
 @admin_bp.route("/people/<int(max=2147483647):person_id>/invite", methods=["POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def invite_person(person_id: int) -> Any:
     person = _person_or_404(person_id)
     if not person.active:
@@ -663,6 +676,7 @@ def import_template() -> Any:
 
 @admin_bp.route("/people/import", methods=["GET", "POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def import_page() -> Any:
     form = ImportForm()
     errors: list[str] = []

@@ -384,6 +384,9 @@ def create_matrix_app(url: str, instance: Path) -> Flask:
         "TESTING": True, "DATABASE_URL": url, "CONTENT_DIR": str(ROOT / "content"),
         "SECRET_KEY": "test-secret-key-not-for-production", "SERVER_NAME": "countersign.test",
         "BASE_URL": "http://countersign.test", "WTF_CSRF_ENABLED": True, "MFA_ROLES": "",
+        # Each role's session lasts the whole module (minutes on a slow machine): an action that
+        # needs a recent sign-in is tested for that in tests/test_people.py.
+        "RECENT_SIGN_IN_MINUTES": 24 * 60,
     })  # fmt: skip
     app.instance_path = str(instance)
     return app

@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 
 from audit.log import KEYRING, ROTATED, audit_key, key_id, record, row_hash, verify
 from audit.models import AuditEvent
-from core.db import db
+from core.db import db, utcnow
 from tests.test_audit import _some_events, _tamper, verify_cli
 
 pytestmark = pytest.mark.usefixtures("published")
@@ -163,6 +163,7 @@ def test_a_backup_carries_rotated_keys_and_restores_a_log_that_verifies(
     restored = fresh.test_cli_runner().invoke(args=["restore", str(archive)])
     assert restored.exit_code == 0, restored.output
     assert (tmp_path / "restored-instance" / KEYRING / kid).is_file()
+    assert (tmp_path / "restored-instance" / KEYRING / f"{kid}.at").is_file()
     assert fresh.test_cli_runner().invoke(args=["audit", "verify"]).exit_code == 0
     with fresh.app_context():
         record(db.session, "people.imported", detail={"created": 5})
@@ -170,3 +171,118 @@ def test_a_backup_carries_rotated_keys_and_restores_a_log_that_verifies(
         assert verify(db.session).ok
         db.session.execute(text("SELECT 1"))
         db.engine.dispose()
+
+
+def _insert_row(app, event: str, detail: str) -> None:
+    """An audit row added behind the application's back (any role that may INSERT can)."""
+    with app.app_context():
+        s = db.session
+        top = s.execute(
+            select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc())
+        ).first()
+        s.execute(
+            text("INSERT INTO audit_event (seq, at, event, actor_id, subject_type, subject_id, "
+                 "detail, prev_hash, hash) VALUES (:s, :at, :e, NULL, NULL, NULL, :d, :p, :h)"),
+            {"s": top.seq + 1, "at": utcnow().replace(tzinfo=None), "e": event, "d": detail, "p": top.hash,
+             "h": "0" * 64},
+        )  # fmt: skip
+        s.commit()
+
+
+def test_a_forged_rotation_row_neither_switches_keys_nor_stops_recording(app, make_person):
+    _some_events(app, 2)
+    _insert_row(app, ROTATED, '{"next_key":"0000000000000000"}')
+    with app.app_context():
+        record(db.session, "people.imported", detail={"created": 1})  # still records
+        db.session.commit()
+    result = verify_cli(app)
+    assert result.exit_code == 1 and "changed: its content does not match its hash" in result.output
+
+
+@pytest.mark.parametrize("detail", ['"digest" not json', '{"digest": [[[[', "[1, 2]"])
+def test_a_malformed_row_is_reported_and_verify_and_backups_still_run(app, detail, tmp_path):
+    _some_events(app, 2)
+    _insert_row(app, "sign_in.failed", detail)
+    result = verify_cli(app)
+    assert result.exit_code == 1 and "changed: its content does not match its hash" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    from tests.test_backup import BACKUP_KEY
+
+    app.config["BACKUP_KEY"] = BACKUP_KEY
+    made = app.test_cli_runner().invoke(args=["backup", "--output", str(tmp_path / "b.tar.gz")])
+    assert made.exit_code == 0, made.output
+    assert (tmp_path / "b.tar.gz").exists()
+
+
+def test_removing_a_rotation_and_re_signing_with_the_old_key_is_noticed(app, make_person):
+    """Whoever holds the key from before a rotation (an old backup holds it) removes the rotation
+    and re-appends rows with the old key: the keyring says where the new key took over."""
+    _some_events(app, 2)
+    with app.app_context():
+        old_key = audit_key()
+    kid = _rotate(app, make_person)
+    _some_events(app, 1)
+    with app.app_context():
+        rotation = db.session.scalar(select(AuditEvent.seq).where(AuditEvent.event == ROTATED))
+        last = db.session.execute(
+            select(AuditEvent).where(AuditEvent.seq == rotation - 1)
+        ).scalar_one()
+        db.session.expunge_all()
+    _tamper(app, f"DELETE FROM audit_event WHERE seq >= {rotation}")
+    with app.app_context():  # one row re-appended with the old key, as the attacker would
+        s = db.session
+        fields = {"seq": rotation, "at": last.at, "event": "people.imported", "actor_id": None,
+                  "subject_type": None, "subject_id": None, "detail": '{"created":7}',
+                  "prev_hash": last.hash}  # fmt: skip
+        s.execute(
+            text("INSERT INTO audit_event (seq, at, event, actor_id, subject_type, subject_id, "
+                 "detail, prev_hash, hash) VALUES (:seq, :at, :event, :actor_id, :subject_type, "
+                 ":subject_id, :detail, :prev_hash, :hash)"),
+            {**fields, "at": last.at.replace(tzinfo=None), "hash": row_hash(old_key, **fields)},
+        )  # fmt: skip
+        s.commit()
+    result = verify_cli(app)
+    assert result.exit_code == 1
+    assert f"audit key {kid} took over after row {rotation}" in result.output
+    with app.app_context():
+        from audit.log import KeyRolledBack
+
+        with pytest.raises(KeyRolledBack, match=kid):  # nothing is signed with the old key again
+            record(db.session, "people.imported", detail={"created": 1})
+        db.session.rollback()
+
+
+def test_an_upgraded_database_changed_before_it_was_sealed_can_still_be_sealed(
+    app, make_person
+) -> None:
+    """People from before digests (an upgrade) have no audit rows; one of them leaves before
+    anyone runs `flask audit seal`. Sealing then completes, verify is clean, and the key can be
+    rotated: the application's change is no reason to refuse for ever."""
+    with app.app_context():
+        s = db.session
+        for n in (1, 2, 3):  # as an older version left them: no digests in the chain
+            s.execute(text("INSERT INTO person (id, name, email, active, auth_version, "
+                           "status_rev, created_at) VALUES (:i, :n, :e, :a, 1, 0, :c)"),
+                      {"i": n, "n": f"Old {n}", "e": f"old{n}@ladysmith.example", "a": True,
+                       "c": utcnow().replace(tzinfo=None)})  # fmt: skip
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SELECT setval(pg_get_serial_sequence('person', 'id'), 3)"))
+        s.commit()
+    admin = make_person("admin", email="admin.seal@ladysmith.example")
+    assert admin > 3
+    with app.app_context():
+        from people.models import Person
+        from people.service import deactivate
+
+        deactivate(db.session.get(Person, 2), admin)
+        db.session.commit()
+    before = verify_cli(app)
+    assert before.exit_code == 1 and "person 1 inserted without an audit row" in before.output
+    sealed = app.test_cli_runner().invoke(
+        args=["audit", "seal", "--actor", "admin.seal@ladysmith.example", "--yes"]
+    )
+    assert sealed.exit_code == 0, sealed.output
+    assert "Sealed 2 evidence rows" in sealed.output
+    after = verify_cli(app)
+    assert after.exit_code == 0, after.output
+    _rotate(app, make_person)

@@ -603,7 +603,8 @@ def test_a_tampered_log_is_restored_as_it_was_for_the_investigation(
     assert original.exit_code == 1 and "row 2 changed" in original.output
     path = tmp_path / "backup.tar.gz"
     made = make_backup(app, path)
-    assert "reports 1 problem(s)" in made.output
+    # The changed row, and the evidence it recorded, which no intact row records now.
+    assert "reports 2 problem(s)" in made.output
     restored = target()
     refused = restore(restored, path)
     assert refused.exit_code == 1, refused.output
@@ -611,7 +612,7 @@ def test_a_tampered_log_is_restored_as_it_was_for_the_investigation(
     assert tables_with_rows(restored) == []
     result = restore(restored, path, "--accept-problems")
     assert result.exit_code == 0, result.output
-    assert "does NOT verify: 1 problem(s)" in result.output
+    assert "does NOT verify: 2 problem(s)" in result.output
     assert "PROBLEM: row 2 changed" in result.output
     assert audit_verify(restored).output == original.output
 

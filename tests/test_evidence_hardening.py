@@ -5,6 +5,7 @@ rewrite evidence."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from datetime import timedelta
@@ -20,7 +21,7 @@ from certificates.issuing import issue_due, store_pdf
 from certificates.models import Certificate
 from core.db import db, grant_app_role, utcnow
 from people.models import Person
-from people.privacy import ErasureTampered, erase_person
+from people.privacy import ErasureTampered, erase_person, pseudonym
 from people.service import deactivate
 from tests import test_evidence_integrity as integrity
 from tests.conftest import Auth, train_people
@@ -389,3 +390,33 @@ def test_replace_or_upsert_cannot_rewrite_an_evidence_row(app, world, database_u
     with app.app_context():
         assert db.session.get(Acknowledgement, world["ack_ann"]).typed_name == "Ann Signer"
     assert _problems(app) == []
+
+
+def test_bytes_stored_with_a_matching_digest_behind_the_apps_back_are_never_served(
+    app, world, auth, caplog
+):
+    """A certificate's PDF and digest replaced together (what the PDF-storing transition would
+    let anyone with the database's rights do) match each other but not the chain: not served."""
+    forged = b"%PDF-1.4 forged: never trained"
+    _tamper(app, "UPDATE certificate SET pdf = :p, pdf_sha256 = :h WHERE id = :c", p=forged,
+            h=hashlib.sha256(forged).hexdigest(), c=world["certificate"])  # fmt: skip
+    with app.app_context():
+        code = db.session.get(Certificate, world["certificate"]).code
+    response = auth.as_person(world["ann"]).get(f"/certificates/{code}.pdf")
+    assert response.status_code == 500 and b"forged" not in response.data
+    assert "not as the audit log records it; not served" in caplog.text
+
+
+def test_a_leaving_date_set_behind_the_apps_back_erases_no_one(app, world, runner):
+    """The erasure timer acts on who left and when: a person made a leaver directly in the
+    database (still trained, still working there) is refused, reported, and keeps everything."""
+    ann = world["ann"]
+    _sql(app, "UPDATE person SET active = :f, deactivated_at = :t WHERE id = :p", f=False,
+         t=utcnow() - timedelta(days=4000), p=ann)  # fmt: skip
+    result = runner.invoke(args=["people", "erase-expired"])
+    assert result.exit_code == 1, result.output
+    assert f"person {ann} does not match the digest" in result.output
+    with app.app_context():
+        person = db.session.get(Person, ann)
+        assert person.erased_at is None and person.name != pseudonym(ann)[0]
+        assert db.session.get(Acknowledgement, world["ack_ann"]).typed_name != ""

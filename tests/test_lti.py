@@ -27,6 +27,7 @@ from lti.models import (
 )
 from lti.registry import PlatformData, register_platform
 from people.models import Person
+from people.service import deactivate
 from tests.conftest import PASSWORD, Auth, csrf_token
 from tests.lti_platform import AGS, LINEITEM_SCOPE, LTI, ROLE, SCORE_SCOPE, TestPlatform, new_key
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules
@@ -600,7 +601,7 @@ def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, regi
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 1
         person = db.session.scalar(select(Person))
-        person.active, person.deactivated_at = False, utcnow() - timedelta(days=4000)
+        deactivate(person, at=utcnow() - timedelta(days=4000))
         db.session.commit()
         erase_person(db.session, person.id, actor_id=None, retention_days=2190)
         db.session.commit()
