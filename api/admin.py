@@ -25,6 +25,7 @@ from api.webhooks import create_webhook
 from api.webhooks import stop_webhook as stop
 from core.db import db, utcnow
 from core.forms import Form
+from core.web import fresh_sign_in_for_changes
 from people.forms import MultiCheckboxField
 from people.views import roles_required
 
@@ -55,6 +56,7 @@ class TokenForm(Form):
 
 @tokens_bp.route("/", methods=["GET", "POST"])
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def tokens() -> Any:
     form = TokenForm()
     secret = None

@@ -39,6 +39,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
         # whatever happens: a shared staffroom computer or a lost phone stops being signed in.
         "SESSION_IDLE_MINUTES": 60,
         "SESSION_MAX_HOURS": 12,
+        # Changing how someone signs in needs a sign-in this recent (core.web.signed_in_recently).
+        "RECENT_SIGN_IN_MINUTES": 10,
         "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,  # every request body, the API's included
         "IMPORT_MAX_BYTES": 1024 * 1024,  # a people CSV upload
         "MOODLE_MAX_BYTES": 1024 * 1024,  # a Moodle XML question file
@@ -122,7 +124,12 @@ def load(app: Flask, overrides: dict[str, Any] | None) -> None:
     _cookies(app)
     if app.config.get("HSTS_SECONDS") is None:
         app.config["HSTS_SECONDS"] = 365 * 24 * 3600 if app.config.get("SECURE_COOKIES") else 0
-    for key in ("SESSION_IDLE_MINUTES", "SESSION_MAX_HOURS", "IMPORT_MAX_BYTES"):
+    for key in (
+        "SESSION_IDLE_MINUTES",
+        "SESSION_MAX_HOURS",
+        "IMPORT_MAX_BYTES",
+        "RECENT_SIGN_IN_MINUTES",
+    ):
         _positive(app, key)
     _positive(app, "MOODLE_MAX_BYTES")
     if int(app.config["HSTS_SECONDS"]) < 0:

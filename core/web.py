@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
 import time
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -168,15 +170,13 @@ def start_session() -> None:
     session.permanent = True
 
 
-# Changing how someone signs in (one's own second factor, anyone's email address or roles) needs a
-# sign-in here this recently: a session left open on a shared computer cannot do it.
-RECENT_SIGN_IN_SECONDS = 10 * 60
-
-
-def signed_in_recently(seconds: int = RECENT_SIGN_IN_SECONDS) -> bool:
+def signed_in_recently() -> bool:
     """Whether this session began with a sign-in here (password, and second factor where one is
-    needed) in the last ``seconds``. A session opened from the LMS never counts: it was opened on
-    the platform's word."""
+    needed) in the last ``COUNTERSIGN_RECENT_SIGN_IN_MINUTES`` (10). Changing how someone signs in
+    (one's own second factor; anyone's email, roles, password link or factor; adding people or
+    API tokens) needs it, so a session left open on a shared computer cannot do it. A session
+    opened from the LMS never counts: it was opened on the platform's word."""
+    seconds = float(current_app.config["RECENT_SIGN_IN_MINUTES"]) * 60
     started = session.get(SESSION_STARTED)
     recent = isinstance(started, int | float) and 0 <= time.time() - started <= seconds
     return recent and not session.get(SESSION_FROM_LMS)
@@ -290,6 +290,25 @@ def _configure_logging() -> None:
         handler.setFormatter(UtcFormatter(LOG_FORMAT))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+
+
+def fresh_sign_in_for_changes(view: Callable[..., Any]) -> Callable[..., Any]:
+    """For an administrator's action that changes who can sign in as whom: a request that changes
+    something (not GET) needs :func:`signed_in_recently`; otherwise nothing is changed and the
+    page offers to sign out and in again, coming back to where they were."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if request.method in ("GET", "HEAD", "OPTIONS") or signed_in_recently():
+            return view(*args, **kwargs)
+        flag("stale_session")
+        rule = request.url_rule
+        back = request.path if rule is not None and "GET" in (rule.methods or ()) else None
+        return render_template(
+            "sign_in_again.html", back=back or url_for("training.dashboard")
+        ), 403
+
+    return wrapped
 
 
 def init_app(app: Flask) -> None:

@@ -29,6 +29,7 @@ from core.web import (
     client_ip,
     external_url,
     federation,
+    fresh_sign_in_for_changes,
     signed_in_recently,
 )
 from mfa.flow import CHALLENGE, TOTP_SECRET, pending_next, pending_person
@@ -492,6 +493,7 @@ def _reset_message(person: Person) -> tuple[str, str]:
     "/admin/people/<int(max=2147483647):person_id>/second-factor/reset", methods=["GET", "POST"]
 )
 @roles_required("admin")
+@fresh_sign_in_for_changes
 def admin_reset(person_id: int) -> Any:
     s = db.session
     person = s.get(Person, person_id)
