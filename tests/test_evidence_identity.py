@@ -2,10 +2,12 @@
 name, state, roles, schools), the social media accounts on the register and their runner rows are
 digested in the audit chain, so that a change made behind the application's back (two people's
 emails swapped, a role added, a runner added or back-dated) is named by verify. Runner rows are
-also append-only under database triggers."""
+also append-only under database triggers, and an account row changes only by closing or erasure."""
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from datetime import timedelta
 
 import pytest
@@ -206,6 +208,193 @@ def test_taking_a_runner_off_is_the_one_change_allowed_and_verify_still_sees_it(
     _sql(app, "UPDATE account_runner SET removed_at = :now WHERE id = :r", now=utcnow(),
          r=world["runner"])  # fmt: skip
     assert [p.split(":")[0] for p in _problems(app)] == [f"account runner {world['runner']} edited"]
+
+
+# --- V7: an account row changes only by closing or erasure; no REPLACE over a register row -------
+
+RUNNER_COLUMNS = "id, account_id, person_id, added_at, added_by_id, removed_at"
+ACCOUNT_COLUMNS = (
+    "id, application_id, platform, handle, recorded_by_id, recorded_at, closed_at, closed_by_id, "
+    "close_reason"
+)
+# The review's cases: a runner row re-inserted as someone else, back-dated; an account's handle
+# rewritten. Each names the id of a row already there.
+FORGED_RUNNER = (
+    "SELECT id, account_id, :vic, '2024-01-01 00:00:00.000000', added_by_id, removed_at "
+    "FROM account_runner WHERE id = :runner"
+)
+FORGED_ACCOUNT = (
+    "SELECT id, application_id, platform, '@replaced', recorded_by_id, recorded_at, closed_at, "
+    "closed_by_id, close_reason FROM social_account WHERE id = :account"
+)
+REPLACING = {
+    "runner upserted": (
+        f"INSERT INTO account_runner ({RUNNER_COLUMNS}) {FORGED_RUNNER} "
+        "ON CONFLICT (id) DO UPDATE SET person_id = excluded.person_id, "
+        "added_at = excluded.added_at"
+    ),
+    "account upserted": (
+        f"INSERT INTO social_account ({ACCOUNT_COLUMNS}) {FORGED_ACCOUNT} "
+        "ON CONFLICT (id) DO UPDATE SET handle = excluded.handle"
+    ),
+    "runner replaced": f"INSERT OR REPLACE INTO account_runner ({RUNNER_COLUMNS}) {FORGED_RUNNER}",
+    "runner replace into": f"REPLACE INTO account_runner ({RUNNER_COLUMNS}) {FORGED_RUNNER}",
+    "account replaced": f"INSERT OR REPLACE INTO social_account ({ACCOUNT_COLUMNS}) {FORGED_ACCOUNT}",
+    "account replace into": f"REPLACE INTO social_account ({ACCOUNT_COLUMNS}) {FORGED_ACCOUNT}",
+}
+
+
+@pytest.mark.parametrize("case", list(REPLACING))
+def test_replace_or_upsert_cannot_rewrite_a_register_row(app, world, database_url, case):
+    statement = REPLACING[case]
+    if "REPLACE" in statement and database_url.startswith("postgresql"):
+        pytest.skip("INSERT OR REPLACE and REPLACE INTO are SQLite's")
+    params = {k: world[k] for k in ("vic", "runner", "account") if f":{k}" in statement}
+    if database_url.startswith("postgresql"):
+        with pytest.raises(DBAPIError, match="is evidence"):
+            _sql(app, statement, **params)
+    else:
+        # The review's way in: the sqlite3 command line, where recursive triggers are off (the
+        # app turns them on), so a REPLACE deletes the old row without firing its no-delete
+        # trigger.
+        with closing(sqlite3.connect(database_url.removeprefix("sqlite:///"))) as plain:
+            with pytest.raises(sqlite3.DatabaseError, match="is evidence"):
+                plain.execute(statement, params)
+    with app.app_context():
+        s = db.session
+        assert s.get(AccountRunner, world["runner"]).person_id == world["ann"]
+        assert s.get(SocialAccount, world["account"]).handle == "@one"
+    assert _problems(app) == []
+
+
+# Each is one transaction; an erasure marker opens the account row only to erasure's redaction.
+MARKER = "INSERT INTO evidence_erasure (person_id) VALUES (:vic)"
+ACCOUNT_REFUSED = {
+    # The review's case.
+    "handle rewritten": ("UPDATE social_account SET handle = '@evil' WHERE id = :account",),
+    "recorder changed": ("UPDATE social_account SET recorded_by_id = :sue WHERE id = :account",),
+    "reopened": (
+        "UPDATE social_account SET closed_at = NULL, closed_by_id = NULL, close_reason = NULL "
+        "WHERE id = :closed",
+    ),
+    "closed again": (
+        "UPDATE social_account SET closed_at = '2030-01-01 00:00:00', closed_by_id = :sue, "
+        "close_reason = 'Other.' WHERE id = :closed",
+    ),
+    "reason rewritten": ("UPDATE social_account SET close_reason = 'Other.' WHERE id = :closed",),
+    "closed in part": (
+        "UPDATE social_account SET closed_at = '2030-01-01 00:00:00' WHERE id = :account",
+    ),
+    "closed and handle changed": (
+        "UPDATE social_account SET closed_at = '2030-01-01 00:00:00', closed_by_id = :sue, "
+        "close_reason = 'Done.', handle = '@evil' WHERE id = :account",
+    ),
+    "platform changed under a marker": (
+        MARKER,
+        "UPDATE social_account SET platform = 'X' WHERE id = :account",
+    ),
+    "closed under a marker": (
+        MARKER,
+        "UPDATE social_account SET closed_at = '2030-01-01 00:00:00', closed_by_id = :sue, "
+        "close_reason = 'Done.', handle = '@evil' WHERE id = :account",
+    ),
+    "reason emptied under a marker": (
+        MARKER,
+        "UPDATE social_account SET close_reason = NULL WHERE id = :closed",
+    ),
+    "reason given to an open account under a marker": (
+        MARKER,
+        "UPDATE social_account SET close_reason = 'Closed.' WHERE id = :account",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ACCOUNT_REFUSED))
+def test_the_database_refuses_every_change_to_an_account_but_closing_and_erasure(app, world, case):
+    statements = ACCOUNT_REFUSED[case]
+    params = {k: world[k] for k in ("sue", "vic", "account", "closed")}
+    used = {k: v for k, v in params.items() if any(f":{k}" in st for st in statements)}
+    with pytest.raises(DBAPIError, match="social_account is evidence"):
+        _sql(app, *statements, **used)
+    assert _problems(app) == []
+
+
+def test_closing_once_and_erasures_redaction_are_the_changes_allowed_and_verify_sees_them(
+    app, world
+):
+    """The trigger lets the application's two changes through; made directly in the database
+    (closing, or a handle changed while an erasure marker exists), the digest does not match."""
+    account = world["account"]
+    _sql(
+        app,
+        "UPDATE social_account SET closed_at = :now, closed_by_id = :sue, close_reason = 'Done.' "
+        "WHERE id = :account",
+        now=utcnow(), sue=world["sue"], account=account,
+    )  # fmt: skip
+    assert [p.split(":")[0] for p in _problems(app)] == [f"social account {account} edited"]
+    closed = world["closed"]
+    _sql(
+        app,
+        MARKER,
+        "UPDATE social_account SET handle = '@redacted', close_reason = 'Redacted.' "
+        "WHERE id = :closed",
+        "DELETE FROM evidence_erasure WHERE person_id = :vic",
+        vic=world["vic"], closed=closed,
+    )  # fmt: skip
+    assert [p.split(":")[0] for p in _problems(app)] == [
+        f"social account {account} edited",
+        f"social account {closed} edited",
+    ]
+    with app.app_context():
+        assert db.session.get(SocialAccount, closed).handle == "@redacted"
+
+
+def test_downgrading_restores_the_register_guards_as_they_were(app, world):
+    """Downgrading to 0019 removes exactly this revision's triggers (the account row is open to
+    UPDATE again, as it was); upgrading puts them back."""
+    from alembic import command
+
+    from core.migrate import alembic_config, upgrade
+
+    added = {"social_account_no_update"}
+    with app.app_context():
+        postgresql = db.session.get_bind().dialect.name == "postgresql"
+    if not postgresql:
+        added |= {"social_account_no_replace", "account_runner_no_replace"}
+
+    def triggers() -> set[str]:
+        query = (
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN "
+            "('social_account'::regclass, 'account_runner'::regclass)"
+            if postgresql
+            else "SELECT name FROM sqlite_master WHERE type = 'trigger' "
+            "AND tbl_name IN ('social_account', 'account_runner')"
+        )
+        with app.app_context():
+            return set(db.session.scalars(text(query)))
+
+    at_head = triggers()
+    assert added <= at_head
+    cfg = alembic_config()
+    try:
+        with app.app_context(), db.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "0019")
+        assert triggers() == at_head - added
+        with app.app_context():
+            functions = db.session.scalar(
+                text("SELECT count(*) FROM pg_proc WHERE proname = 'social_account_guard'")
+                if postgresql
+                else text("SELECT 0")
+            )
+        assert functions == 0
+        _sql(app, "UPDATE social_account SET handle = '@open' WHERE id = :a", a=world["account"])
+    finally:
+        with app.app_context():
+            upgrade()
+    assert triggers() == at_head
+    with pytest.raises(DBAPIError, match="is evidence"):
+        _sql(app, "UPDATE social_account SET handle = '@again' WHERE id = :a", a=world["account"])
 
 
 def test_postgresql_refuses_truncating_the_register(app, world, database_url):
