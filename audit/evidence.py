@@ -181,16 +181,25 @@ def detail_for(table: str, row_id: int, row_digest: str) -> dict[str, int | str]
     return {TABLE_KEY: table, ID_KEY: row_id, DIGEST_KEY: row_digest}
 
 
-def recorded_in(detail: str) -> tuple[str, int, str] | None:
-    """(table, id, digest) when an audit row's detail records an evidence row."""
-    if f'"{DIGEST_KEY}"' not in detail:  # most rows: skip parsing
+def parse_detail(detail: str) -> dict[str, Any] | None:
+    """An audit row's detail when it records an evidence row (most rows do not: not parsed);
+    None for any other, malformed ones included."""
+    if f'"{DIGEST_KEY}"' not in detail:
         return None
     try:
         values = json.loads(detail)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(values, dict):
-        return None
+    return values if isinstance(values, dict) else None
+
+
+def recorded_in(detail: str) -> tuple[str, int, str] | None:
+    """(table, id, digest) when an audit row's detail records an evidence row."""
+    values = parse_detail(detail)
+    return recorded_by(values) if values is not None else None
+
+
+def recorded_by(values: Mapping[str, Any]) -> tuple[str, int, str] | None:
     table, row_id, row_digest = values.get(TABLE_KEY), values.get(ID_KEY), values.get(DIGEST_KEY)
     if table in DIGESTED and isinstance(row_id, int) and isinstance(row_digest, str):
         return table, row_id, row_digest
@@ -297,33 +306,11 @@ def as_recorded(
     return {table: {i: d for i, (d, _) in rows.items()} for table, rows in recorded.items()}
 
 
-def first_recorded_by_change(detail: str, recorded: Recorded) -> tuple[str, int] | None:
-    """(table, id) when an audit row re-records a row over a digest (``was``) although the chain
-    held none for it yet: a row from before digests began, changed by the application before
-    ``flask audit seal`` ran. Whether that is a problem depends on where digests began."""
-    try:
-        values = json.loads(detail)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(values, dict) or values.get(WAS_KEY) is None:
-        return None
-    table, row_id = values.get(TABLE_KEY), values.get(ID_KEY)
-    if table in recorded.rows and isinstance(row_id, int) and row_id not in recorded.rows[table]:
-        return table, row_id
-    return None
-
-
-def replaced_wrongly(event: str, detail: str, recorded: Recorded, seq: int) -> str | None:
-    """For an audit row that re-records an evidence row: a problem when the digest it says it
-    replaced is not the one the chain held for that row (the row had been changed in between, and
-    this row would otherwise make the change look recorded). Rows written before digests carried
-    ``was`` have none and are not checked."""
-    try:
-        values = json.loads(detail)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(values, dict):
-        return None
+def replaced_wrongly(values: Mapping[str, Any], recorded: Recorded, seq: int) -> str | None:
+    """For an audit row (its parsed detail) that re-records an evidence row: a problem when the
+    digest it says it replaced is not the one the chain held for that row (the row had been
+    changed in between, and this row would otherwise make the change look recorded). Rows written
+    before digests carried ``was`` have none and are not checked."""
     was, table, row_id = values.get(WAS_KEY), values.get(TABLE_KEY), values.get(ID_KEY)
     if was is None or table not in recorded.rows:
         return None

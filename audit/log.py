@@ -226,13 +226,12 @@ def key_positions() -> dict[str, Head]:
     return found
 
 
-def rolled_back(schedule: Sequence[Handover]) -> list[str]:
-    """Keys the keyring says took over at a row where the log no longer hands over to them."""
-    handed = {h.kid: h for h in schedule if h.kid}
+def rolled_back(handed: Mapping[str, tuple[int, str]]) -> list[str]:
+    """Keys the keyring says took over at a row where the log (``handed``: each key it hands over
+    to, with the rotation row's seq and hash) no longer hands over to them."""
     problems = []
     for kid, at in sorted(key_positions().items(), key=lambda item: item[1].seq):
-        h = handed.get(kid)
-        if h is None or h.seq != at.seq or h.hash != at.hash:
+        if handed.get(kid) != (at.seq, at.hash):
             problems.append(
                 f"audit key {kid} took over after row {at.seq} (recorded beside the key), but the "
                 "log no longer hands over to it there: rows from that rotation on were removed "
@@ -247,7 +246,7 @@ def signing_key(session: Session) -> bytes:
     rotation at once (each needs the key files: copy ``instance/audit_keys/`` to every server).
     Refuses, rather than go back to an earlier key, when a rotation was removed from the log."""
     schedule = key_schedule(session)
-    problems = rolled_back(schedule)
+    problems = rolled_back({h.kid: (h.seq, h.hash) for h in schedule if h.kid})
     if problems:
         raise KeyRolledBack(
             "; ".join(problems) + ". Nothing can be recorded until this is investigated "
@@ -715,12 +714,15 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
             )
         # Only what a row whose hash verifies says is taken as recorded: a row inserted behind
         # the application's back is reported above, and records nothing.
-        found = evidence.recorded_in(row.detail) if intact and key is not None else None
-        if found is not None:
-            unbased = evidence.first_recorded_by_change(row.detail, recorded)
-            replaced = evidence.replaced_wrongly(row.event, row.detail, recorded, row.seq)
-            if unbased is not None and replaced:
-                deferred.append((*unbased, replaced))  # fine if from before digests began
+        values = evidence.parse_detail(row.detail) if intact and key is not None else None
+        found = evidence.recorded_by(values) if values is not None else None
+        if values is not None and found is not None:
+            table, row_id, _ = found
+            replaced = evidence.replaced_wrongly(values, recorded, row.seq)
+            if replaced and row_id not in recorded.rows[table]:
+                # Re-recorded over a digest the chain never held: a row from before digests,
+                # changed by the application before the seal, is fine (checked below).
+                deferred.append((table, row_id, replaced))
             elif replaced:
                 result.problems.append(replaced)
             recorded.add(*found, row.seq)
@@ -744,13 +746,7 @@ def verify(session: Session, expected_head: Head | None = None) -> Verification:
     result.problems += [
         problem for table, row_id, problem in deferred if row_id > start.get(table, -1)
     ]
-    for kid, at in sorted(key_positions().items(), key=lambda item: item[1].seq):
-        if handed.get(kid) != (at.seq, at.hash):
-            result.problems.append(
-                f"audit key {kid} took over after row {at.seq} (recorded beside the key), but the "
-                "log no longer hands over to it there: rows from that rotation on were removed "
-                "or rewritten"
-            )
+    result.problems += rolled_back(handed)
     if expected_head is not None:
         if result.head is None or result.head.seq < expected_head.seq:
             last = result.head.seq if result.head else 0
