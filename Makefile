@@ -17,11 +17,17 @@ PIP_AUDIT_VERSION := 2.10.1
 DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 shared-mime-info \
 	fonts-dejavu-core fonts-liberation2 poppler-utils chromium tzdata
 
-.PHONY: run test setup deps venv venv-lrs lint format clean bench audit security
+.PHONY: run test check setup deps venv venv-lrs lint format clean bench audit security
+# pytest workers: one per core (pytest-xdist); each has its own SQLite copies and PostgreSQL database.
+TEST_WORKERS ?= auto
 
+# The web server and, beside it, the worker that delivers the outbox (webhooks, grades, xAPI,
+# certificate PDFs, reminders) and does what falls due with time; Ctrl-C stops both.
 run: setup
 	@echo
 	@echo "Countersign is at http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
+	@$(BIN)/flask worker & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) --access-logfile - \
 		--logger-class core.access_log.Redacting app:app
 
@@ -30,7 +36,15 @@ test: deps venv venv-lrs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -c pyproject.toml -q -ll -r $(APP_CODE)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The fast inner loop: lint, then the unit and database tests on SQLite with a twentieth of the
+# generated examples; no browser, crash, integration or other slow tests. `make test` runs them all.
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	env -u TEST_DATABASE_URL HYPOTHESIS_PROFILE=check $(BIN)/pytest -n $(TEST_WORKERS) -q \
+		-m "not slow and not browser and not crash and not integration" $(PYTEST_ARGS)
 
 # Security lint alone: medium and high severity findings fail.
 security: venv

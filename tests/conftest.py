@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from app import create_app
@@ -23,9 +24,63 @@ from core.migrate import upgrade
 from people.models import Person, PersonRole, PersonSchool
 from people.service import record_person, set_password
 
-PG_URL = os.environ.get("TEST_DATABASE_URL")
+
+def _per_worker(url: str | None) -> str | None:
+    """Under pytest-xdist each worker gets its own PostgreSQL database beside the one named in
+    TEST_DATABASE_URL (``countersign_test_gw0``, ...), because tests empty the database they use."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    return base.set(database=f"{base.database}_{worker}").render_as_string(hide_password=False)
+
+
+PG_URL = _per_worker(os.environ.get("TEST_DATABASE_URL"))
+
+# Generated examples: every count a test asks for under ``make test``; a twentieth of it (at least
+# five) under ``make check`` (HYPOTHESIS_PROFILE=check), the fast inner loop.
+QUICK = os.environ.get("HYPOTHESIS_PROFILE") == "check"
+hypothesis_settings.register_profile("check", max_examples=10)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(count: int) -> int:
+    """How many examples a property test generates in this run (see QUICK)."""
+    return max(5, count // 20) if QUICK else count
+
+
+# Markers, so a developer can pick (``pytest -m "not slow"``): ``make check`` runs neither slow,
+# browser, crash nor integration tests. Most are given here from where a test lives and what it
+# uses; a slow test elsewhere says so itself (``@pytest.mark.slow``).
+INTEGRATION_FILES = {
+    "test_xapi.py",  # a real Learning Record Store (ralph) in its own process
+    "test_lti.py",  # a learning platform served on 127.0.0.1
+    "test_mail.py",  # an SMTP server on 127.0.0.1, with TLS
+    "test_deploy.py",  # systemd-analyze, and the deployment files as systemd reads them
+    "test_backup.py",  # backups and restores through the command line, with real keys
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path))
+        if "browser" in path.parts:
+            item.add_marker(pytest.mark.slow)
+        if path.name == "test_crash.py":
+            item.add_marker(pytest.mark.crash)
+            item.add_marker(pytest.mark.slow)
+        if path.name in INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
+        function = getattr(item, "function", None)
+        if path.name == "test_forms_fuzz.py" or getattr(function, "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
+
+
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 PASSWORD = "correct horse battery"
+CHEAP_HASH_METHOD = "pbkdf2:sha256:1"
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +98,8 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_ready() -> str:
     """The PostgreSQL test database, emptied and migrated once per run."""
     assert PG_URL
+    if PG_URL != os.environ["TEST_DATABASE_URL"]:
+        _create_database(PG_URL, os.environ["TEST_DATABASE_URL"])
     engine = create_engine(normalise_url(PG_URL))
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
@@ -53,6 +110,19 @@ def postgres_ready() -> str:
         upgrade()
         db.engine.dispose()
     return PG_URL
+
+
+def _create_database(url: str, reachable: str) -> None:
+    """Create ``url``'s database (if missing) through a connection to ``reachable``."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    admin = create_engine(normalise_url(reachable), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if not exists:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
 
 
 def _truncate_postgres(url: str) -> None:
@@ -109,6 +179,10 @@ def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) 
         "WEBHOOKS_ALLOW_HTTP_LOOPBACK": True,  # test receivers listen on 127.0.0.1
         # The shared sign-in helpers use a password alone; tests of the second factor turn it on.
         "MFA_ROLES": "",
+        # Cheap hashing: thousands of sign-ins must not each spend 50 ms in scrypt. One test
+        # (tests/test_passwords.py) signs in at the production cost, which is what an app outside
+        # a test run always uses.
+        "PASSWORD_HASH_METHOD": CHEAP_HASH_METHOD,
         **app_config,
     }
     application = create_app(config)
@@ -272,3 +346,11 @@ def evidence_guard_off(session, table: str) -> Iterator[None]:
         session.execute(text(f"DROP TRIGGER {trigger}"))
         yield
         session.execute(text(ddl))
+
+
+def run_worker(app: Flask, now: Any = None) -> Any:
+    """One pass of the worker (``flask worker --once``): what the outbox holds is delivered."""
+    from core.outbox import run_once
+
+    with app.app_context():
+        return run_once(now=now)

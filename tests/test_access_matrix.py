@@ -42,6 +42,7 @@ from people.service import check_password
 from quizzes.models import QuizAttempt
 from tests.conftest import (
     BACKENDS,
+    CHEAP_HASH_METHOD,
     PASSWORD,
     Auth,
     _truncate_postgres,
@@ -279,8 +280,8 @@ class World:
 
 @functools.cache
 def _hash_of(password: str) -> str:
-    """One scrypt hash for everyone with the same password: hashing is slow by design."""
-    return generate_password_hash(password)
+    """One hash for everyone with the same password, at the tests' cheap cost."""
+    return generate_password_hash(password, CHEAP_HASH_METHOD)
 
 
 def _person(name: str, roles: tuple[str, ...], password: str | None = PASSWORD,

@@ -52,10 +52,10 @@ from mfa.models import PASSKEY, TOTP, SecondFactor
 from mfa.rules import new_recovery_codes
 from people.auth import INVITE, RESET, make_link_token
 from people.models import Person, SignInAttempt
-from tests.conftest import PASSWORD, csrf_token, right_answers, train_people
+from tests.conftest import PASSWORD, csrf_token, examples, right_answers, train_people
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "500"))  # fewer for a quick local run
-PG_EXAMPLES = 60
+EXAMPLES = examples(int(os.environ.get("FUZZ_EXAMPLES", "500")))  # fewer under `make check`
+PG_EXAMPLES = examples(60)
 POLICY = "social-media-policy"
 MODULE = "scope"
 HUGE = b"a" * (10 * 1024 * 1024)  # over MAX_CONTENT_LENGTH (2 MB): the answer is the 413 page

@@ -11,7 +11,7 @@ from core.db import db
 from people.auth import INVITE, RESET, make_link_token
 from people.models import Person
 from people.passwords import COMMON_MESSAGE, MAX_LENGTH, common_passwords, password_problem
-from people.service import PeopleError, set_password
+from people.service import PASSWORD_HASH_METHOD, PeopleError, set_password
 from tests.conftest import PASSWORD, csrf_token
 
 REFUSED = [
@@ -116,3 +116,29 @@ def test_passwords_with_the_persons_name_email_or_the_site_are_refused(app, make
                       response.get_data(as_text=True), re.S)  # fmt: skip
     assert error and CONTEXT_MESSAGE.split(",")[0] in error.group(1)
     assert _hash(app, pid) is None
+
+
+@pytest.mark.parametrize("app_config", [{"PASSWORD_HASH_METHOD": ""}])
+def test_passwords_are_hashed_and_checked_at_the_production_cost(app, auth, make_person):
+    """The rest of the suite hashes cheaply; here a person is made and signs in with what an app
+    outside a test run always uses: scrypt at N=2^15, r=8, p=1."""
+    person_id = make_person("staff", email="full.cost@ladysmith.example")
+    with app.app_context():
+        stored = db.session.get(Person, person_id).password_hash
+    assert stored.startswith(f"{PASSWORD_HASH_METHOD}$")
+    assert auth.sign_in("full.cost@ladysmith.example", "not the password at all").status_code == 400
+    assert auth.sign_in("full.cost@ladysmith.example").status_code == 302
+
+
+def test_a_cheap_hash_setting_is_ignored_outside_a_test_run(tmp_path):
+    """``PASSWORD_HASH_METHOD`` exists for the test suite: a deployment that sets it still hashes
+    at the production cost."""
+    from app import create_app
+
+    app = create_app({"DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+                      "PASSWORD_HASH_METHOD": "pbkdf2:sha256:1"})  # fmt: skip
+    with app.app_context():
+        person = Person(name="Full Cost", email="full.cost@ladysmith.example")
+        set_password(person, PASSWORD)
+    assert person.password_hash.startswith(f"{PASSWORD_HASH_METHOD}$")
+    assert PASSWORD_HASH_METHOD == "scrypt:32768:8:1"

@@ -20,7 +20,7 @@ from quizzes.bank import Question
 from quizzes.models import QuizAttempt, QuizBank, QuizSubmission
 from quizzes.moodle import MoodleXMLError, export_questions, import_questions
 from quizzes.types import Option
-from tests.conftest import csrf_token, evidence_guard_off, right_answers, wrong_answers
+from tests.conftest import csrf_token, evidence_guard_off, examples, right_answers, wrong_answers
 from tests.test_journey import BASE, read_modules
 from training.loader import ContentError, load_all, load_policy
 
@@ -131,7 +131,7 @@ class FakeQuestion:
         self.options = [{"id": f"o{i}", "text": str(i), "correct": i == 0} for i in range(options)]
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(
     sizes=st.lists(st.integers(min_value=2, max_value=8), min_size=1, max_size=30),
     count=st.integers(min_value=1, max_value=40),
