@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from core import config, web
+from core import config, outbox, web
 from core.db import db
 
 
@@ -22,7 +22,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     web.init_app(app)
 
-    from api import answers, webhooks
+    from api import webhooks
     from api.admin import tokens_bp, webhooks_bp
     from api.cli import tokens_cli, webhooks_cli
     from api.views import api_bp
@@ -32,6 +32,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from certificates import issuing as certificate_issuing
     from certificates.cli import certificates_cli
     from certificates.views import certificates_bp
+    from core.worker import worker_command
     from demo.cli import demo_command
     from lti import grades as lti_grades
     from lti.cli import lti_cli
@@ -43,6 +44,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from quizzes.cli import quiz_cli
     from quizzes.views import quiz_bp
     from reports.views import reports_bp
+    from training import status_store
     from training.cli import content_cli, db_cli, setup_command
     from training.views import training_bp
     from xapi import outbox as xapi_outbox
@@ -80,12 +82,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.cli.add_command(backup_command)
     app.cli.add_command(restore_command)
     webhooks.init_app(app)
-    answers.init_app(app)
+    outbox.init_app(app)
+    status_store.init_app(app)
     certificate_issuing.init_app(app)
     lti_grades.init_app(app)
     xapi_outbox.init_app(app)
     second_factor_init_app(app)
     app.cli.add_command(setup_command)
+    app.cli.add_command(worker_command)
     return app
 
 

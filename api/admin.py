@@ -11,7 +11,7 @@ from wtforms import SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
-from api.models import ApiToken, Webhook, WebhookDelivery
+from api.models import ApiToken, Webhook
 from api.tokens import (
     EXPIRES_SOON,
     LIFETIMES_DAYS,
@@ -22,6 +22,7 @@ from api.tokens import (
     revoke,
 )
 from api.webhooks import create_webhook
+from api.webhooks import deliveries as recent_deliveries
 from api.webhooks import stop_webhook as stop
 from core.db import db, utcnow
 from core.forms import Form
@@ -121,9 +122,7 @@ def webhooks() -> Any:
             db.session.commit()
             form = WebhookForm(formdata=None)
     hooks = db.session.scalars(select(Webhook).order_by(Webhook.id.desc())).all()
-    deliveries = db.session.scalars(
-        select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(50)
-    ).all()
+    deliveries = recent_deliveries(db.session)
     status = 400 if request.method == "POST" and created is None else 200
     return render_template(
         "api/webhooks.html", form=form, hooks=hooks, deliveries=deliveries, created=created

@@ -1,18 +1,11 @@
-"""The API's answers about people's training, precomputed so that a lookup is one query.
+"""The API's answers about people's training, serialised from the stored answers of the rule.
 
-An answer is the JSON the API returns for a person and a policy, produced by the one rule in
-:mod:`training.status` and stored in ``precomputed_status``. It is served only while it cannot be
-stale:
-
-- the person's and the policy's ``status_rev`` are still those it was computed at. Database triggers
-  bump them in the same transaction as any change to evidence, roles, personal details or content,
-  so an answer stops counting the moment the change commits, whichever code made it;
-- ``fresh_until`` has not passed: the moment time alone changes the answer (training expires, or a
-  version published ahead takes effect).
-
-Revisions are read before the evidence, so an answer computed while a change commits is labelled
-with the older revision and never served. Anything missing or out of date is computed, returned and
-stored; storing is an optimisation, and a lookup answers even when it cannot store.
+Answers come from ``stored_status``, the one store of training status (:mod:`training.status_store`),
+read here with one query per lookup on the thread's plain connection (:attr:`db.reader`). A stored
+answer is served only while it counts: the person's and the policy's revisions are those it was
+computed at, and ``fresh_until`` has not passed. Anyone asked about whose answer does not count is
+handed to the store, which asks the rule, stores the answer and announces any change; a lookup
+therefore answers even when nothing was stored before.
 """
 
 from __future__ import annotations
@@ -21,21 +14,17 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from flask import Flask
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from api.models import PrecomputedStatus
 from core.db import Sql, db, utcnow, writing
 from people.models import Person
+from training import status_store
 from training.models import Policy
-from training.publishing import next_takeover
-from training.status import Status, statuses_for
+from training.status import Status
 
 log = logging.getLogger("countersign.api")
 
@@ -63,32 +52,54 @@ def is_id(ref: str) -> bool:
     return ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) <= 2**31 - 1
 
 
-def status_json(person: Person, policy_slug: str, status: Status) -> dict[str, Any]:
-    def iso(value: datetime | None) -> str | None:
-        return value.isoformat().replace("+00:00", "Z") if value else None
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
+
+def answer_json(
+    person: tuple[int, str, str, list[str], bool], policy_slug: str, version: str,
+    trained: bool, valid_until: datetime | None, modules: list[dict], missing: list[dict],
+) -> dict[str, Any]:  # fmt: skip
+    """The API's answer for a person, from the stored answer's columns."""
+    person_id, name, email, roles, active = person
     return {
         "person": {
-            "id": person.id,
-            "name": person.name,
-            "email": person.email,
-            "roles": person.roles,
-            "active": person.active,
-        },
-        "policy": {"slug": policy_slug, "version": status.version},
-        "trained": status.trained,
-        "valid_until": iso(status.valid_until),
+            "id": person_id,
+            "name": name,
+            "email": email,
+            "roles": roles,
+            "active": active,
+        },  # fmt: skip
+        "policy": {"slug": policy_slug, "version": version},
+        "trained": trained,
+        "valid_until": _iso(valid_until),
         "modules": [
             {
-                "slug": m.slug,
-                "title": m.title,
-                "status": m.state,
-                "completed_at": iso(m.completed_at),
+                "slug": m["slug"],
+                "title": m["title"],
+                "status": m["state"],
+                "completed_at": _iso(_when(m["completed_at"])),
             }
-            for m in status.modules
-        ],
-        "missing": [{"module": m.module, "reason": m.reason} for m in status.missing],
+            for m in modules
+        ],  # fmt: skip
+        "missing": [{"module": m["module"], "reason": m["reason"]} for m in missing],
     }
+
+
+def _when(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def status_json(person: Person, policy_slug: str, status: Status) -> dict[str, Any]:
+    """The API's answer for a person, from the rule's :class:`Status`."""
+    return answer_json(
+        (person.id, person.name, person.email, person.roles, person.active), policy_slug,
+        status.version, status.trained, status.valid_until,
+        [{"slug": m.slug, "title": m.title, "state": m.state,
+          "completed_at": m.completed_at.isoformat() if m.completed_at else None}
+         for m in status.modules],
+        [{"module": m.module, "reason": m.reason} for m in status.missing],
+    )  # fmt: skip
 
 
 def dumps(value: Any) -> str:
@@ -111,17 +122,26 @@ def status_only(body: str) -> str:
 
 _POLICIES = Sql("SELECT id, slug, status_rev FROM policy ORDER BY slug")
 
-# One query: each person asked about, with their answer when a valid one is stored.
-_LOOKUP = Sql(
-    """
-    SELECT p.id, p.email, p.status_rev, s.trained, s.body
+# One query: each person asked about, their roles, and their answer when a valid one is stored.
+_LOOKUP = """
+    SELECT p.id, p.email, p.name, p.active, {roles},
+           s.person_id, s.version, s.trained, s.valid_until, s.modules, s.missing
     FROM person p
-    LEFT JOIN precomputed_status s
+    LEFT JOIN stored_status s
       ON s.person_id = p.id AND s.policy_id = :policy_id
      AND s.person_rev = p.status_rev AND s.policy_rev = :policy_rev
-     AND (s.fresh_until IS NULL OR s.fresh_until > :now)
-    WHERE p.id {in :ids integer} OR p.email {in :emails text}
-    """
+     AND s.computed_at <= :now AND (s.fresh_until IS NULL OR s.fresh_until > :now)
+    WHERE p.id {{in :ids integer}} OR p.email {{in :emails text}}
+"""
+_LOOKUP_SQLITE = Sql(
+    _LOOKUP.format(
+        roles="(SELECT group_concat(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+    )
+)
+_LOOKUP_POSTGRESQL = Sql(
+    _LOOKUP.format(
+        roles="(SELECT string_agg(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+    )
 )
 
 
@@ -143,18 +163,38 @@ def find_answers(
     emails = sorted({k for k in keys.values() if isinstance(k, str)})
     if not keys:
         return {}
-    rows = db.reader.all(
-        _LOOKUP, policy_id=policy.id, policy_rev=policy.rev, now=now, ids=ids, emails=emails
-    )
+    reader = db.reader
+    rows = reader.all(
+        _LOOKUP_POSTGRESQL if reader.postgresql else _LOOKUP_SQLITE,
+        policy_id=policy.id, policy_rev=policy.rev, now=now, ids=ids, emails=emails,
+    )  # fmt: skip
     answers: dict[int, Answer] = {}
-    revs: dict[int, int] = {}
-    for person_id, _, rev, trained, body in rows:
-        if body is None:
-            revs[person_id] = rev
-        else:
-            answers[person_id] = Answer(person_id, bool(trained), body)
-    if revs:
-        answers.update(_compute(db.session, policy, revs, now))
+    wanted: list[int] = []
+    for (
+        pid,
+        email,
+        name,
+        active,
+        roles,
+        stored,
+        version,
+        trained,
+        valid_until,
+        modules,
+        missing,
+    ) in rows:
+        if stored is None:
+            wanted.append(pid)
+            continue
+        person = (pid, name, email, sorted(roles.split(",")) if roles else [], bool(active))
+        body = answer_json(
+            person, policy.slug, version, bool(trained),
+            reader.datetime(valid_until) if valid_until is not None else None,
+            reader.json(modules), reader.json(missing),
+        )  # fmt: skip
+        answers[pid] = Answer(pid, bool(trained), dumps(body))
+    if wanted:
+        answers.update(_compute(db.session, policy, wanted, now))
     person_for: dict[int | str, int] = {row[0]: row[0] for row in rows}
     person_for.update((row[1], row[0]) for row in rows)
     found: dict[str, Answer] = {}
@@ -166,126 +206,29 @@ def find_answers(
 
 
 def _compute(
-    session: Session, policy_ref: PolicyRef, revs: dict[int, int], now: datetime
+    session: Session, policy_ref: PolicyRef, person_ids: list[int], now: datetime
 ) -> dict[int, Answer]:
-    """Run the rule for these people, store the answers labelled with ``revs``, return them."""
+    """Hand these people to the store: the rule runs once each, and each answer is stored (and
+    any change announced) in a short transaction; a lookup answers even when it cannot store."""
     policy = session.get(Policy, policy_ref.id)
     if policy is None:
         raise LookupError(f"policy {policy_ref.slug!r} does not exist")
-    people = session.scalars(
-        select(Person)
-        .where(Person.id.in_(list(revs)))
-        .options(selectinload(Person.role_rows))
-        .execution_options(populate_existing=True)  # never details from an earlier transaction
-    ).all()
-    statuses = statuses_for(session, list(people), policy, now)
-    takeover = next_takeover(session, policy, now.date())
-    version_changes = datetime.combine(takeover, time(), UTC) if takeover else None
-    answers: dict[int, Answer] = {}
-    rows: list[dict[str, Any]] = []
-    for person in people:
-        status = statuses[person.id]
-        body = dumps(status_json(person, policy.slug, status))
-        answers[person.id] = Answer(person.id, status.trained, body)
-        moments = [m for m in (status.changes_at, version_changes) if m is not None]
-        rows.append(
-            {
-                "person_id": person.id,
-                "policy_id": policy.id,
-                "person_rev": revs[person.id],
-                "policy_rev": policy_ref.rev,
-                "trained": status.trained,
-                "standing": status.standing,
-                "completed": status.completed_count,
-                "required": len(status.modules),
-                "valid_until": status.valid_until,
-                "body": body,
-                "fresh_until": min(moments, default=None),
-                "computed_at": now,
-            }
-        )
-    _store(session, rows)
-    return answers
-
-
-def _store(session: Session, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(PrecomputedStatus)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["person_id", "policy_id"],
-        set_={
-            name: stmt.excluded[name]
-            for name in (
-                "person_rev",
-                "policy_rev",
-                "trained",
-                "standing",
-                "completed",
-                "required",
-                "valid_until",
-                "body",
-                "fresh_until",
-                "computed_at",
-            )
-        },
-    )
     try:
         with writing(session):
-            session.execute(stmt, rows)
-    except OperationalError:  # busy: the answer stands; it is computed again next time
-        log.warning("could not store %d precomputed statuses", len(rows), exc_info=True)
+            policy = session.get_one(Policy, policy_ref.id)
+            people = status_store.load_people(session, person_ids)
+            statuses = status_store.refresh(session, people, policy, now)
+            bodies = {p.id: dumps(status_json(p, policy.slug, statuses[p.id])) for p in people}
+    except OperationalError:  # busy: answer without storing; the next lookup stores it
+        log.warning("could not store %d training statuses", len(person_ids), exc_info=True)
+        people = status_store.load_people(session, person_ids)
+        from training.status import statuses_for
+
+        statuses = statuses_for(session, people, policy, now)
+        bodies = {p.id: dumps(status_json(p, policy.slug, statuses[p.id])) for p in people}
+    return {pid: Answer(pid, statuses[pid].trained, body) for pid, body in bodies.items()}
 
 
-_OUT_OF_DATE = Sql(
-    """
-    SELECT p.id FROM person p
-    LEFT JOIN precomputed_status s
-      ON s.person_id = p.id AND s.policy_id = :policy_id
-     AND s.person_rev = p.status_rev AND s.policy_rev = :policy_rev
-     AND (s.fresh_until IS NULL OR s.fresh_until > :now)
-    WHERE s.person_id IS NULL
-    ORDER BY p.id
-    """
-)
-
-
-def refresh(
-    person_ids: list[int] | None = None, batch: int = 1000, now: datetime | None = None
-) -> int:
-    """Make sure these people's answers (everyone's when None) are stored and valid.
-
-    Returns how many answers were checked: those still valid are left as they are.
-    """
-    now = now or utcnow()
-    count = 0
-    for policy in policies():
-        if person_ids is None:  # only those out of date: one query finds them
-            params = {"policy_id": policy.id, "policy_rev": policy.rev, "now": now}
-            wanted = [row[0] for row in db.reader.all(_OUT_OF_DATE, **params)]
-        else:
-            wanted = person_ids
-        for start in range(0, len(wanted), batch):
-            chunk = [str(i) for i in wanted[start : start + batch]]
-            try:
-                count += len(find_answers(policy, chunk, now))
-            except LookupError:
-                break  # a policy without a version has nothing to answer
-    return count
-
-
-def init_app(app: Flask) -> None:
-    """After a change to some people's status, store their new answers straight away."""
-    from core.events import status_may_change
-
-    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
-        if sender is not app or person_ids is None:
-            return  # everyone: answers are computed as they are asked for
-        try:
-            refresh(person_ids)
-        except Exception:  # the change itself is committed; answers are computed on demand
-            log.exception("could not precompute training status")
-
-    status_may_change.connect(on_change, weak=False)
+def refresh(person_ids: list[int] | None = None, now: datetime | None = None) -> int:
+    """Bring stored answers up to date (these people's, or everyone's); how many were computed."""
+    return status_store.bring_up_to_date(db.session, person_ids, now)

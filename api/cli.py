@@ -8,8 +8,8 @@ from sqlalchemy import select
 
 from api.models import ApiToken
 from api.tokens import MAX_LIFETIME_DAYS, SCOPES, TokenError, create_token, revoke
-from api.webhooks import create_webhook, deliver_due, detect_changes
-from core.db import db, utcnow, writing
+from api.webhooks import create_webhook
+from core.db import db, utcnow
 
 
 @click.group("tokens", help="API tokens for other systems.")
@@ -82,14 +82,3 @@ def add_webhook(url: str) -> None:
         raise click.ClickException(str(exc))
     db.session.commit()
     click.echo(f"Webhook {hook.id} → {hook.url}\nSigning secret (HMAC-SHA256): {hook.secret}")
-
-
-@webhooks_cli.command(
-    "run", help="Notice changes (expiries too) and deliver what is due. Run from cron."
-)
-@with_appcontext
-def run_webhooks() -> None:
-    with writing(db.session):
-        queued = detect_changes(db.session, None)
-    delivered = deliver_due(db.session)
-    click.echo(f"{queued} new events queued, {delivered} deliveries made.")

@@ -1,10 +1,10 @@
 """Webhooks: tell other systems when someone's trained status changes.
 
-Each person's last announced status per policy is kept (``StatusSnapshot``); after anything that may
-change a status, the rule is asked again and every difference becomes an event, queued for each
-active webhook. Deliveries are POSTed as JSON signed with HMAC-SHA256 of the body under the
-webhook's secret, and retried with back-off until they succeed or give up. ``flask webhooks run``
-(from cron, every minute) retries what is due and notices expiries, which no request announces.
+Each ``status.changed`` event (:mod:`training.status_store`) in which someone became trained or
+stopped being trained becomes one delivery per active webhook, in the outbox. The worker POSTs each
+as JSON signed with HMAC-SHA256 of the body under the webhook's secret, and retries with back-off
+until it succeeds or gives up (:mod:`core.outbox`). Expiries are noticed by the worker's sweep,
+so they are announced too.
 
 An address is a way into the network the server sits in, so it must be https and its host must be
 public: the name is resolved and every address checked when the webhook is added, and again before
@@ -24,29 +24,27 @@ import logging
 import secrets
 import socket
 import ssl
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
-from api.models import StatusSnapshot, Webhook, WebhookDelivery
+from api.models import Webhook
 from audit.log import record
-from core.db import utcnow
+from core.outbox import GiveUp, OutboxMessage, Retry, enqueue, subscribe, topic
 from people.models import Person
-from training.models import Policy
-from training.publishing import current_version
-from training.status import statuses_for
+from training.models import StoredStatus
+from training.status_store import STATUS_CHANGED
 
 log = logging.getLogger("countersign.webhooks")
 EVENT = "training_status.changed"
-BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
+BACKOFF = tuple(timedelta(minutes=m) for m in (1, 5, 30, 120, 720))  # then give up
 TIMEOUT_SECONDS = 10
 
 
@@ -216,94 +214,89 @@ def stop_webhook(session: Session, webhook: Webhook, stopped_by_id: int | None) 
                subject_id=webhook.id)  # fmt: skip
 
 
-def detect_changes(
-    session: Session, person_ids: list[int] | None, now: datetime | None = None
-) -> int:
-    """Compare statuses with the last announced ones; queue an event for each change."""
-    now = now or utcnow()
-    hooks = session.scalars(select(Webhook).where(Webhook.active.is_(True))).all()
-    query = select(Person).options(selectinload(Person.role_rows))
-    if person_ids is not None:
-        query = query.where(Person.id.in_(person_ids))
-    people = session.scalars(query).all()
-    queued = 0
-    for policy in session.scalars(select(Policy)):
-        version = current_version(session, policy, now.date())
-        if version is None or not people:
-            continue
-        statuses = statuses_for(session, list(people), policy, now)
-        known = {
-            s.person_id: s
-            for s in session.scalars(
-                select(StatusSnapshot).where(
-                    StatusSnapshot.policy_id == policy.id,
-                    StatusSnapshot.person_id.in_([p.id for p in people]),
-                )
-            )
-        }
-        for person in people:
-            status = statuses[person.id]
-            snapshot = known.get(person.id)
-            if snapshot is not None and snapshot.trained == status.trained:
-                continue
-            if snapshot is None:
-                session.add(
-                    StatusSnapshot(
-                        person_id=person.id, policy_id=policy.id, trained=status.trained, at=now
-                    )
-                )
-                if not status.trained:
-                    continue  # someone new and untrained: nothing has changed yet
-            else:
-                snapshot.trained, snapshot.at = status.trained, now
-            payload = {
-                "id": str(uuid.uuid4()),
-                "type": EVENT,
-                "occurred_at": now.isoformat().replace("+00:00", "Z"),
-                "data": {
-                    "person": {"id": person.id, "email": person.email, "name": person.name},
-                    "policy": {"slug": policy.slug, "version": status.version},
-                    "trained": status.trained,
-                    "valid_until": status.valid_until.isoformat().replace("+00:00", "Z")
-                    if status.valid_until
-                    else None,
-                    "missing": [{"module": m.module, "reason": m.reason} for m in status.missing],
-                },
-            }
-            for hook in hooks:
-                session.add(
-                    WebhookDelivery(
-                        webhook_id=hook.id,
-                        event_id=payload["id"],
-                        payload=payload,
-                        created_at=now,
-                        next_attempt_at=now,
-                        attempts=0,
-                    )  # fmt: skip
-                )
-                queued += 1
-    session.flush()
-    return queued
+DELIVERY = "webhook"
 
 
-def deliver_due(session: Session, now: datetime | None = None, limit: int = 100) -> int:
-    """Attempt every delivery that is due; returns how many succeeded."""
-    now = now or utcnow()
-    due = session.scalars(
-        select(WebhookDelivery)
-        .where(
-            WebhookDelivery.delivered_at.is_(None),
-            WebhookDelivery.gave_up_at.is_(None),
-            WebhookDelivery.next_attempt_at <= now,
+def on_status_changed(session: Session, message: OutboxMessage) -> None:
+    """A ``status.changed`` event: when someone became trained or stopped being trained, queue
+    one delivery for each active webhook. A first answer (``old`` is None: someone new, or the store
+    filling after an upgrade) changes nothing anyone was told."""
+    change = message.payload
+    old, new = change["old"], change["new"]
+    if old is None or old["trained"] == new["trained"]:
+        return
+    hooks = session.scalars(select(Webhook.id).where(Webhook.active.is_(True))).all()
+    if not hooks:
+        return
+    person = session.get(Person, change["person_id"])
+    if person is None:
+        return
+    status = session.scalar(
+        select(StoredStatus).where(
+            StoredStatus.person_id == person.id, StoredStatus.policy_id == change["policy_id"]
         )
-        .order_by(WebhookDelivery.id)
-        .limit(limit)
-    ).all()
-    ok = 0
-    for delivery in due:
-        ok += _attempt(session, delivery, now)
-        session.commit()
-    return ok
+    )
+    event = {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"countersign:{message.key or message.id}")),
+        "type": EVENT,
+        "occurred_at": change["at"].replace("+00:00", "Z"),
+        "data": {
+            "person": {"id": person.id, "email": person.email, "name": person.name},
+            "policy": {"slug": change["policy"], "version": new["version"]},
+            "trained": new["trained"],
+            "valid_until": new["valid_until"].replace("+00:00", "Z")
+            if new["valid_until"]
+            else None,
+            "missing": list(status.missing) if status is not None else [],
+        },
+    }
+    for hook_id in hooks:
+        enqueue(session, DELIVERY, {"webhook_id": hook_id, "event": event},
+                key=f"{DELIVERY}:{hook_id}:{event['id']}", person_id=person.id)  # fmt: skip
+
+
+def deliver(session: Session, message: OutboxMessage) -> int:
+    """POST one event to one webhook (the worker records the outcome and retries)."""
+    hook = session.get(Webhook, message.payload["webhook_id"])
+    if hook is None or not hook.active:
+        raise GiveUp("not sent: the webhook was stopped")
+    event = message.payload["event"]
+    body = json.dumps(event, separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "Countersign-Webhooks/1",
+        "X-Countersign-Event": event["type"],
+        "X-Countersign-Delivery": str(message.id),
+        "X-Countersign-Signature": sign(hook.secret, body),
+    }
+    session.commit()  # nothing held open while the receiver answers
+    try:
+        target = resolve_target(hook.url)  # again: what the name points at may have changed
+        status = _post(target, body, headers)
+    except AddressRefused:
+        raise Retry("not sent: the address is not on the internet")
+    except ssl.SSLError:
+        raise Retry("could not connect securely (certificate not accepted)")
+    except (OSError, http.client.HTTPException):
+        raise Retry("could not connect")
+    if 200 <= status < 300:
+        return status
+    error = f"the receiving server answered {status}"
+    if 300 <= status < 400:
+        error += " (a redirect, which is not followed)"
+    raise Retry(error, status)
+
+
+def deliveries(session: Session, limit: int = 50) -> list[OutboxMessage]:
+    """The latest deliveries, newest first, for the administrators' page."""
+    return list(
+        session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.topic == DELIVERY)
+            .order_by(OutboxMessage.id.desc())
+            .limit(limit)
+        )
+    )
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -348,71 +341,7 @@ def _post(target: Target, body: bytes, headers: dict[str, str]) -> int:
         connection.close()
 
 
-def _attempt(session: Session, delivery: WebhookDelivery, now: datetime) -> bool:
-    hook = session.get(Webhook, delivery.webhook_id)
-    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "Countersign-Webhooks/1",
-        "X-Countersign-Event": delivery.payload["type"],
-        "X-Countersign-Delivery": str(delivery.id),
-        "X-Countersign-Signature": sign(hook.secret, body),
-    }
-    delivery.attempts += 1
-    delivery.last_attempt_at = now
-    status: int | None = None
-    try:
-        target = resolve_target(hook.url)  # again: what the name points at may have changed
-        status = _post(target, body, headers)
-    except AddressRefused:
-        error = "not sent: the address is not on the internet"
-    except ssl.SSLError:
-        error = "could not connect securely (certificate not accepted)"
-    except (OSError, http.client.HTTPException):
-        error = "could not connect"
-    else:
-        if 200 <= status < 300:
-            delivery.last_status, delivery.delivered_at, delivery.last_error = status, now, None
-            return True
-        error = f"the receiving server answered {status}"
-        if 300 <= status < 400:
-            error += " (a redirect, which is not followed)"
-    delivery.last_status, delivery.last_error = status, error
-    if delivery.attempts > len(BACKOFF):
-        delivery.gave_up_at = now
-    else:
-        delivery.next_attempt_at = now + BACKOFF[delivery.attempts - 1]
-    return False
-
-
 def init_app(app: Flask) -> None:
-    """Listen for status changes; queue events and make the first delivery attempt at once."""
-    from core.db import db
-    from core.events import status_may_change
-
-    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
-        if sender is not app:
-            return
-        session = db.session
-        if not session.scalar(select(Webhook.id).where(Webhook.active.is_(True)).limit(1)):
-            return
-        from core.db import writing
-
-        with writing(session):
-            queued = detect_changes(session, person_ids)
-        if queued and not app.config.get("WEBHOOKS_SYNC"):
-            threading.Thread(target=_deliver_in_background, args=(app,), daemon=True).start()
-        elif queued:
-            deliver_due(session)
-
-    status_may_change.connect(on_change, weak=False)
-
-
-def _deliver_in_background(app: Flask) -> None:
-    from core.db import db
-
-    with app.app_context():
-        try:
-            deliver_due(db.session)
-        except Exception:  # a failed delivery is retried by `flask webhooks run`
-            log.exception("webhook delivery failed")
+    """Deliveries are the worker's: one per webhook for each change of someone's trained status."""
+    topic(app, DELIVERY, deliver, remote=True, backoff=BACKOFF)
+    subscribe(app, STATUS_CHANGED, on_status_changed)

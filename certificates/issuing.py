@@ -1,13 +1,15 @@
 """Issuing certificates: one for each acknowledgement that made a person trained.
 
-Whether someone is trained is asked of :mod:`training.status`, never decided here. A person who is
-trained now, on the strength of an acknowledgement that has no certificate yet, is due one. The
-unique acknowledgement on :class:`~certificates.models.Certificate` plus ``INSERT … ON CONFLICT DO
-NOTHING`` makes issuing idempotent: called twice, or by two workers at once, it issues one.
+Whether someone is trained is the status store's answer (:mod:`training.status_store`), never
+decided here. A person who is trained now, on the strength of an acknowledgement that has no
+certificate yet, is due one: the ``status.changed`` event that says so issues it, in the worker.
+The unique acknowledgement on :class:`~certificates.models.Certificate` plus ``INSERT … ON CONFLICT
+DO NOTHING`` makes issuing idempotent: called twice, or by two workers at once, it issues one.
 
-The PDF is rendered straight after issuing, outside the issuing transaction (rendering takes far
-longer than the insert, and SQLite has one writer at a time). If rendering fails the certificate
-stands without its PDF, which is rendered on first download or by ``flask certificates issue``.
+The PDF is rendered by the worker afterwards (a ``certificate.render`` message), outside the issuing
+transaction: rendering takes far longer than the insert, and SQLite has one writer at a time. A
+certificate downloaded before then is rendered on demand; ``flask certificates issue`` issues and
+renders anything missed.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from audit import evidence
 from audit.log import record_evidence, trusted_rows
 from certificates.models import Certificate
 from certificates.render import render
-from core.db import db, insert_ignoring_conflict, utcnow, writing
+from core.db import insert_ignoring_conflict, utcnow, writing
+from core.outbox import OutboxMessage, enqueue, subscribe, topic
 from core.web import federation
 from people.models import Person
 from training.models import Policy, PolicyVersion
-from training.status import statuses_for
+from training.status_store import STATUS_CHANGED, bring_up_to_date, current_many
 
 log = logging.getLogger("countersign.certificates")
 
@@ -97,7 +100,7 @@ def _issue_for_policy(
     session: Session, people: list[Person], policy: Policy, now: datetime, federation_name: str
 ) -> list[str]:
     try:
-        statuses = statuses_for(session, people, policy, now)
+        statuses = current_many(session, people, policy, now)
     except LookupError:
         return []  # no version published: nobody can be trained on it
     due = [s for s in statuses.values() if s.trained and s.acknowledgement_id is not None]
@@ -259,6 +262,7 @@ def render_missing(
 def issue_to_everyone(session: Session, batch: int = 200) -> int:
     """Issue what is due to everyone, a batch of people per transaction, so that learners'
     writes never wait long behind it. Returns how many certificates were issued."""
+    bring_up_to_date(session)  # one evaluation for each stale answer, before issuing reads them
     ids = list(
         session.scalars(select(Person.id).where(Person.active.is_(True)).order_by(Person.id))
     )
@@ -280,24 +284,36 @@ def issue_and_render(session: Session, person_ids: Iterable[int] | None) -> list
     return issued
 
 
+RENDER = "certificate.render"
+
+
+def on_status_changed(session: Session, message: OutboxMessage) -> None:
+    """Someone became trained through a new acknowledgement: issue their certificate, and queue
+    its PDF for rendering."""
+    old, new = message.payload["old"], message.payload["new"]
+    if not new["trained"] or new["acknowledgement_id"] is None:
+        return
+    if (
+        old is not None
+        and old["trained"]
+        and old["acknowledgement_id"] == new["acknowledgement_id"]
+    ):
+        return
+    for certificate in issue_due(session, [message.payload["person_id"]]):
+        enqueue(session, RENDER, {"certificate_id": certificate.id},
+                key=f"{RENDER}:{certificate.id}", person_id=certificate.person_id)  # fmt: skip
+
+
+def render_one(session: Session, message: OutboxMessage) -> None:
+    certificate = session.get(Certificate, message.payload["certificate_id"])
+    if certificate is None or certificate.pdf is not None:
+        return
+    if session.scalar(select(Person.erased_at).where(Person.id == certificate.person_id)):
+        return  # an erased person's certificates are withdrawn: never rendered again
+    store_pdf(session, certificate)
+
+
 def init_app(app: Flask) -> None:
-    """Issue certificates as soon as people become trained.
-
-    The change that made them trained is committed before the signal is sent, so nothing here can
-    lose it; and nothing here may fail the learner's request: errors are logged, and
-    ``flask certificates issue`` issues and renders whatever was missed.
-    """
-    from core.events import status_may_change
-
-    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
-        # Changes to everyone (publishing, imports) make nobody newly trained by a signature
-        # without a certificate: signing is what makes people trained, and it names the signer.
-        if sender is not app or person_ids is None:
-            return
-        try:
-            issue_and_render(db.session, person_ids)
-        except Exception:
-            db.session.rollback()
-            log.exception("could not issue certificates for people %s", person_ids)
-
-    status_may_change.connect(on_change, weak=False)
+    """Certificates are issued from ``status.changed`` events and rendered by the worker."""
+    subscribe(app, STATUS_CHANGED, on_status_changed)
+    topic(app, RENDER, render_one, remote=True)

@@ -12,7 +12,6 @@ from flask.cli import with_appcontext
 from sqlalchemy.orm import Session
 
 from core.db import db, utcnow
-from core.events import statuses_changed
 from core.web import federation
 from demo.build import (
     accounts_summary,
@@ -26,6 +25,7 @@ from mfa.rules import first_sign_in_note
 from people.demo import DEMO_DOMAIN
 from training.cli import publish_all
 from training.loader import ContentError
+from training.marks import touch_everyone
 from training.publishing import published_policies
 
 MIN_PEOPLE = len(CAST) + MIN_ORDINARY
@@ -88,6 +88,8 @@ def demo_command(target: int, seed: int, force: bool) -> None:
             backdate=others == 0,
         )
         accounts = sign_in_accounts(session)
+        if result.added:
+            touch_everyone(session)  # the worker brings everyone's status up to date
         session.commit()
     except ContentError as exc:
         session.rollback()
@@ -98,7 +100,6 @@ def demo_command(target: int, seed: int, force: bool) -> None:
         session.rollback()
         raise
     if result.added:
-        statuses_changed(None)  # after the commit, so that listeners see the new records
         click.echo(
             f"Demo federation: {result.existing + result.added:,} demo people "
             f"({result.added:,} added now, {result.existing:,} there before)."

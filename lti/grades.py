@@ -1,16 +1,15 @@
 """Grade return (LTI Assignment and Grade Services): the LMS gradebook shows each person's progress,
 and 1.0 once they are trained.
 
-After anything that may change someone's training status, their score on each line item they
-launched from is worked out again; a changed score is queued and posted to the platform, retried
-with back-off until it is accepted or given up. A newer score replaces one not yet sent, since the
-platform keeps only the latest. ``flask lti send-grades`` (from cron) retries what is due.
+Each ``status.changed`` event (:mod:`training.status_store`) works out the person's score on each
+line item they launched from, from the stored answer (the rule is not asked again); a changed score
+is queued, and the worker posts it to the platform, retried with back-off until it is accepted or
+given up. A newer score replaces one not yet sent, since the platform keeps only the latest.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,11 +24,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.db import utcnow
+from core.outbox import OutboxMessage, enqueue, periodic, subscribe, topic
 from lti.launch import http_session, registration_for, service_url_ok
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
 from people.models import Person
 from training.models import Policy
-from training.status import Status, statuses_for
+from training.status import Status
+from training.status_store import STATUS_CHANGED, current_many
 
 log = logging.getLogger("countersign.lti")
 BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
@@ -41,18 +42,59 @@ REPLACED = "Replaced by a newer score before it was sent."
 def score_for(status: Status) -> tuple[float, str, str]:
     """(score, activity progress, grading progress): 1.0 when trained, else the share of the
     steps done (each required module, then signing), never 1.0."""
-    if status.trained:
+    return score_from(
+        trained=status.trained, required=len(status.modules), completed=status.completed_count,
+        acknowledged=status.acknowledged_at is not None,
+    )  # fmt: skip
+
+
+def score_from(
+    *, trained: bool, required: int, completed: int, acknowledged: bool
+) -> tuple[float, str, str]:
+    if trained:
         return 1.0, "Completed", "FullyGraded"
-    steps = len(status.modules) + 1
-    done = status.completed_count + (1 if status.acknowledged_at else 0)
+    steps = required + 1
+    done = completed + (1 if acknowledged else 0)
     share = min(round(done / steps, 4), 0.99)
     return share, ("Initialized" if done == 0 else "InProgress"), "Pending"
+
+
+def _queue(
+    session: Session, link: LtiGradeLink, score: tuple[float, str, str], now: datetime
+) -> bool:
+    """Queue ``score`` for ``link`` unless it is the score last queued; a newer score replaces
+    one not yet sent."""
+    value, activity, grading = score
+    if link.last_score == value:
+        return False
+    session.execute(
+        update(LtiScorePost)
+        .where(
+            LtiScorePost.link_id == link.id,
+            LtiScorePost.sent_at.is_(None),
+            LtiScorePost.gave_up_at.is_(None),
+        )
+        .values(gave_up_at=now, last_error=REPLACED)
+    )
+    session.add(
+        LtiScorePost(
+            link_id=link.id,
+            score=value,
+            activity_progress=activity,
+            grading_progress=grading,
+            created_at=now,
+            next_attempt_at=now,
+        )  # fmt: skip
+    )
+    link.last_score = value
+    return True
 
 
 def queue_scores(
     session: Session, person_ids: list[int] | None, now: datetime | None = None
 ) -> int:
-    """Queue a score for every grade link whose score has changed; returns how many."""
+    """Queue a score for every grade link (of these people) whose score has changed, from the
+    stored answers; returns how many."""
     now = now or utcnow()
     query = select(LtiGradeLink)
     if person_ids is not None:
@@ -68,37 +110,13 @@ def queue_scores(
             select(Person).where(Person.id.in_({link.person_id for link in policy_links}))
         ).all()
         try:
-            statuses = statuses_for(session, list(people), policy, now)
+            statuses = current_many(session, list(people), policy, now)
         except LookupError:  # nothing published yet
             continue
         for link in policy_links:
             status = statuses[link.person_id]
-            if not status.required:
-                continue
-            score, activity, grading = score_for(status)
-            if link.last_score == score:
-                continue
-            session.execute(
-                update(LtiScorePost)
-                .where(
-                    LtiScorePost.link_id == link.id,
-                    LtiScorePost.sent_at.is_(None),
-                    LtiScorePost.gave_up_at.is_(None),
-                )
-                .values(gave_up_at=now, last_error=REPLACED)
-            )
-            session.add(
-                LtiScorePost(
-                    link_id=link.id,
-                    score=score,
-                    activity_progress=activity,
-                    grading_progress=grading,
-                    created_at=now,
-                    next_attempt_at=now,
-                )  # fmt: skip
-            )
-            link.last_score = score
-            queued += 1
+            if status.required:
+                queued += _queue(session, link, score_for(status), now)
     session.flush()
     return queued
 
@@ -257,43 +275,58 @@ def retry_failed(session: Session, now: datetime | None = None) -> int:
     return result.rowcount or 0
 
 
+SEND = "lti.grades"
+
+
+def queue_for(session: Session, person_ids: list[int]) -> int:
+    """Queue these people's changed scores, and a message for the worker to post them."""
+    if not session.scalar(
+        select(LtiGradeLink.id).where(LtiGradeLink.person_id.in_(person_ids)).limit(1)
+    ):
+        return 0
+    queued = queue_scores(session, person_ids)
+    if queued:
+        enqueue(session, SEND, {})
+    return queued
+
+
+def send_later(session: Session) -> None:
+    """Ask the worker to post what is due (in the caller's transaction)."""
+    enqueue(session, SEND, {})
+
+
+def on_status_changed(session: Session, message: OutboxMessage) -> None:
+    """The person's score on each line item of this policy, from the event's new standing."""
+    change = message.payload
+    new = change["new"]
+    if not new["required"]:
+        return
+    links = session.scalars(
+        select(LtiGradeLink).where(
+            LtiGradeLink.person_id == change["person_id"],
+            LtiGradeLink.policy_id == change["policy_id"],
+        )
+    ).all()
+    score = score_from(
+        trained=new["trained"], required=new["required"], completed=new["completed"],
+        acknowledged=new["acknowledgement_id"] is not None,
+    )  # fmt: skip
+    now = utcnow()
+    if sum(_queue(session, link, score, now) for link in links):
+        session.flush()
+        enqueue(session, SEND, {})
+
+
+def _send(session: Session, message: OutboxMessage) -> None:
+    send_due(session)
+
+
+def _send_periodic(session: Session, now: datetime) -> None:
+    send_due(session, now)
+
+
 def init_app(app: Flask) -> None:
-    """Queue changed scores after each status change; post them at once, off the request."""
-    from core.db import db, writing
-    from core.events import status_may_change
-
-    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
-        if sender is not app:
-            return
-        session = db.session
-        query = select(LtiGradeLink.id).limit(1)
-        if person_ids is not None:
-            query = query.where(LtiGradeLink.person_id.in_(person_ids))
-        if not session.scalar(query):
-            return
-        with writing(session):
-            queued = queue_scores(session, person_ids)
-        if queued:
-            send_soon(app)
-
-    status_may_change.connect(on_change, weak=False)
-
-
-def send_soon(app: Flask) -> None:
-    """Post what is due off the request (at once, in the request, when LTI_GRADES_SYNC is set)."""
-    from core.db import db
-
-    if app.config.get("LTI_GRADES_SYNC"):
-        send_due(db.session)
-    else:
-        threading.Thread(target=_send_in_background, args=(app,), daemon=True).start()
-
-
-def _send_in_background(app: Flask) -> None:
-    from core.db import db
-
-    with app.app_context():
-        try:
-            send_due(db.session)
-        except Exception:  # a failed post is retried by `flask lti send-grades`
-            log.exception("grade return failed")
+    """Scores follow ``status.changed`` events; the worker posts them and retries what is due."""
+    subscribe(app, STATUS_CHANGED, on_status_changed)
+    topic(app, SEND, _send, remote=True)
+    periodic(app, SEND, _send_periodic, timedelta(minutes=1))

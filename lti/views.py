@@ -24,7 +24,6 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length
 
 from core.db import db, may_write, reads_only, writing
-from core.events import statuses_changed
 from core.forms import Form
 from core.mail import send_mail_later, smtp_configured
 from core.security_log import flag
@@ -160,7 +159,8 @@ def launch() -> Any:
     session[EMBEDDED_IN] = origins_of(platform)
     session[LAUNCHED] = True
     login_user(arrival.person)
-    statuses_changed([arrival.person.id])  # the gradebook learns where they stand now
+    with writing(db.session):  # the gradebook learns where they stand now
+        grades.queue_for(db.session, [arrival.person.id])
     return redirect(url_for("training.dashboard"))
 
 
@@ -473,9 +473,9 @@ def edit_platform(platform_id: int) -> Any:
 def retry_grades() -> Any:
     Form()  # CSRF is checked globally
     count = grades.retry_failed(db.session)
-    db.session.commit()
     if count:
-        grades.send_soon(current_app._get_current_object())
+        grades.send_later(db.session)  # the worker sends them
+    db.session.commit()
     flash(f"{count} score{'s are' if count != 1 else ' is'} being sent again; reload this page "
           "to see how it went.", "success")  # fmt: skip
     return redirect(url_for("lti.platforms"))

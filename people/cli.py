@@ -10,7 +10,6 @@ from flask.cli import with_appcontext
 
 from audit.log import record
 from core.db import db
-from core.events import statuses_changed
 from core.web import external_url, federation
 from people.auth import INVITE, make_link_token
 from people.privacy import (
@@ -42,7 +41,6 @@ def import_command(file: Path) -> None:
     try:
         result = import_people(session, text, federation())
         session.commit()
-        statuses_changed(None)
     except PeopleError as exc:
         session.rollback()
         for error in getattr(exc, "errors", [exc]):
@@ -127,8 +125,6 @@ def erase_expired_command(dry_run: bool) -> None:
         else:
             erased.append(person_id)
             click.echo(f"erased person #{person_id}")
-    if erased:
-        statuses_changed(erased)
     click.echo(f"{len(erased)} leaver(s) erased after the {days}-day retention period.")
     if failed:
         raise click.ClickException(f"{failed} erasure(s) failed; nothing was changed for them.")

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session
 
-from api.models import ApiToken, PrecomputedStatus, Webhook, WebhookDelivery
+from api.models import ApiToken, Webhook
 from approvals.models import (
     AccountApplication,
     AccountRunner,
@@ -33,6 +33,7 @@ from audit.log import note_before_change, record, record_evidence, trusted_rows
 from audit.models import ErasureMarker
 from certificates.models import Certificate
 from core.db import utcnow
+from core.outbox import OutboxMessage
 from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
 from mfa.models import PasskeyChallenge, RecoveryCode, SecondFactor
 from people.models import Person, SignInAttempt
@@ -44,6 +45,7 @@ from training.models import (
     ModuleVisit,
     Policy,
     ReadReceipt,
+    StoredStatus,
 )
 
 log = logging.getLogger("countersign.privacy")
@@ -465,7 +467,7 @@ def erase_person(
     session.execute(delete(RecoveryCode).where(RecoveryCode.person_id == person.id))
     session.execute(delete(PasskeyChallenge).where(PasskeyChallenge.person_id == person.id))
     # Derived answers hold the name and email in their JSON; they are rebuilt on the next lookup.
-    session.execute(delete(PrecomputedStatus).where(PrecomputedStatus.person_id == person.id))
+    session.execute(delete(StoredStatus).where(StoredStatus.person_id == person.id))
     for ack in session.scalars(
         select(Acknowledgement).where(Acknowledgement.person_id == person.id)
     ):
@@ -519,21 +521,18 @@ def erase_person(
             elif isinstance(row, SocialAccount):  # the register is digested too
                 changed["social_account"].add(row.id)
     # Webhook deliveries keep the event as sent, which names the person.
-    about_them = [
-        delivery_id
-        for delivery_id, payload in session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.payload)
-        )
-        if ((payload.get("data") or {}).get("person") or {}).get("id") == person.id
-    ]
     for delivery in session.scalars(
-        select(WebhookDelivery).where(WebhookDelivery.id.in_(about_them))
+        select(OutboxMessage).where(
+            OutboxMessage.topic == "webhook", OutboxMessage.person_id == person.id
+        )
     ):
-        data = delivery.payload["data"]
+        event = delivery.payload["event"]
+        data = event["data"]
         delivery.payload = {
             **delivery.payload,
-            "data": {**data, "person": {**data["person"], "name": new_name, "email": new_email}},
-        }
+            "event": {**event, "data": {**data, "person": {**data["person"], "name": new_name,
+                                                          "email": new_email}}},
+        }  # fmt: skip
 
     person.name, person.email = new_name, new_email
     person.password_hash = None

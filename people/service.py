@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -20,10 +21,29 @@ from people.models import Person, PersonRole, PersonSchool
 from people.passwords import MIN_LENGTH, context_words, password_problem
 from people.roles import ROLES, role_code
 from training.loader import Federation
+from training.status_store import touch
 
 MIN_PASSWORD_LENGTH = MIN_LENGTH
-# Spend the same time checking a password for an unknown email as for a known one.
-_DUMMY_HASH = generate_password_hash("countersign-timing-equaliser")
+# scrypt with N=2^15, r=8, p=1 (werkzeug's default, OWASP's minimum): about 50 ms and 32 MiB a hash.
+PASSWORD_HASH_METHOD = "scrypt:32768:8:1"
+# Spend the same time checking a password for an unknown email as for a known one: one hash of
+# nothing in particular per method, made when first needed.
+_DUMMY_HASHES: dict[str, str] = {}
+
+
+def password_hash_method() -> str:
+    """The production cost always, except in a test run (``TESTING``), which may set a cheaper
+    ``PASSWORD_HASH_METHOD`` so that thousands of sign-ins do not each spend 50 ms in scrypt."""
+    if current_app and current_app.config.get("TESTING"):
+        return current_app.config.get("PASSWORD_HASH_METHOD") or PASSWORD_HASH_METHOD
+    return PASSWORD_HASH_METHOD
+
+
+def _dummy_hash() -> str:
+    method = password_hash_method()
+    if method not in _DUMMY_HASHES:
+        _DUMMY_HASHES[method] = generate_password_hash("countersign-timing-equaliser", method)
+    return _DUMMY_HASHES[method]
 
 
 class PeopleError(ValueError):
@@ -104,8 +124,11 @@ def record_person(
 ) -> None:
     """Record a change to who people are, with each one's digest as now stored (their email,
     name, state, roles and schools): the chain then notices any later change made behind the
-    application's back. Every write to those goes through here, in its own transaction."""
+    application's back. Every write to those goes through here, in its own transaction; and
+    since who people are decides their training status, they are marked for the status store."""
+    person_ids = list(person_ids)
     record_evidence(session, event, "person", person_ids, actor_id=by_id, detail=detail)
+    touch(session, person_ids)
 
 
 def update_person(
@@ -222,13 +245,13 @@ def set_password(person: Person, password: str) -> None:
     problem = password_problem(password, context_words(person.name or "", person.email or ""))
     if problem:
         raise PeopleError(problem)
-    person.password_hash = generate_password_hash(password)
+    person.password_hash = generate_password_hash(password, password_hash_method())
     person.auth_version += 1
 
 
 def check_password(person: Person | None, password: str) -> bool:
     if person is None or not person.password_hash:
-        check_password_hash(_DUMMY_HASH, password)
+        check_password_hash(_dummy_hash(), password)
         return False
     return check_password_hash(person.password_hash, password)
 

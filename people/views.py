@@ -26,7 +26,6 @@ from wtforms.fields.choices import SelectChoice
 
 from audit.log import record
 from core.db import db, may_write, reads_only, writing
-from core.events import statuses_changed
 from core.mail import recent_failures as recent_mail_failures
 from core.mail import send_mail, send_mail_later, smtp_configured
 from core.security_log import flag
@@ -556,7 +555,6 @@ def person(person_id: int) -> Any:
                 form.form_errors.append(str(exc))
             else:
                 db.session.commit()
-                statuses_changed([person.id])
                 flash("Changes saved.", "success")
                 return redirect(url_for("admin.person", person_id=person.id))
     statuses = [
@@ -583,7 +581,6 @@ def deactivate_person(person_id: int) -> Any:
     else:
         deactivate(person, current_user.id)
         db.session.commit()
-        statuses_changed([person.id])
         flash(f"{person.name} is deactivated. Their records are kept.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
@@ -622,7 +619,6 @@ def erase(person_id: int) -> Any:
             refusal = str(exc)
         else:
             db.session.commit()
-            statuses_changed([person.id])
             flash(f"Personal data erased. This record is now {person.name}.", "success")
             return redirect(url_for("admin.person", person_id=person.id))
     status = 409 if refusal else (400 if request.method == "POST" else 200)
@@ -641,7 +637,6 @@ def reactivate_person(person_id: int) -> Any:
         return redirect(url_for("admin.person", person_id=person.id))
     reactivate(person, current_user.id)
     db.session.commit()
-    statuses_changed([person.id])
     flash(f"{person.name} is active again.", "success")
     return redirect(url_for("admin.person", person_id=person.id))
 
@@ -696,7 +691,6 @@ def import_page() -> Any:
                 errors = [str(e) for e in exc.errors]
             else:
                 db.session.commit()
-                statuses_changed(None)
                 flash(
                     f"Imported: {len(result.created)} added, {len(result.updated)} updated, "
                     f"{len(result.unchanged)} unchanged.",

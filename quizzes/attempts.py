@@ -23,6 +23,7 @@ from people.models import Person
 from quizzes.bank import QuizRules
 from quizzes.models import Question, QuizAttempt, QuizBank, QuizSubmission
 from quizzes.types import QUESTION_TYPES, Option, is_right
+from training.status_store import touch
 
 _random = random.SystemRandom()
 
@@ -260,4 +261,5 @@ def submit_attempt(
         [submission.id], actor_id=person.id, subject_type="quiz_attempt", subject_id=attempt.id,
         detail={"module_version": attempt.module_version_id, "score": result.score},
     )  # fmt: skip
+    touch(session, [person.id])
     return submission

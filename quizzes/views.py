@@ -8,7 +8,6 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from core.db import db, utcnow
-from core.events import statuses_changed
 from core.forms import Form
 from core.security_log import flag
 from people.views import roles_required
@@ -30,7 +29,8 @@ from quizzes.models import QuizAttempt, QuizBank
 from quizzes.types import QUESTION_TYPES
 from training.models import ModuleVersion, Policy
 from training.publishing import find_module, published_policies
-from training.status import QUIZ_NOT_PASSED, training_status
+from training.status import QUIZ_NOT_PASSED
+from training.status_store import for_page
 
 quiz_bp = Blueprint("quiz", __name__, template_folder="templates")
 
@@ -53,7 +53,7 @@ def _module_of(attempt: QuizAttempt) -> tuple[Policy, ModuleVersion]:
 def intro(slug: str, module_slug: str) -> Any:
     policy, link, bank = _quiz_module(slug, module_slug)
     s = db.session
-    status = training_status(s, current_user, policy)
+    status = for_page(s, current_user, policy)
     entry = next((m for m in status.modules if m.module_version_id == link.module_version_id), None)
     rules = rules_of(bank)
     state = quiz_state(s, current_user, link.module_version_id, rules, utcnow())
@@ -109,10 +109,8 @@ def attempt(public_id: str) -> Any:
             abort(400)
         selected = _answers_from(request.form)
         try:
-            submission = submit_attempt(s, current_user, public_id, selected)
+            submit_attempt(s, current_user, public_id, selected)
             s.commit()
-            if submission.passed:
-                statuses_changed([current_user.id])
             return redirect(url_for("quiz.result", public_id=public_id))
         except AlreadySubmitted as exc:
             s.rollback()
@@ -145,7 +143,7 @@ def result(public_id: str) -> Any:
     policy, module_version = _module_of(attempt)
     bank = s.get(QuizBank, attempt.bank_id)
     state = quiz_state(s, current_user, attempt.module_version_id, rules_of(bank), utcnow())
-    status = training_status(s, current_user, policy)
+    status = for_page(s, current_user, policy)
     following = next((m for m in status.modules if not m.complete), None)
     return render_template(
         "quizzes/result.html", attempt=attempt, submission=attempt.submission, policy=policy,

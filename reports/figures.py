@@ -1,14 +1,13 @@
 """The figures governors and SLT read: completion by school and role, who is where, and when.
 
-Every figure comes from the stored answers of the one rule (``precomputed_status``, kept by
-:mod:`api.answers`): :func:`up_to_date` first brings any out-of-date answer up to date, then the
+Every figure comes from the stored answers of the one rule (``stored_status``, kept by
+:mod:`training.status_store`): :func:`up_to_date` first brings any out-of-date answer up to date, then the
 figures are plain aggregations in the database, so a report of thousands of people is one page of
 SQL rather than thousands of evaluations.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,12 +16,11 @@ from typing import Any
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from api.answers import refresh
-from api.models import PrecomputedStatus
-from core.db import utcnow
+from core.db import db, utcnow
 from people.models import Person, PersonRole, PersonSchool
 from people.roles import ROLES
-from training.models import Acknowledgement, PolicyVersion
+from training.models import Acknowledgement, PolicyVersion, StoredStatus
+from training.status_store import bring_up_to_date
 
 NO_SCHOOL = ""  # people who work across the federation
 
@@ -42,7 +40,7 @@ DUE = ("in_progress", "not_started", "expired", "outdated")  # must be trained a
 
 def up_to_date(now: datetime | None = None) -> int:
     """Bring every stored answer up to date; returns how many were recomputed."""
-    return refresh(None, now=now)
+    return bring_up_to_date(db.session, now=now)
 
 
 @dataclass
@@ -74,15 +72,15 @@ def _grouped(
     session: Session, policy_id: int, column: Any, join: Any, school: str | None = None
 ) -> dict[str, dict]:
     query = (
-        select(column, PrecomputedStatus.standing, func.count())
-        .select_from(PrecomputedStatus)
-        .outerjoin(join, join.c.person_id == PrecomputedStatus.person_id)
-        .where(PrecomputedStatus.policy_id == policy_id)
-        .group_by(column, PrecomputedStatus.standing)
+        select(column, StoredStatus.standing, func.count())
+        .select_from(StoredStatus)
+        .outerjoin(join, join.c.person_id == StoredStatus.person_id)
+        .where(StoredStatus.policy_id == policy_id)
+        .group_by(column, StoredStatus.standing)
     )
     if school is not None:
         query = query.where(
-            PrecomputedStatus.person_id.in_(
+            StoredStatus.person_id.in_(
                 select(PersonSchool.person_id).where(PersonSchool.school == school)
             )
         )
@@ -111,9 +109,9 @@ def by_role(session: Session, policy_id: int, school: str | None = None) -> list
 def overall(session: Session, policy_id: int) -> Completion:
     counts = dict(
         session.execute(
-            select(PrecomputedStatus.standing, func.count())
-            .where(PrecomputedStatus.policy_id == policy_id)
-            .group_by(PrecomputedStatus.standing)
+            select(StoredStatus.standing, func.count())
+            .where(StoredStatus.policy_id == policy_id)
+            .group_by(StoredStatus.standing)
         ).all()
     )
     return Completion("all", "Everyone", counts)
@@ -187,14 +185,15 @@ def _people_query(policy_id: int, f: PeopleFilter, now: datetime) -> Select:
             Person.name,
             Person.email,
             Person.active,
-            PrecomputedStatus.standing,
-            PrecomputedStatus.completed,
-            PrecomputedStatus.required,
-            PrecomputedStatus.valid_until,
-            PrecomputedStatus.body,
+            StoredStatus.standing,
+            StoredStatus.completed,
+            StoredStatus.required,
+            StoredStatus.valid_until,
+            StoredStatus.modules,
+            StoredStatus.missing,
         )  # fmt: skip
-        .join(PrecomputedStatus, PrecomputedStatus.person_id == Person.id)
-        .where(PrecomputedStatus.policy_id == policy_id)
+        .join(StoredStatus, StoredStatus.person_id == Person.id)
+        .where(StoredStatus.policy_id == policy_id)
     )
     if f.school == "none":
         query = query.where(~Person.id.in_(select(PersonSchool.person_id)))
@@ -206,7 +205,7 @@ def _people_query(policy_id: int, f: PeopleFilter, now: datetime) -> Select:
         query = query.where(
             Person.id.in_(select(PersonRole.person_id).where(PersonRole.role == f.role))
         )
-    standing = PrecomputedStatus.standing
+    standing = StoredStatus.standing
     if f.status == "inactive":
         query = query.where(standing == "inactive")
     elif f.status == "trained":
@@ -219,7 +218,7 @@ def _people_query(policy_id: int, f: PeopleFilter, now: datetime) -> Select:
         query = query.where(standing == f.status)
     elif f.status == "expiring":
         query = query.where(
-            standing == "trained", PrecomputedStatus.valid_until <= now + timedelta(days=f.days)
+            standing == "trained", StoredStatus.valid_until <= now + timedelta(days=f.days)
         )
     else:
         query = query.where(standing.not_in(("inactive", "not_required")))
@@ -235,11 +234,11 @@ def _people_query(policy_id: int, f: PeopleFilter, now: datetime) -> Select:
 
 
 def _row(values: Any) -> Row:
-    pid, name, email, active, standing, completed, required, valid_until, body = values
-    answer = json.loads(body)
+    pid, name, email, active, standing, completed, required, valid_until, modules, missing = values
     return Row(
         pid, name, email, active, standing, completed, required, valid_until,
-        {m["slug"]: m["status"] for m in answer["modules"]}, answer["missing"],
+        {m["slug"]: m["state"] for m in modules}, [{"module": m["module"], "reason": m["reason"]}
+                                                   for m in missing],
     )  # fmt: skip
 
 

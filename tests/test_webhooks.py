@@ -13,19 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from sqlalchemy import func, select
 
-from api.models import Webhook, WebhookDelivery
-from api.webhooks import (
-    BACKOFF,
-    EVENT,
-    AddressRefused,
-    create_webhook,
-    deliver_due,
-    detect_changes,
-)
+from api.models import Webhook
+from api.webhooks import BACKOFF, DELIVERY, EVENT, AddressRefused, create_webhook
 from audit.models import AuditEvent
 from core.db import db, utcnow
+from core.outbox import OutboxMessage, enqueue
 from people.models import Person
-from tests.conftest import Auth, complete_modules
+from tests.conftest import Auth, complete_modules, run_worker
 from tests.smtp_server import make_ca
 from training.models import Policy
 from training.status import add_months
@@ -74,11 +68,6 @@ class Receiver(ThreadingHTTPServer):
 
 
 @pytest.fixture
-def app_config():
-    return {"WEBHOOKS_SYNC": True}
-
-
-@pytest.fixture
 def receiver():
     server = Receiver([])
     yield server
@@ -101,7 +90,18 @@ def sign_through_pages(app, pid, name):
         db.session.commit()
     auth = Auth(app, app.test_client())
     auth.as_person(pid)
-    return auth.post("/policies/social-media-policy/sign", {"confirm": "y", "full_name": name})
+    response = auth.post("/policies/social-media-policy/sign", {"confirm": "y", "full_name": name})
+    run_worker(app)  # the worker delivers what the signature changed
+    return response
+
+
+def deliveries(app) -> list[OutboxMessage]:
+    with app.app_context():
+        found = list(db.session.scalars(
+            select(OutboxMessage).where(OutboxMessage.topic == DELIVERY).order_by(OutboxMessage.id)
+        ))  # fmt: skip
+        db.session.expunge_all()
+        return found
 
 
 def test_becoming_trained_sends_a_signed_event(app, receiver, hook, make_person):
@@ -114,9 +114,9 @@ def test_becoming_trained_sends_a_signed_event(app, receiver, hook, make_person)
     event = json.loads(body)
     assert event["data"]["person"]["email"] == "val@ladysmith.example"
     assert event["data"]["trained"] is True and event["data"]["valid_until"].endswith("Z")
-    with app.app_context():
-        delivery = db.session.scalar(select(WebhookDelivery))
-        assert delivery.delivered_at is not None and delivery.last_status == 200
+    (delivery,) = deliveries(app)
+    assert delivery.done_at is not None and delivery.last_status == 200
+    assert headers["X-Countersign-Delivery"] == str(delivery.id)
 
 
 def test_a_leaver_sends_trained_false(app, receiver, hook, make_person):
@@ -125,6 +125,7 @@ def test_a_leaver_sends_trained_false(app, receiver, hook, make_person):
     admin = Auth(app, app.test_client())
     admin.as_person(make_person("admin"))
     admin.post(f"/admin/people/{pid}/deactivate")
+    run_worker(app)
     assert [json.loads(b)["data"]["trained"] for _, b in receiver.received] == [True, False]
 
 
@@ -134,43 +135,41 @@ def test_failed_deliveries_are_retried_with_back_off_then_given_up(
     receiver.statuses = [500, 503]
     pid = make_person("volunteer", name="Val Vol")
     sign_through_pages(app, pid, "Val Vol")
-    with app.app_context():
-        delivery = db.session.scalar(select(WebhookDelivery))
-        assert delivery.delivered_at is None and delivery.attempts == 1
-        assert delivery.last_error == "the receiving server answered 500"
-        first_retry = delivery.next_attempt_at
-        assert first_retry - delivery.last_attempt_at == BACKOFF[0]
-        assert deliver_due(db.session) == 0  # not due yet
-        assert deliver_due(db.session, first_retry) == 0  # 503
-        assert deliver_due(db.session, first_retry + BACKOFF[1]) == 1
-        delivery = db.session.scalar(select(WebhookDelivery))
-        assert delivery.attempts == 3 and delivery.delivered_at is not None
+    (delivery,) = deliveries(app)
+    assert delivery.done_at is None and delivery.attempts == 1
+    assert delivery.last_error == "the receiving server answered 500"
+    first_retry = delivery.due_at
+    assert first_retry - delivery.last_attempt_at == BACKOFF[0]
+    run_worker(app)
+    assert deliveries(app)[0].attempts == 1  # not due yet
+    run_worker(app, first_retry)
+    (delivery,) = deliveries(app)
+    assert delivery.attempts == 2 and delivery.last_status == 503
+    run_worker(app, delivery.due_at)
+    (delivery,) = deliveries(app)
+    assert delivery.attempts == 3 and delivery.done_at is not None
     assert len(receiver.received) == 3
     assert len({b for _, b in receiver.received}) == 1  # the same event each time
 
     receiver.statuses = [500] * 10
     with app.app_context():
-        db.session.execute(WebhookDelivery.__table__.delete())
-        db.session.add(WebhookDelivery(webhook_id=1, event_id="e", payload={"type": "x", "data": {}},
-                                       next_attempt_at=utcnow(), attempts=0))  # fmt: skip
+        enqueue(db.session, DELIVERY, {"webhook_id": 1, "event": {"type": "x", "data": {}}})
         db.session.commit()
-        moment = utcnow()
-        for _ in range(len(BACKOFF) + 1):
-            deliver_due(db.session, moment)
-            moment += timedelta(days=1)
-        delivery = db.session.scalar(select(WebhookDelivery))
-        assert delivery.gave_up_at is not None and delivery.attempts == len(BACKOFF) + 1
+    moment = utcnow()
+    for _ in range(len(BACKOFF) + 1):
+        run_worker(app, moment)
+        moment += timedelta(days=1)
+    delivery = deliveries(app)[-1]
+    assert delivery.gave_up_at is not None and delivery.attempts == len(BACKOFF) + 1
+    assert delivery.state == "failed"
 
 
 def test_expiry_is_noticed_by_the_sweep(app, receiver, hook, make_person):
     pid = make_person("volunteer", name="Val Vol")
     sign_through_pages(app, pid, "Val Vol")
-    with app.app_context():
-        later = add_months(utcnow(), 12) + timedelta(days=1)
-        assert detect_changes(db.session, None, later) == 1
-        db.session.commit()
-        assert detect_changes(db.session, None, later) == 0  # announced once
-        deliver_due(db.session, later)
+    later = add_months(utcnow(), 12) + timedelta(days=1)
+    run_worker(app, later)  # the worker's sweep, a year on
+    run_worker(app, later)  # announced once
     assert [json.loads(b)["data"]["trained"] for _, b in receiver.received] == [True, False]
 
 
@@ -286,19 +285,16 @@ def test_plain_http_only_to_loopback_and_only_in_development(app, strict):
     assert webhook_count(app) == 1
 
 
-def _deliver_once(app, url: str) -> WebhookDelivery:
+def _deliver_once(app, url: str) -> OutboxMessage:
     with app.app_context():
         hook = Webhook(url=url, secret="s")  # added directly: as if registered earlier
         db.session.add(hook)
         db.session.flush()
         payload = {"type": EVENT, "data": {"person": {"id": 1}, "trained": True}}
-        db.session.add(WebhookDelivery(webhook_id=hook.id, event_id="e", attempts=0,
-                                       payload=payload, next_attempt_at=utcnow()))  # fmt: skip
+        enqueue(db.session, DELIVERY, {"webhook_id": hook.id, "event": payload})
         db.session.commit()
-        deliver_due(db.session)
-        delivery = db.session.scalar(select(WebhookDelivery).order_by(WebhookDelivery.id.desc()))
-        db.session.expunge(delivery)
-        return delivery
+    run_worker(app)
+    return deliveries(app)[-1]
 
 
 def test_a_name_that_turns_into_loopback_after_registration_gets_nothing(strict, receiver):
@@ -310,7 +306,7 @@ def test_a_name_that_turns_into_loopback_after_registration_gets_nothing(strict,
         db.session.commit()
     answers["rebind.example"] = ["127.0.0.1"]  # then the name is pointed at the server itself
     delivery = _deliver_once(strict, url)
-    assert delivery.delivered_at is None and delivery.attempts == 1
+    assert delivery.done_at is None and delivery.attempts == 1
     assert delivery.last_error == "not sent: the address is not on the internet"
     assert receiver.received == []
 
@@ -331,10 +327,10 @@ def test_delivery_connects_to_the_checked_address_and_verifies_the_name(app, tmp
         for server in (good, bad):
             server.shutdown()
             server.server_close()
-    assert delivered.delivered_at is not None and delivered.last_status == 200
+    assert delivered.done_at is not None and delivered.last_status == 200
     ((headers, _),) = good.received
     assert headers["Host"] == f"hooks.example:{good.port}"
-    assert refused.delivered_at is None and bad.received == []
+    assert refused.done_at is None and bad.received == []
     assert refused.last_error == "could not connect securely (certificate not accepted)"
 
 
@@ -347,7 +343,7 @@ def test_redirects_are_never_followed(app):
         for server in (sink, redirector):
             server.shutdown()
             server.server_close()
-    assert delivery.delivered_at is None and delivery.last_status == 302
+    assert delivery.done_at is None and delivery.last_status == 302
     assert (
         delivery.last_error
         == "the receiving server answered 302 (a redirect, which is not followed)"

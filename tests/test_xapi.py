@@ -13,7 +13,7 @@ from sqlalchemy import func, select, update
 from core.db import db, utcnow
 from people.service import deactivate
 from tests import lrs as lrs_server
-from tests.conftest import csrf_token, wrong_answers
+from tests.conftest import csrf_token, run_worker, wrong_answers
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules, pass_quiz, read_modules
 from xapi.models import XapiStatement
 from xapi.outbox import Lrs, put_statement
@@ -39,7 +39,6 @@ def app_config(lrs: lrs_server.Lrs) -> dict:
         "XAPI_ENDPOINT": lrs.endpoint,
         "XAPI_USERNAME": lrs_server.USERNAME,
         "XAPI_PASSWORD": lrs_server.PASSWORD,
-        "XAPI_SYNC": True,
     }
 
 
@@ -72,6 +71,7 @@ def test_a_learners_journey_reaches_the_lrs_once_each(app, auth, make_person, lr
     again = client.post(failed_url, data={"csrf_token": csrf_token(client, "/")})
     assert again.status_code in (302, 303)
     sign(client, "Vera Volunteer")
+    run_worker(app)
 
     held = lrs.statements(email)
     verbs = Counter(s["verb"]["id"] for s in held)
@@ -117,6 +117,7 @@ def test_statements_wait_while_the_lrs_is_down_and_are_sent_once_later(
     app.config["XAPI_ENDPOINT"] = _dead_endpoint()
     client = auth.as_person(learner)
     read_modules(client, VOLUNTEER_MODULES[:2])
+    run_worker(app)
     rows = stored(app)
     assert len(rows) == 2
     assert all(r.sent_at is None and r.attempts == 1 and r.last_error for r in rows)
@@ -148,6 +149,7 @@ def test_statements_wait_while_the_lrs_is_down_and_are_sent_once_later(
         "/admin/xapi/retry", data={"csrf_token": csrf_token(client, "/admin/xapi/")}
     )
     assert response.status_code == 302
+    run_worker(app)
     held = lrs.statements(email)
     assert sorted(s["id"] for s in held) == sorted(r.statement_id for r in rows)
     assert all(r.sent_at is not None for r in stored(app))

@@ -9,7 +9,6 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from core.db import db, utcnow
-from core.events import statuses_changed
 from core.migrate import db_cli, upgrade
 from training.loader import ContentError, load_all
 from training.publishing import publish
@@ -55,8 +54,6 @@ def publish_all() -> list[str]:
         results = [publish(session, source) for source in policies]
         lines = [result.describe(utcnow().date()) for result in results]
         session.commit()
-        if any(r.created or r.updated for r in results):
-            statuses_changed(None)
     except BaseException:
         session.rollback()
         raise

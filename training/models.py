@@ -188,3 +188,44 @@ class AcknowledgementModule(Base):
         ForeignKey("module_version.id"), primary_key=True
     )
     module_version: Mapped[ModuleVersion] = relationship()
+
+
+class StoredStatus(Base):
+    """The rule's last answer for a person and a policy: the one derived store of training status.
+
+    Kept by :mod:`training.status_store`, which writes it only through the rule and turns every
+    change of standing into one ``status.changed`` event. A row counts only while both revisions it
+    was computed at are still the person's and the policy's (database triggers bump them in the same
+    transaction as any change to evidence, roles, personal details or content) and until
+    ``fresh_until``, when time alone changes the answer (training expires, a version takes effect).
+    Derived: deleting every row loses nothing.
+    """
+
+    __tablename__ = "stored_status"
+    __table_args__ = (Index("ix_stored_status_policy_standing", "policy_id", "standing"),)
+
+    person_id: Mapped[int] = mapped_column(
+        ForeignKey("person.id", ondelete="CASCADE"), primary_key=True
+    )
+    policy_id: Mapped[int] = mapped_column(
+        ForeignKey("policy.id", ondelete="CASCADE"), primary_key=True
+    )
+    person_rev: Mapped[int]
+    policy_rev: Mapped[int]
+    policy_version_id: Mapped[int] = mapped_column(ForeignKey("policy_version.id"))
+    version: Mapped[str] = mapped_column(String(40))
+    active: Mapped[bool]
+    trained: Mapped[bool]
+    standing: Mapped[str] = mapped_column(String(20))
+    completed: Mapped[int]
+    required: Mapped[int]
+    valid_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledgement_id: Mapped[int | None]
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    changes_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # [{"slug", "title", "module_version_id", "state", "completed_at", "reason"}] in reading order
+    modules: Mapped[list] = mapped_column(JSON)
+    missing: Mapped[list] = mapped_column(JSON)  # [{"module", "reason"}]
+    fresh_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

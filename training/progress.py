@@ -24,7 +24,8 @@ from training.models import (
     Policy,
     ReadReceipt,
 )
-from training.status import QUIZ_NOT_PASSED, Status, training_status
+from training.status import QUIZ_NOT_PASSED, Status
+from training.status_store import current, touch
 
 DECLARATION = (
     "I confirm that I have read and understood the {title} (version {version}) of the {federation}, "
@@ -71,6 +72,7 @@ def _lock_person(session: Session, person: Person) -> None:
 
 def record_visit(session: Session, person: Person, module_version: ModuleVersion) -> None:
     """Remember that the person opened this module version (progress, updated in place)."""
+    touch(session, [person.id])
     now = utcnow()
     inserted = insert_ignoring_conflict(
         session,
@@ -98,7 +100,7 @@ def record_read(
 ) -> bool:
     """Record "I have read this module"; False when it already counted (nothing recorded)."""
     _lock_person(session, person)
-    status = training_status(session, person, policy)
+    status = current(session, person, policy)
     entry = next((m for m in status.modules if m.module_version_id == module_version.id), None)
     if entry is not None and (entry.complete or entry.reason == QUIZ_NOT_PASSED):
         return False  # already read in this cycle
@@ -131,6 +133,7 @@ def record_read(
             session, "module.read", "read_receipt", [receipt_id], actor_id=person.id,
             detail={"module_version": module_version.id},
         )  # fmt: skip
+        touch(session, [person.id])
     return inserted
 
 
@@ -153,7 +156,7 @@ def acknowledge(
     The typed name must match the person's name (ignoring case and spacing): it is their signature.
     """
     _lock_person(session, person)
-    status = training_status(session, person, policy, now)
+    status = current(session, person, policy, now)
     if status.trained:
         raise AlreadySigned(status)
     if not status.ready_to_sign:
@@ -200,6 +203,7 @@ def acknowledge(
         session, "acknowledgement.signed", "acknowledgement", [ack.id], actor_id=person.id,
         detail={"policy_version": status.policy_version_id},
     )  # fmt: skip
+    touch(session, [person.id])
     return ack
 
 

@@ -15,6 +15,7 @@ from core.db import utcnow
 from quizzes.models import Question as QuizQuestion
 from quizzes.models import QuizBank
 from training.loader import ContentError, ModuleSource, PolicySource, Problem
+from training.marks import touch_everyone
 from training.models import (
     Module,
     ModuleVersion,
@@ -220,6 +221,8 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
     if latest is not None and latest.fingerprint == print_ and latest.label == source.version:
         updated = _update_details(session, latest, source)
         session.flush()
+        if updated:
+            touch_everyone(session)
         return PublishResult(source.slug, latest.label, False, updated=tuple(updated))
     clash = session.scalar(
         select(PolicyVersion).where(
@@ -299,6 +302,7 @@ def publish(session: Session, source: PolicySource) -> PublishResult:
         session, "content.published", subject_type="policy_version", subject_id=version.id,
         detail={"policy": policy.slug, "version": source.version, "modules_changed": len(changed)},
     )  # fmt: skip
+    touch_everyone(session)
     return PublishResult(
         source.slug, source.version, True, tuple(changed), effective=source.effective
     )

@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from certificates.downloads import certificates_of
 from core.db import db, utcnow, writing
-from core.events import statuses_changed
 from core.web import client_ip, federation
 from training.forms import AcknowledgeForm, ReadForm
 from training.models import (
@@ -34,7 +33,8 @@ from training.progress import (
     record_visit,
 )
 from training.publishing import current_version, published_policies, upcoming_version
-from training.status import QUIZ_NOT_PASSED, REASON_TEXT, Status, training_status
+from training.status import QUIZ_NOT_PASSED, REASON_TEXT, Status
+from training.status_store import for_page
 
 training_bp = Blueprint("training", __name__, template_folder="templates")
 
@@ -86,7 +86,7 @@ def dashboard() -> Any:
     items = []
     summaries: dict[int, str] = {}
     for policy, version in published_policies(db.session):
-        status = training_status(db.session, current_user, policy)
+        status = for_page(db.session, current_user, policy)
         upcoming = upcoming_version(db.session, policy)
         items.append((policy, version, status, _resume_target(policy, status), upcoming))
         summaries.update((mv.id, mv.summary) for mv in version.module_versions)
@@ -104,7 +104,7 @@ def module(slug: str, module_slug: str) -> Any:
     if index is None:
         abort(404)
     module_version = versions[index]
-    status = training_status(db.session, current_user, policy)
+    status = for_page(db.session, current_user, policy)
     entry = next((m for m in status.modules if m.module_version_id == module_version.id), None)
     if entry is not None and not entry.complete:
         with writing(db.session):
@@ -144,14 +144,13 @@ def mark_read(slug: str, module_slug: str) -> Any:
         abort(404)
     ReadForm()  # CSRF is enforced globally
     s = db.session
-    status = training_status(s, current_user, policy)
+    status = for_page(s, current_user, policy)
     if not any(m.module_version_id == module_version.id for m in status.modules):
         flash("This module is not part of your training, so there is nothing to record.", "info")
         return redirect(url_for("training.module", slug=slug, module_slug=module_slug))
     if record_read(s, current_user, policy, module_version):
         s.commit()
-        statuses_changed([current_user.id])
-    status = training_status(s, current_user, policy)
+    status = for_page(s, current_user, policy)
     flash(f"“{module_version.title}” is marked as read.", "success")
     entry = next(m for m in status.modules if m.module_version_id == module_version.id)
     if entry.reason == QUIZ_NOT_PASSED:
@@ -169,7 +168,7 @@ def mark_read(slug: str, module_slug: str) -> Any:
 def sign(slug: str) -> Any:
     policy, version = _policy_or_404(slug)
     s = db.session
-    status = training_status(s, current_user, policy)
+    status = for_page(s, current_user, policy)
     declaration = declaration_for(version.title, version.label, federation().name)
     form = AcknowledgeForm()
     if status.trained:
@@ -187,7 +186,6 @@ def sign(slug: str) -> Any:
         try:
             acknowledge(s, current_user, policy, request_data)
             s.commit()
-            statuses_changed([current_user.id])
         except AlreadySigned:
             s.rollback()
             return redirect(url_for("training.signed", slug=slug))
@@ -209,7 +207,7 @@ def sign(slug: str) -> Any:
 @login_required
 def signed(slug: str) -> Any:
     policy, version = _policy_or_404(slug)
-    status = training_status(db.session, current_user, policy)
+    status = for_page(db.session, current_user, policy)
     if not status.trained:
         return redirect(url_for("training.dashboard"))
     return render_template("training/signed.html", policy=policy, version=version, status=status)
@@ -241,9 +239,7 @@ def history() -> Any:
         .where(Acknowledgement.person_id == current_user.id)
         .order_by(Acknowledgement.at.desc())
     ).all()
-    statuses = [
-        (p, v, training_status(s, current_user, p)) for p, v in published_policies(db.session)
-    ]
+    statuses = [(p, v, for_page(s, current_user, p)) for p, v in published_policies(db.session)]
     return render_template(
         "training/history.html", reads=reads, acks=acks, statuses=statuses, now=utcnow(),
         certificates=certificates_of(s, current_user.id),

@@ -4,14 +4,14 @@ Nothing here is asked to send anything. Reading, quizzes and signing record thei
 they always have; listeners on the app's database sessions notice each new read receipt, graded
 quiz submission and acknowledgement and queue its statement in the same transaction, so a statement
 exists exactly when its evidence was committed, and a double submit that records nothing queues
-nothing. Becoming trained is noticed after the commit, through ``status_may_change``, as webhooks
-notice it: each acknowledgement that made a person trained gets one "completed" statement.
+nothing. Becoming trained arrives as a ``status.changed`` event (:mod:`training.status_store`), as for
+webhooks: each acknowledgement that made a person trained gets one "completed" statement.
 
-After a commit that queued statements, a background thread sends what is due (``XAPI_SYNC`` sends
-at once, for tests). Each statement is PUT under its own id, so sending one twice, whether from two
-senders at once or after an answer that never arrived, stores it once. Failures are retried after
-1, 5, 30, 120 and 720 minutes by ``flask xapi send`` (cron, every minute), then given up; an
-administrator can make given-up statements due again from /admin/xapi/.
+A transaction that queued statements also queues a message for the worker (:mod:`core.outbox`),
+which sends what is due. Each statement is PUT under its own id, so sending one twice, whether from
+two senders at once or after an answer that never arrived, stores it once. Failures are retried
+after 1, 5, 30, 120 and 720 minutes by the worker, then given up; an administrator can make
+given-up statements due again from /admin/xapi/.
 
 With no ``XAPI_ENDPOINT`` configured, nothing is queued at all.
 """
@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import ssl
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -32,12 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import event, func, inspect, literal, or_, select, update
 from sqlalchemy.orm import ORMExecuteState, Session, aliased
 
 from core.config import xapi_endpoint_allowed
 from core.db import insert_ignoring_conflict, utcnow
+from core.outbox import OutboxMessage, enqueue, periodic, subscribe, topic
 from people.models import Person
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -49,6 +49,7 @@ from training.models import (
     ReadReceipt,
 )
 from training.publishing import current_version
+from training.status_store import STATUS_CHANGED, current
 from xapi import statements as xs
 from xapi.models import XapiStatement
 
@@ -193,8 +194,6 @@ def queue_completions(
     Only acknowledgements whose own statement is in the outbox are candidates, so turning xAPI on
     reports training done from then on, not a backlog of past completions without their steps.
     """
-    from training.status import training_status
-
     now = now or utcnow()
     done = aliased(XapiStatement)
     query = (
@@ -220,7 +219,7 @@ def queue_completions(
             continue
         policy = session.get(Policy, ack.policy_version.policy_id)
         try:
-            status = training_status(session, person, policy, now)
+            status = current(session, person, policy, now)
         except LookupError:
             continue
         if not status.trained or status.acknowledgement_id != ack.id:
@@ -416,8 +415,6 @@ def _values(state: ORMExecuteState) -> dict[str, Any]:
 
 def init_app(app: Flask) -> None:
     """Listen on the app's sessions for new evidence, and for status changes after commits."""
-    from core.db import db
-    from core.events import status_may_change
 
     factory = app.extensions["countersign.db"]
 
@@ -475,34 +472,53 @@ def init_app(app: Flask) -> None:
         session.flush()
         if session.info.get(PENDING):
             _queue_pending(session, app.config["BASE_URL"])
+        if session.info.get(QUEUED) and not session.info.get(SEND_QUEUED):
+            session.info[SEND_QUEUED] = True
+            enqueue(session, SEND, {})  # the worker sends what is due
 
     @event.listens_for(factory, "after_commit")
-    def _send_after_commit(session: Session) -> None:
-        session.info.pop(PENDING, None)
-        if not session.info.pop(QUEUED, False):
-            return
-        lrs = Lrs.from_config(app.config)
-        if lrs is None:
-            return
-        if app.config.get("XAPI_SYNC"):
-            _send_now(app, lrs)
-        else:
-            threading.Thread(target=_send_in_background, args=(app,), daemon=True).start()
+    def _forget_pending(session: Session) -> None:
+        for name in (PENDING, QUEUED, SEND_QUEUED):
+            session.info.pop(name, None)
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
-        session.info.pop(PENDING, None)
-        session.info.pop(QUEUED, None)
+        for name in (PENDING, QUEUED, SEND_QUEUED):
+            session.info.pop(name, None)
 
-    def on_change(sender: Flask, person_ids: list[int] | None, **_: Any) -> None:
-        if sender is not app or not configured(app):
-            return
-        from core.db import writing
+    subscribe(app, STATUS_CHANGED, _on_status_changed)
+    topic(app, SEND, _send, remote=True)
+    periodic(app, SEND, _send_periodic, timedelta(minutes=1))
 
-        with writing(db.session) as session:
-            queue_completions(session, app.config["BASE_URL"], person_ids)
 
-    status_may_change.connect(on_change, weak=False)
+SEND = "xapi.send"
+SEND_QUEUED = "countersign.xapi.send_queued"
+
+
+def send_later(session: Session) -> None:
+    """Ask the worker to send what is due (in the caller's transaction)."""
+    enqueue(session, SEND, {})
+
+
+def _on_status_changed(session: Session, message: OutboxMessage) -> None:
+    """Someone became trained: their acknowledgement's "completed" statement."""
+    new = message.payload["new"]
+    if not new["trained"] or not configured(current_app):
+        return
+    if queue_completions(session, current_app.config["BASE_URL"], [message.payload["person_id"]]):
+        enqueue(session, SEND, {})
+
+
+def _send(session: Session, message: OutboxMessage) -> None:
+    lrs = Lrs.from_config(current_app.config)
+    if lrs is not None:
+        send_due(session, lrs)
+
+
+def _send_periodic(session: Session, now: datetime) -> None:
+    lrs = Lrs.from_config(current_app.config)
+    if lrs is not None:
+        send_due(session, lrs, now)
 
 
 def _erased_now(person: Person) -> bool:
@@ -520,24 +536,3 @@ def redact(session: Session, person: Person) -> None:
         select(XapiStatement).where(XapiStatement.person_id == person.id)
     ):
         statement.payload = {**statement.payload, "actor": actor}
-
-
-def _send_now(app: Flask, lrs: Lrs) -> None:
-    session = app.extensions["countersign.db"]()
-    try:
-        send_due(session, lrs)
-    finally:
-        session.close()
-
-
-def _send_in_background(app: Flask) -> None:
-    from core.db import db
-
-    with app.app_context():
-        lrs = Lrs.from_config(app.config)
-        if lrs is None:
-            return
-        try:
-            send_due(db.session, lrs)
-        except Exception:  # what failed is sent again by `flask xapi send`
-            log.exception("xAPI sending failed")

@@ -11,7 +11,7 @@ from core.db import db
 from core.forms import Form
 from people.views import roles_required
 from xapi.models import XapiStatement
-from xapi.outbox import BACKOFF, Lrs, counts, retry_failed
+from xapi.outbox import BACKOFF, Lrs, counts, retry_failed, send_later
 from xapi.statements import LANGUAGE, VERB_NAMES
 
 xapi_bp = Blueprint("xapi", __name__, url_prefix="/admin/xapi", template_folder="templates")
@@ -51,7 +51,9 @@ def index() -> Any:
 def retry() -> Any:
     Form()  # CSRF is checked globally
     count = retry_failed(db.session)
-    db.session.commit()  # the commit sends what is now due
+    if count:
+        send_later(db.session)  # the worker sends them
+    db.session.commit()
     if count:
         flash(f"{count} statements will be sent again now.", "success")
     else:
