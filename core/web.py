@@ -9,7 +9,6 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -39,7 +38,6 @@ from core.db import db
 from core.mail import warn_about_plaintext
 from core.security_log import flag
 from core.security_log import init_app as log_security_events
-from training.loader import Federation, load_federation
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
@@ -56,7 +54,8 @@ SECURITY_HEADERS = (
 )
 
 
-def federation() -> Federation:
+def federation() -> Any:
+    """The federation's content (``training.loader.Federation``), loaded by ``training.init_app``."""
     return current_app.extensions["countersign.federation"]
 
 
@@ -103,19 +102,28 @@ def _is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
 
-# Set in the session by a launch from a learning platform: the origins of the platform whose
-# frame the pages are shown in. Such a session's cookie is SameSite=None; Secure; Partitioned (a
-# browser sends no other kind inside another site's frame, and keeps a partitioned one even when
-# it blocks third-party cookies) and its pages may be framed by those origins only.
-EMBEDDED_IN = "_embedded_in"
+# A session shown inside another site's frame (a launch from a learning platform: see
+# ``lti.embedding``): the package that opens such sessions puts, under this key of
+# ``app.extensions``, a function giving the origins the current session is embedded in (none: not
+# embedded). Such a session's cookie is SameSite=None; Secure; Partitioned (a browser sends no
+# other kind inside another site's frame, and keeps a partitioned one even when it blocks
+# third-party cookies) and its pages may be framed by those origins only. One response may also
+# name its framers in ``g.frame_origins``.
+EMBEDDING = "countersign.session_embedded_in"
+
+
+def _embedded_in(app: Flask) -> Any:
+    hook = app.extensions.get(EMBEDDING)
+    return hook() if hook is not None else None
 
 
 def embedding_origins() -> list[str]:
-    """The origins that may frame this response: none, unless this is an LMS-embedded session
-    (or a launch refusal, shown in the frame of the platform that sent it)."""
+    """The origins that may frame this response: none, unless this is an embedded session
+    (or a response that names its own framers, e.g. a launch refusal shown in the platform's
+    frame)."""
     origins = g.get("frame_origins")
     if origins is None:
-        origins = session.get(EMBEDDED_IN) if not _is_api() else None
+        origins = _embedded_in(current_app) if not _is_api() else None
     if not isinstance(origins, list):
         return []
     return [o for o in origins if isinstance(o, str) and re.fullmatch(r"https?://[^\s;,'\"]+", o)]
@@ -131,19 +139,19 @@ class SessionInterface(SecureCookieSessionInterface):
         return super().open_session(app, request)
 
     def get_cookie_samesite(self, app: Flask) -> str | None:
-        if has_request_context() and session.get(EMBEDDED_IN):
+        if has_request_context() and _embedded_in(app):
             return "None"
         return super().get_cookie_samesite(app)
 
     def get_cookie_secure(self, app: Flask) -> bool:
-        if has_request_context() and session.get(EMBEDDED_IN):
+        if has_request_context() and _embedded_in(app):
             return True
         return super().get_cookie_secure(app)
 
     def get_cookie_partitioned(self, app: Flask) -> bool:
         # Partitioned (CHIPS): kept only for use inside the platform's pages, which is why a
         # browser that blocks third-party cookies still keeps it.
-        if has_request_context() and session.get(EMBEDDED_IN):
+        if has_request_context() and _embedded_in(app):
             return True
         return super().get_cookie_partitioned(app)
 
@@ -152,7 +160,8 @@ class SessionInterface(SecureCookieSessionInterface):
 # a random identifier, new at every sign-in; when the person signed in and when they were last
 # seen, in seconds since the epoch.
 SESSION_ID, SESSION_STARTED, SESSION_SEEN = "_sid", "_started", "_seen"
-# Set on a session opened by a learning platform's launch: it is not a full sign-in.
+# Set on a session opened on another system's word (a learning platform's launch): it is not a
+# full sign-in here.
 SESSION_FROM_LMS = "_lti_launched"
 TIMED_OUT = "Your session timed out, sign in again."
 
@@ -319,7 +328,6 @@ def init_app(app: Flask) -> None:
             "cookie can be sent over plain http and there is no HSTS. Turn it back on."
         )
     warn_about_plaintext(app)
-    app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
     if app.config["PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -356,22 +364,7 @@ def init_app(app: Flask) -> None:
     login_manager.login_message_category = "info"
     login_manager.session_protection = "basic"
 
-    @login_manager.user_loader
-    def load_user(user_id: str) -> Any:
-        from people.models import Person
-
-        try:
-            pid, version = (int(part) for part in user_id.split(":"))
-        except ValueError:
-            return None
-        person = db.session.get(Person, pid)
-        if person is None or not person.active or person.auth_version != version:
-            return None  # signed out elsewhere, password changed, or deactivated
-        return person
-
-    @app.context_processor
-    def _globals() -> dict[str, Any]:
-        return {"federation": federation()}
+    # Who a session belongs to is the people package's to say (``people.init_app``).
 
     app.add_template_filter(format_datetime, "datetime")
     app.add_template_filter(format_date, "date")

@@ -11,7 +11,7 @@ from core.db import db, utcnow
 from core.events import statuses_changed
 from core.forms import Form
 from core.security_log import flag
-from people.views import roles_required
+from people.auth import roles_required
 from quizzes.attempts import (
     AlreadySubmitted,
     AttemptExpired,
