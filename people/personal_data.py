@@ -92,7 +92,10 @@ EvidenceFinder = Callable[[Session, int, str, str], Mapping[str, list[int]]]
 @dataclass(frozen=True)
 class PersonalData:
     """One part of a person's data: its section of the download (``name``), how it is erased,
-    and the tables it covers. Parts run in ``order``, lowest first, for both."""
+    and the tables it covers. Parts run in ``order``, lowest first, for both. Erasure's order
+    today: sign-in attempts 40, learning-platform accounts 50, second factors 60, stored answers
+    70, acknowledgements 80, certificates 90, applications and the register 100, webhook
+    deliveries 140; the person's own row last, in ``people.privacy.erase_person``."""
 
     name: str
     tables: tuple[str, ...]

@@ -39,6 +39,17 @@ def test_every_table_naming_a_person_is_personal_data_or_declared_not(app):
     assert covered | set(parts.not_personal) <= set(Base.metadata.tables)
 
 
+def test_erasure_runs_each_packages_part_in_the_order_it_always_had(app):
+    erasers = [part.name for part in registry(app).ordered() if part.erase is not None]
+    assert erasers == [
+        "sign_in_attempts", "learning_platform_accounts", "second_factor", "stored_answers",
+        "acknowledgements", "certificates", "account_applications", "webhook_deliveries",
+    ]  # fmt: skip
+    # Evidence is checked against the audit log in the order it always was.
+    finders = [part.name for part in registry(app).ordered() if part.evidence is not None]
+    assert finders == ["acknowledgements", "certificates", "account_applications"]
+
+
 def test_a_part_cannot_be_registered_twice(app):
     with pytest.raises(ValueError, match="registered twice"):
         register_personal_data(app, "certificates", tables=(), order=1)
