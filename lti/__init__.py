@@ -7,7 +7,8 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register the LTI pages, ``flask lti`` and grade return on status changes."""
-    from core.web import EMBEDDING, csrf
+    from core.sessions import EMBEDDING
+    from core.web import csrf
     from lti import grades, privacy
     from lti.cli import lti_cli
     from lti.embedding import embedded_in
