@@ -56,3 +56,18 @@ def test_importing_the_factory_builds_no_app():
     wsgi = ast.parse((ROOT / "wsgi.py").read_text())
     assigned = {t.id for node in wsgi.body if isinstance(node, ast.Assign) for t in node.targets}
     assert assigned == {"app"}
+
+
+def test_views_take_roles_required_from_people_auth_not_from_another_view_module():
+    """Who may open a page is a rule of sign-in (``people.auth``), not of the people pages."""
+    from people.auth import roles_required
+
+    assert roles_required.__module__ == "people.auth"
+    found = []
+    for name in PACKAGES:
+        for path in sorted((ROOT / name).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.ImportFrom) and node.module == "people.views":
+                    if any(alias.name == "roles_required" for alias in node.names):
+                        found.append(str(path.relative_to(ROOT)))
+    assert not found
