@@ -10,7 +10,7 @@ PORT ?= 5000
 WORKERS ?= 2
 export FLASK_APP := app
 # The application's own code, for the security lint (not .venv, tests or benchmarks).
-APP_CODE := app.py api approvals audit certificates core demo lti mfa operations people quizzes reports training xapi
+APP_CODE := app.py wsgi.py api approvals audit certificates core demo lti mfa operations people quizzes reports training xapi
 PIP_AUDIT_VERSION := 2.10.1
 
 # Debian packages: WeasyPrint's Pango/HarfBuzz, fonts, poppler-utils (PDF checks), Chromium (browser tests).
@@ -29,7 +29,7 @@ run: setup
 	@$(BIN)/flask worker & worker=$$!; \
 	trap 'kill $$worker 2>/dev/null; wait $$worker 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/gunicorn --workers $(WORKERS) --bind $(HOST):$(PORT) --access-logfile - \
-		--logger-class core.access_log.Redacting app:app
+		--logger-class core.access_log.Redacting wsgi:app
 
 test: deps venv venv-lrs
 	$(BIN)/flask content check

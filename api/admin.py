@@ -27,8 +27,8 @@ from api.webhooks import stop_webhook as stop
 from core.db import db, utcnow
 from core.forms import Form
 from core.web import fresh_sign_in_for_changes
+from people.auth import roles_required
 from people.forms import MultiCheckboxField
-from people.views import roles_required
 
 tokens_bp = Blueprint("tokens", __name__, url_prefix="/admin/tokens", template_folder="templates")
 

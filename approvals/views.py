@@ -35,9 +35,9 @@ from approvals.rules import (
     transfer,
 )
 from core.db import db
+from people.auth import roles_required
 from people.models import Person
 from people.roles import ROLES
-from people.views import roles_required
 
 approvals_bp = Blueprint("approvals", __name__, url_prefix="/accounts", template_folder="templates")
 APPLICANTS = ("staff", "slt", "admin")

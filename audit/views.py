@@ -14,8 +14,8 @@ from audit import anchor
 from audit.log import EVENTS, head, verify
 from audit.models import AuditEvent
 from core.db import db
+from people.auth import roles_required
 from people.models import Person
-from people.views import roles_required
 
 audit_bp = Blueprint("audit", __name__, url_prefix="/audit", template_folder="templates")
 READERS = ("governor", "admin")

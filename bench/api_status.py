@@ -218,7 +218,7 @@ def main() -> None:
     bare_port, app_port = free_port(), free_port()
     script = workdir / "random_person.lua"
     script.write_text(RANDOM_PERSON % (min(ids), max(ids)))
-    processes = [serve("bench.bare_app:app", bare_port, env), serve("app:app", app_port, env)]
+    processes = [serve("bench.bare_app:app", bare_port, env), serve("wsgi:app", app_port, env)]
     bare, app = [], []
     try:
         wrk(f"http://127.0.0.1:{bare_port}/ping", duration="1s")  # warm up both: not counted

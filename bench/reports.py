@@ -64,13 +64,13 @@ def precompute(app) -> float:  # type: ignore[no-untyped-def]
 def bare_aggregation_ms(path: Path) -> float:
     """The GROUP BY queries the report needs, straight through sqlite3."""
     queries = [
-        "SELECT ps.school, s.standing, count(*) FROM precomputed_status s "
+        "SELECT ps.school, s.standing, count(*) FROM stored_status s "
         "LEFT JOIN person_school ps ON ps.person_id = s.person_id WHERE s.policy_id = 1 "
         "GROUP BY ps.school, s.standing",
-        "SELECT pr.role, s.standing, count(*) FROM precomputed_status s "
+        "SELECT pr.role, s.standing, count(*) FROM stored_status s "
         "LEFT JOIN person_role pr ON pr.person_id = s.person_id WHERE s.policy_id = 1 "
         "GROUP BY pr.role, s.standing",
-        "SELECT standing, count(*) FROM precomputed_status WHERE policy_id = 1 GROUP BY standing",
+        "SELECT standing, count(*) FROM stored_status WHERE policy_id = 1 GROUP BY standing",
     ]
     connection = sqlite3.connect(path)
     times = []

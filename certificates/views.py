@@ -23,7 +23,7 @@ from certificates.issuing import PdfNotAsDigested, render_missing, store_pdf
 from certificates.verification import find_certificate, verify
 from core.db import db, utcnow
 from core.web import federation
-from people.views import roles_required
+from people.auth import roles_required
 
 certificates_bp = Blueprint("certificates", __name__, template_folder="templates")
 log = logging.getLogger("countersign.certificates")

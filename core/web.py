@@ -1,4 +1,8 @@
-"""The web surface shared by every blueprint: sign-in plumbing, CSRF, headers, error pages."""
+"""The web surface shared by every blueprint: sign-in plumbing, sessions, CSRF, host names, logs.
+
+The error pages are in ``core.errors``, the response headers in ``core.security_headers`` and the
+session cookie in ``core.sessions``; ``init_app`` here installs them all.
+"""
 
 from __future__ import annotations
 
@@ -9,54 +13,38 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from flask import (
     Flask,
-    Request,
     abort,
     current_app,
     flash,
-    g,
-    has_request_context,
-    jsonify,
     redirect,
     render_template,
     request,
     session,
     url_for,
 )
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_login import LoginManager, user_logged_in
-from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from flask_wtf.csrf import CSRFProtect
 
+from core import errors, security_headers
 from core.config import host_list, is_https, is_loopback
-from core.db import db
+from core.errors import is_api, json_error
 from core.mail import warn_about_plaintext
 from core.security_log import flag
 from core.security_log import init_app as log_security_events
-from training.loader import Federation, load_federation
+from core.sessions import SessionInterface
 
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-SECURITY_HEADERS = (
-    ("Content-Security-Policy", CSP),
-    ("X-Content-Type-Options", "nosniff"),
-    ("Referrer-Policy", "same-origin"),
-    ("X-Frame-Options", "DENY"),
-)
 
-
-def federation() -> Federation:
+def federation() -> Any:
+    """The federation's content (``training.loader.Federation``), loaded by ``training.init_app``."""
     return current_app.extensions["countersign.federation"]
 
 
@@ -75,84 +63,12 @@ def format_date(value: date | datetime | None) -> str:
     return value.strftime("%-d %B %Y") if value else "—"
 
 
-API_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-    429: "too_many_requests", 500: "internal_error",
-}  # fmt: skip
-
-
-def _megabytes(size: int) -> str:
-    return f"{size / (1024 * 1024):g} MB"
-
-
-def json_error(status: int, code: str, message: str) -> Any:
-    """The API's one error shape. The API never answers with an HTML page."""
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="countersign"'
-    return response
-
-
-def _is_api() -> bool:
-    return _is_api_path(request.path)
-
-
-def _is_api_path(path: str) -> bool:
-    return path == "/api" or path.startswith("/api/")
-
-
-# Set in the session by a launch from a learning platform: the origins of the platform whose
-# frame the pages are shown in. Such a session's cookie is SameSite=None; Secure; Partitioned (a
-# browser sends no other kind inside another site's frame, and keeps a partitioned one even when
-# it blocks third-party cookies) and its pages may be framed by those origins only.
-EMBEDDED_IN = "_embedded_in"
-
-
-def embedding_origins() -> list[str]:
-    """The origins that may frame this response: none, unless this is an LMS-embedded session
-    (or a launch refusal, shown in the frame of the platform that sent it)."""
-    origins = g.get("frame_origins")
-    if origins is None:
-        origins = session.get(EMBEDDED_IN) if not _is_api() else None
-    if not isinstance(origins, list):
-        return []
-    return [o for o in origins if isinstance(o, str) and re.fullmatch(r"https?://[^\s;,'\"]+", o)]
-
-
-class SessionInterface(SecureCookieSessionInterface):
-    """Browser sessions for the pages; none for the API, which is stateless (bearer tokens):
-    its requests neither read nor set the session cookie."""
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if _is_api_path(request.path):
-            return self.make_null_session(app)
-        return super().open_session(app, request)
-
-    def get_cookie_samesite(self, app: Flask) -> str | None:
-        if has_request_context() and session.get(EMBEDDED_IN):
-            return "None"
-        return super().get_cookie_samesite(app)
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        if has_request_context() and session.get(EMBEDDED_IN):
-            return True
-        return super().get_cookie_secure(app)
-
-    def get_cookie_partitioned(self, app: Flask) -> bool:
-        # Partitioned (CHIPS): kept only for use inside the platform's pages, which is why a
-        # browser that blocks third-party cookies still keeps it.
-        if has_request_context() and session.get(EMBEDDED_IN):
-            return True
-        return super().get_cookie_partitioned(app)
-
-
 # Kept inside the signed session cookie, so they cannot be changed without the secret key:
 # a random identifier, new at every sign-in; when the person signed in and when they were last
 # seen, in seconds since the epoch.
 SESSION_ID, SESSION_STARTED, SESSION_SEEN = "_sid", "_started", "_seen"
-# Set on a session opened by a learning platform's launch: it is not a full sign-in.
+# Set on a session opened on another system's word (a learning platform's launch): it is not a
+# full sign-in here.
 SESSION_FROM_LMS = "_lti_launched"
 TIMED_OUT = "Your session timed out, sign in again."
 
@@ -195,7 +111,7 @@ def session_expired(data: Any, now: float, idle_minutes: float, max_hours: float
 
 def _check_session_age() -> Any:
     """Ends a signed-in session that has timed out, on the server, on every request."""
-    if _is_api() or request.endpoint == "static" or "_user_id" not in session:
+    if is_api() or request.endpoint == "static" or "_user_id" not in session:
         return None
     config = current_app.config
     now = time.time()
@@ -255,7 +171,7 @@ def _refuse_other_hosts() -> Any:
     if host_allowed(host, allowed_hosts(current_app.config)):
         return None
     message = "This site does not answer to that host name."
-    if _is_api():
+    if is_api():
         return json_error(400, "invalid_host", message)
     page = render_template(
         "error.html", code=400, title="Wrong address",
@@ -319,7 +235,6 @@ def init_app(app: Flask) -> None:
             "cookie can be sent over plain http and there is no HSTS. Turn it back on."
         )
     warn_about_plaintext(app)
-    app.extensions["countersign.federation"] = load_federation(Path(app.config["CONTENT_DIR"]))
     if app.config["PROXY_COUNT"]:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -356,90 +271,9 @@ def init_app(app: Flask) -> None:
     login_manager.login_message_category = "info"
     login_manager.session_protection = "basic"
 
-    @login_manager.user_loader
-    def load_user(user_id: str) -> Any:
-        from people.models import Person
-
-        try:
-            pid, version = (int(part) for part in user_id.split(":"))
-        except ValueError:
-            return None
-        person = db.session.get(Person, pid)
-        if person is None or not person.active or person.auth_version != version:
-            return None  # signed out elsewhere, password changed, or deactivated
-        return person
-
-    @app.context_processor
-    def _globals() -> dict[str, Any]:
-        return {"federation": federation()}
+    # Who a session belongs to is the people package's to say (``people.init_app``).
 
     app.add_template_filter(format_datetime, "datetime")
     app.add_template_filter(format_date, "date")
-
-    @app.after_request
-    def _headers(response: Any) -> Any:
-        headers = response.headers
-        present = {name.lower() for name, _ in headers}
-        framers = embedding_origins()
-        for name, value in SECURITY_HEADERS:
-            if name.lower() in present or (framers and name == "X-Frame-Options"):
-                continue
-            if framers and name == "Content-Security-Policy":
-                value = value.replace(
-                    "frame-ancestors 'none'", "frame-ancestors " + " ".join(framers)
-                )
-            headers.add(name, value)
-        if "cache-control" not in present and request.endpoint != "static":
-            # Pages show personal records: never keep them in shared caches or the back button.
-            headers.add("Cache-Control", "no-store")
-        hsts = int(current_app.config["HSTS_SECONDS"])
-        if hsts and "strict-transport-security" not in present:
-            headers.add("Strict-Transport-Security", f"max-age={hsts}; includeSubDomains")
-        return response
-
-    @app.errorhandler(CSRFError)
-    def _csrf(error: CSRFError) -> Any:
-        flag("csrf_failed", error.description or "")
-        if _is_api():
-            return json_error(400, "bad_request", "This request needs a token, not a form.")
-        return (
-            render_template(
-                "error.html",
-                code=400,
-                title="This form has expired",
-                message="The form was out of date or incomplete, so nothing was saved. "
-                "Go back, reload the page and try again.",
-            ),
-            400,
-        )
-
-    @app.errorhandler(HTTPException)
-    def _http(error: HTTPException) -> Any:
-        if _is_api():
-            if (error.code or 500) >= 500:
-                db.session.rollback()
-            code = error.code or 500
-            message = {
-                404: "There is no such API address. See /api/v1/openapi.json.",
-                405: "This address does not accept that method.",
-                413: "The body is too large.",
-                500: "Something went wrong; nothing was changed.",
-            }.get(code, error.description or error.name)
-            return json_error(code, API_CODES.get(code, "error"), message)
-        titles = {
-            404: ("Page not found", "There is no page at this address. Check it, or start again "
-                  "from your training page."),
-            403: ("You do not have access", "Your role does not give you access to this page."),
-            413: ("That file is too large", "Nothing was imported or saved. Go back and "
-                  f"choose a file of at most {_megabytes(current_app.config['MAX_CONTENT_LENGTH'])}."),
-            405: ("That did not work", "This page cannot be used that way."),
-            400: ("That did not work", "The request could not be understood. Go back and try again."),
-            500: ("Something went wrong", "Nothing was saved. Try again; if it keeps happening, "
-                  "tell your administrator what you were doing."),
-        }  # fmt: skip
-        if (error.code or 500) >= 500:
-            db.session.rollback()  # the page itself must be able to read the database
-        title, message = titles.get(error.code or 500, (error.name, error.description))
-        return render_template("error.html", code=error.code, title=title, message=message), (
-            error.code or 500
-        )
+    security_headers.init_app(app)
+    errors.init_app(app)

@@ -27,7 +27,7 @@ from core.db import db, may_write, reads_only, writing
 from core.forms import Form
 from core.mail import send_mail_later, smtp_configured
 from core.security_log import flag
-from core.web import EMBEDDED_IN, SESSION_FROM_LMS, external_url, federation
+from core.web import SESSION_FROM_LMS, external_url, federation
 from lti import grades, keys
 from lti.accounts import (
     Arrival,
@@ -41,6 +41,7 @@ from lti.accounts import (
     record_refusal,
     remember_grade_link,
 )
+from lti.embedding import embed_session
 from lti.launch import (
     LaunchInfo,
     LaunchRefused,
@@ -67,8 +68,8 @@ from lti.links import (
 )
 from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
 from lti.registry import PlatformData, PlatformError, data_of, register_platform, update_platform
+from people.auth import roles_required
 from people.models import Person
-from people.views import roles_required
 
 lti_bp = Blueprint("lti", __name__, template_folder="templates")
 # Marks a session opened by a launch: it may not confirm links, which needs a direct sign-in.
@@ -156,7 +157,7 @@ def launch() -> Any:
         _send_link_notice(arrival.person, platform)
     session.clear()  # a fresh session, as at any sign-in
     session.permanent = True
-    session[EMBEDDED_IN] = origins_of(platform)
+    embed_session(origins_of(platform))
     session[LAUNCHED] = True
     login_user(arrival.person)
     with writing(db.session):  # the gradebook learns where they stand now

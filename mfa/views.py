@@ -59,10 +59,10 @@ from mfa.rules import (
     use_recovery_code,
     use_totp,
 )
-from people.auth import ThrottlePolicy, lock_sign_in, record_attempt, retry_after
+from people.auth import ThrottlePolicy, lock_sign_in, record_attempt, retry_after, roles_required
 from people.forms import ConfirmForm
 from people.models import Person
-from people.views import roles_required, safe_next, trust_this_device, trusted_device
+from people.views import safe_next, trust_this_device, trusted_device
 
 mfa_bp = Blueprint(
     "mfa", __name__, template_folder="templates", static_folder="static",

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
+from flask import abort
+from flask_login import current_user, login_required
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.urls import iri_to_uri
 
 from audit.models import AuditEvent
-from core.db import utcnow
+from core.db import db, utcnow
 from people.models import Person, SignInAttempt
 
 # New-password links asked for by email: a person gets at most this many an hour, however many
@@ -243,4 +248,35 @@ def person_for_token(
     person = session.get(Person, data.get("p")) if isinstance(data, dict) else None
     if person is None or not person.active or data.get("f") != _fingerprint(person):
         raise LinkError("This link has already been used or is no longer valid. Ask for a new one.")
+    return person
+
+
+# --- who may open a page ---------------------------------------------------------------------------
+
+
+def roles_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A view for signed-in people holding one of ``roles``; anyone else gets a 403."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        @login_required
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.has_role(*roles):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorator
+
+
+def load_user(user_id: str) -> Person | None:
+    """The person a session's ``person id:auth version`` names, while that still holds."""
+    try:
+        pid, version = (int(part) for part in user_id.split(":"))
+    except ValueError:
+        return None
+    person = db.session.get(Person, pid)
+    if person is None or not person.active or person.auth_version != version:
+        return None  # signed out elsewhere, password changed, or deactivated
     return person

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from flask import (
@@ -53,6 +51,7 @@ from people.auth import (
     record_attempt,
     reset_mail_allowed,
     retry_after,
+    roles_required,
 )
 from people.forms import (
     ChangePasswordForm,
@@ -95,20 +94,6 @@ from training.status import REASON_TEXT, statuses_for, training_status
 log = logging.getLogger("countersign.people")
 auth_bp = Blueprint("auth", __name__, template_folder="templates")
 admin_bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates")
-
-
-def roles_required(*roles: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(view)
-        @login_required
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if not current_user.has_role(*roles):
-                abort(403)
-            return view(*args, **kwargs)
-
-        return wrapped
-
-    return decorator
 
 
 def safe_next(target: str | None) -> str:

@@ -10,7 +10,7 @@ from flask_login import current_user, login_required
 from core.db import db, utcnow
 from core.forms import Form
 from core.security_log import flag
-from people.views import roles_required
+from people.auth import roles_required
 from quizzes.attempts import (
     AlreadySubmitted,
     AttemptExpired,

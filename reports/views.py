@@ -21,9 +21,9 @@ from approvals.rules import register
 from audit.log import Head, record_separately
 from core.db import db, utcnow
 from core.web import federation, format_date
+from people.auth import roles_required
 from people.models import Person
 from people.roles import ROLES
-from people.views import roles_required
 from quizzes.models import QuizAttempt, QuizSubmission
 from reports import charts, figures
 from reports.export import csv_stream

@@ -37,7 +37,7 @@ class Server:
     """gunicorn with sync workers on a port the kernel picks, in its own process group."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, workers: int = 4, app: str = "app:app"
+        self, env: dict[str, str], log: Path, workers: int = 4, app: str = "wsgi:app"
     ) -> None:
         self.env, self.log, self.workers, self.app = env, log, workers, app
         self.process: subprocess.Popen[bytes] | None = None

@@ -208,11 +208,12 @@ GOVERNOR_OWN_ACTIONS = {
     "mfa.add_totp", "mfa.add_passkey", "mfa.remove", "mfa.renew_codes",
 }  # fmt: skip
 
-# Tables a page view may write to: derived caches, the record that a module was opened, a
+# Tables a page view may write to: the status store and the outbox (an answer worked out when it
+# was asked for, and the change it announces), the record that a module was opened, a
 # certificate's PDF stored on its first download, the sign-in log, and the one-use challenge a
 # passkey page hands out (kept on the server so an answer cannot be replayed).
 DERIVED_BY_READING = {
-    "precomputed_status", "status_snapshot", "module_visit", "certificate", "sign_in_attempt",
+    "stored_status", "outbox", "module_visit", "certificate", "sign_in_attempt",
     "passkey_challenge",
 }  # fmt: skip
 

@@ -229,7 +229,7 @@ def test_every_command_a_unit_runs_exists():
                 elif program.endswith("/gunicorn"):
                     from core import access_log
 
-                    assert words[-1] == "app:app" and access_log.Redacting
+                    assert words[-1] == "wsgi:app" and access_log.Redacting
             else:
                 assert program.startswith(("/bin/", "/usr/bin/")), f"{name}: {program}"
                 assert shutil.which(Path(program).name), f"{name}: {program} is not installed"

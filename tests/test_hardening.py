@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 
 from app import create_app
 from core.db import db
-from core.web import CSP, TIMED_OUT
+from core.security_headers import CSP
+from core.web import TIMED_OUT
 from people.models import Person
 from tests.conftest import PASSWORD, Auth, csrf_token
 

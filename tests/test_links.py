@@ -251,7 +251,7 @@ def test_link_tokens_never_reach_the_access_log(app, make_person, database_url, 
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("gunicorn")), "--workers", "1", "--bind", "127.0.0.1:0",
          "--access-logfile", str(access), "--error-logfile", str(errors),
-         "--logger-class", "core.access_log.Redacting", "app:app"],
+         "--logger-class", "core.access_log.Redacting", "wsgi:app"],
         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:

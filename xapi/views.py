@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from core.db import db
 from core.forms import Form
-from people.views import roles_required
+from people.auth import roles_required
 from xapi.models import XapiStatement
 from xapi.outbox import BACKOFF, Lrs, counts, retry_failed, send_later
 from xapi.statements import LANGUAGE, VERB_NAMES
