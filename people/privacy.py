@@ -37,6 +37,7 @@ from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
 from mfa.models import PasskeyChallenge, RecoveryCode, SecondFactor
 from people.models import Person, SignInAttempt
 from quizzes.models import QuizAttempt, QuizSubmission
+from quizzes.versions import drawn_of
 from training.models import (
     Acknowledgement,
     Module,
@@ -118,14 +119,17 @@ def personal_data(
         )
     ]
     attempts = []
-    for attempt, submission in session.execute(
+    taken = session.execute(
         select(QuizAttempt, QuizSubmission)
         .outerjoin(QuizSubmission, QuizSubmission.attempt_id == QuizAttempt.id)
         .where(QuizAttempt.person_id == pid)
         .order_by(QuizAttempt.started_at, QuizAttempt.id)
-    ):
+    ).all()
+    # The questions each attempt asked, every question version read once.
+    asked = drawn_of(session, [attempt.question_refs for attempt, _ in taken])
+    for (attempt, submission), drawn in zip(taken, asked, strict=True):
         questions = []
-        for q in attempt.drawn:
+        for q in drawn:
             options = []
             for o in q["options"]:
                 option = {"id": o["id"], "text": o["text"]}

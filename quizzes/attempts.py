@@ -23,6 +23,7 @@ from people.models import Person
 from quizzes.bank import QuizRules
 from quizzes.models import Question, QuizAttempt, QuizBank, QuizSubmission
 from quizzes.types import QUESTION_TYPES, Option, is_right
+from quizzes.versions import store_drawn
 
 _random = random.SystemRandom()
 
@@ -160,7 +161,7 @@ def start_attempt(
         expires_at=now + timedelta(minutes=rules.time_limit_minutes),
         pass_mark=rules.pass_mark,
         show_answers=rules.show_answers,
-        drawn=drawn,
+        question_refs=store_drawn(session, drawn),
     )
     session.add(attempt)
     session.flush()
