@@ -262,3 +262,47 @@ def test_upgrading_turns_copies_into_versions_and_every_digest_still_verifies(ap
         assert set(s.scalars(select(QuestionVersion.content_hash))) == distinct
         with pytest.raises(DBAPIError, match="quiz_attempt is evidence"):
             s.execute(text("UPDATE quiz_attempt SET pass_mark = 0"))
+
+
+@pytest.mark.usefixtures("published")
+def test_postgresql_app_role_cannot_change_or_remove_a_question_version(
+    app, make_person, database_url
+):
+    """Where the app connects as its own role, migration 0021 takes back every change but INSERT."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("roles and grants are PostgreSQL's")
+    import importlib.util
+
+    from core.config import ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "versions_migration", ROOT / "migrations/versions/0021_attempt_question_versions.py"
+    )
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    pid = make_person("staff")
+    role = "countersign_versions_app_under_test"
+    with app.app_context():
+        complete_modules(db.session, db.session.get(Person, pid), db.session.scalar(select(Policy)))
+        db.session.flush()
+        conn = db.session.connection()
+        conn.execute(text(f"CREATE ROLE {role}"))
+        conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        conn.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON question_version TO {role}")
+        )
+        try:
+            migration.revoke_changes(conn, role)
+            conn.execute(text(f"SET LOCAL ROLE {role}"))
+            assert conn.execute(text("SELECT count(*) FROM question_version")).scalar() >= 1
+            for statement in (
+                "UPDATE question_version SET prompt = ''",
+                "DELETE FROM question_version",
+                "TRUNCATE question_version",
+            ):
+                conn.execute(text("SAVEPOINT attempt"))
+                with pytest.raises(DBAPIError, match="permission denied"):
+                    conn.execute(text(statement))
+                conn.execute(text("ROLLBACK TO SAVEPOINT attempt"))
+        finally:
+            db.session.rollback()  # the role and its grants were made in this transaction only
