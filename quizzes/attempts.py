@@ -165,6 +165,9 @@ def start_attempt(
     )
     session.add(attempt)
     session.flush()
+    # Read back now, as for an attempt loaded from the database, so that it shows its questions
+    # after the session has closed too.
+    attempt.drawn  # noqa: B018
     # The questions drawn are evidence too: what the person was asked.
     record_evidence(
         session, "quiz.started", "quiz_attempt", [attempt.id], actor_id=person.id,

@@ -306,3 +306,19 @@ def test_postgresql_app_role_cannot_change_or_remove_a_question_version(
                 conn.execute(text("ROLLBACK TO SAVEPOINT attempt"))
         finally:
             db.session.rollback()  # the role and its grants were made in this transaction only
+
+
+@pytest.mark.usefixtures("published")
+def test_a_new_attempt_shows_its_questions_after_its_session_has_closed(app, make_person):
+    pid = make_person("staff")
+    with app.app_context():
+        s = db.session
+        bank = _tone_bank(s)
+        mv = next(
+            m.module_version_id
+            for m in current_version(s, s.scalar(select(Policy))).module_links
+            if m.bank_id == bank.id
+        )
+        attempt = start_attempt(s, s.get(Person, pid), mv, bank)
+        s.commit()
+    assert len(attempt.drawn) == 5 and right_answers(attempt)
