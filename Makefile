@@ -94,6 +94,7 @@ bench: deps venv
 	$(BIN)/python bench/certificates.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/lti.py
+	$(BIN)/python bench/storage.py
 
 lint: venv
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ from sqlalchemy import Table, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db import Base
+from quizzes.versions import MissingVersion, load_versions, rebuild, version_problems
 
 BATCH = 2000
 
@@ -68,6 +69,11 @@ NOT_DIGESTED = {
     "certificate": ("pdf",),
     "person": ("password_hash", "auth_version", "status_rev"),
 }
+# A quiz attempt stores references to question versions (``quizzes.versions``); its digest covers
+# ``drawn``, the questions rebuilt from them: exactly what the person was asked, as the copies held
+# before attempts stored references. So digests recorded before and after that change compare
+# alike, and a question version edited by hand changes the digest of every attempt that asked it.
+REBUILT: dict[str, dict[str, str]] = {"quiz_attempt": {"drawn": "question_refs"}}
 # An acknowledgement's digest also covers the module versions it was signed for, with their text
 # hashes, from ``acknowledgement_module``: those rows are part of the signature.
 MODULES_OF = "acknowledgement"
@@ -140,18 +146,46 @@ def _memberships(session: Session, where: Any) -> dict[int, dict[str, list[str]]
     return found
 
 
+def _columns(t: Table, table: str) -> list[Any]:
+    """The columns a digest reads: those it covers, or those a covered value is rebuilt from."""
+    rebuilt = REBUILT.get(table, {})
+    return [t.c[rebuilt.get(c, c)] for c in DIGESTED[table]]
+
+
+def _drawn(refs: Any, versions: Mapping[int, Mapping[str, Any]]) -> Any:
+    """An attempt's questions as rebuilt; references that do not rebuild (a version removed, or
+    references edited into another shape) are digested as they are, so verify reports the row."""
+    try:
+        return rebuild(refs, versions)
+    except (MissingVersion, KeyError, TypeError, ValueError):
+        return {"unrebuildable": refs}
+
+
+def _contents(session: Session, table: str, rows: Sequence[Any]) -> list[Mapping[str, Any]]:
+    if table not in REBUILT:
+        return [r._mapping for r in rows]
+    wanted: set[int] = set()
+    for r in rows:
+        for ref in r.question_refs if isinstance(r.question_refs, list) else ():
+            if isinstance(ref, list) and ref and isinstance(ref[0], int):
+                wanted.add(ref[0])
+    versions = load_versions(session, wanted)
+    return [{**r._mapping, "drawn": _drawn(r.question_refs, versions)} for r in rows]
+
+
 def _digest_rows(session: Session, table: str, rows: Sequence[Any], where: Any) -> dict[int, str]:
     modules = _modules(session, where) if table == MODULES_OF and rows else {}
     memberships = _memberships(session, where) if table == MEMBERSHIPS_OF and rows else {}
     return {
-        r.id: digest(table, r._mapping, modules.get(r.id, ()), memberships.get(r.id)) for r in rows
+        r.id: digest(table, row, modules.get(r.id, ()), memberships.get(r.id))
+        for r, row in zip(rows, _contents(session, table, rows), strict=True)
     }
 
 
 def digests(session: Session, table: str, ids: Iterable[int]) -> dict[int, str]:
     """The current digest of each of these rows (a row that does not exist is left out)."""
     t = _table(table)
-    columns = [t.c[c] for c in DIGESTED[table]]
+    columns = _columns(t, table)
     wanted = sorted(set(ids))
     found: dict[int, str] = {}
     for start in range(0, len(wanted), BATCH):
@@ -164,7 +198,7 @@ def digests(session: Session, table: str, ids: Iterable[int]) -> dict[int, str]:
 def all_digests(session: Session, table: str, batch: int = BATCH) -> Iterator[dict[int, str]]:
     """Every row's digest, a batch at a time in id order."""
     t = _table(table)
-    columns = [t.c[c] for c in DIGESTED[table]]
+    columns = _columns(t, table)
     after = 0
     while True:
         rows = session.execute(
@@ -386,4 +420,9 @@ def check(session: Session, recorded: Recorded) -> tuple[int, list[str]]:
     # The PDF bytes are not digested (too large to re-read for every row); their hash is.
     for certificate_id in pdf_mismatches(session):
         problems.append(f"certificate {certificate_id}: stored PDF does not match its digest")
+    # Attempts' digests cover the versions they asked; this names the version itself.
+    for version_id in version_problems(session):
+        problems.append(
+            f"question version {version_id} edited: its content does not match its content hash"
+        )
     return checked, problems

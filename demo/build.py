@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import JSON, Table, Text, bindparam, cast, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 from werkzeug.security import generate_password_hash
 
@@ -26,7 +26,7 @@ from audit import evidence
 from audit.log import Entry, record_many
 from demo.accounts import make_accounts
 from demo.history import HistoryError, load_timeline, prepare_history
-from demo.learning import Draft, drawn_json, forget_fragments
+from demo.learning import Draft
 from demo.population import (
     CAST,
     MIN_ORDINARY,
@@ -115,7 +115,6 @@ def build(
     unknown = generate_password_hash(secrets.token_urlsafe(24))
     cast: dict[str, Draft] = {}
     ids: dict[str, int] = {}
-    forget_fragments()  # question ids belong to one database
     while drafts:  # a batch at a time, each let go once inserted
         batch, drafts = drafts[:BATCH], drafts[BATCH:]
         for draft in batch:
@@ -201,16 +200,7 @@ def _insert(session: Session, drafts: list[Draft], unknown: str, result: DemoRes
         written.append(("module.read", "read_receipt", receipt_id, person_id))
 
     attempts = [(i, a) for i, d in people for a in d.attempts]
-    if attempts:
-        # The questions drawn are joined from fragments serialised exactly as the JSON type would
-        # (see demo.learning.drawn_json); PostgreSQL is told to read that text as JSON.
-        drawn = bindparam("drawn_json", type_=Text())
-        if session.get_bind().dialect.name == "postgresql":
-            drawn = cast(drawn, JSON)
-        session.execute(
-            insert(QuizAttempt.__table__).values(drawn=drawn),
-            [{"person_id": i, "drawn_json": drawn_json(a.drawn), **a.row} for i, a in attempts],
-        )
+    _insert_rows(session, QuizAttempt.__table__, [{"person_id": i, **a.row} for i, a in attempts])
     attempt_ids = dict(
         session.execute(
             select(QuizAttempt.public_id, QuizAttempt.id).where(QuizAttempt.person_id.in_(ids))

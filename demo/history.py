@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from quizzes.attempts import rules_of
 from quizzes.bank import QuizRules
 from quizzes.models import Question, QuizBank
+from quizzes.versions import bank_versions
 from training.loader import ModuleSource, PolicySource, load_all, load_policy
 from training.models import Policy, PolicyVersion, PolicyVersionModule
 from training.publishing import publish
@@ -73,6 +74,7 @@ class Bank:
     id: int
     rules: QuizRules
     questions: tuple[BankQuestion, ...]
+    versions: dict[int, int]  # question id -> its question version's id (attempts refer to it)
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,8 @@ def load_timeline(session: Session, policy: Policy, now: datetime) -> Timeline:
             if bank_id is not None and bank_id not in banks:
                 bank = session.get(QuizBank, bank_id)
                 questions = tuple(BankQuestion.of(q) for q in bank.questions)
-                banks[bank_id] = Bank(bank.id, rules_of(bank), questions)
+                asked = bank_versions(session, questions)
+                banks[bank_id] = Bank(bank.id, rules_of(bank), questions, asked)
         versions.append(
             Version(
                 id=row.id,

@@ -15,7 +15,6 @@ an earlier version, or left); the functions at the bottom choose moments that le
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 from collections import Counter
@@ -62,40 +61,26 @@ def minutes(value: float) -> timedelta:
     return timedelta(minutes=value)
 
 
-# Each question drawn, in each order of its options, serialised once: a large demo draws the same
-# questions tens of thousands of times. An attempt keeps the keys of its questions, and
-# :func:`drawn_json` joins their fragments when it is inserted.
-FRAGMENTS: dict[tuple[int, tuple[str, ...]], str] = {}
-
-
-def forget_fragments() -> None:
-    """Start a build afresh: question ids belong to one database."""
-    FRAGMENTS.clear()
-
-
-def drawn_keys(drawn: list[dict]) -> tuple[tuple[int, tuple[str, ...]], ...]:
-    keys = []
-    for question in drawn:
-        key = (question["question_id"], tuple(o["id"] for o in question["options"]))
-        if key not in FRAGMENTS:
-            FRAGMENTS[key] = json.dumps(question)
-        keys.append(key)
-    return tuple(keys)
-
-
-def drawn_json(keys: tuple[tuple[int, tuple[str, ...]], ...]) -> str:
-    """The attempt's questions as JSON, exactly as ``json.dumps`` (and so SQLAlchemy's JSON
-    type) writes the list."""
-    return "[" + ", ".join(FRAGMENTS[key] for key in keys) + "]"
+def references(drawn: list[dict], bank: Bank) -> list[list]:
+    """What an attempt stores of the questions drawn (see :mod:`quizzes.versions`): each
+    question's version, its id and key in the bank, and the order its options were shown in."""
+    return [
+        [
+            bank.versions[q["question_id"]],
+            q["question_id"],
+            q["key"],
+            [o["id"] for o in q["options"]],
+        ]
+        for q in drawn
+    ]
 
 
 @dataclass(slots=True)
 class Attempt:
-    """A quiz attempt's row, the keys of the questions drawn for it, and its submission's row
-    (None: started and left)."""
+    """A quiz attempt's row (with the references to the questions drawn for it), and its
+    submission's row (None: started and left)."""
 
     row: dict[str, Any]
-    drawn: tuple[tuple[int, tuple[str, ...]], ...]
     submission: dict[str, Any] | None
 
 
@@ -274,9 +259,10 @@ class Learner:
             "expires_at": started + minutes(rules.time_limit_minutes),
             "pass_mark": rules.pass_mark,
             "show_answers": rules.show_answers,
+            "question_refs": references(drawn, bank),
         }
         if passing is None:
-            self.draft.attempts.append(Attempt(attempt, drawn_keys(drawn), None))
+            self.draft.attempts.append(Attempt(attempt, None))
             return started + minutes(1)
         answers, result = self._answers(drawn, passing, rules.pass_mark)
         took = min(rules.time_limit_minutes * 0.9, self.rng.uniform(1.5, 8))
@@ -289,7 +275,7 @@ class Learner:
             "score": result.score,
             "passed": result.passed,
         }
-        self.draft.attempts.append(Attempt(attempt, drawn_keys(drawn), submission))
+        self.draft.attempts.append(Attempt(attempt, submission))
         if result.passed:
             self.evidence.passes.append((mv, submitted))
         return submitted

@@ -23,6 +23,7 @@ from people.models import Person
 from quizzes.bank import QuizRules
 from quizzes.models import Question, QuizAttempt, QuizBank, QuizSubmission
 from quizzes.types import QUESTION_TYPES, Option, is_right
+from quizzes.versions import store_drawn
 from training.status_store import touch
 
 _random = random.SystemRandom()
@@ -161,10 +162,13 @@ def start_attempt(
         expires_at=now + timedelta(minutes=rules.time_limit_minutes),
         pass_mark=rules.pass_mark,
         show_answers=rules.show_answers,
-        drawn=drawn,
+        question_refs=store_drawn(session, drawn),
     )
     session.add(attempt)
     session.flush()
+    # Read back now, as for an attempt loaded from the database, so that it shows its questions
+    # after the session has closed too.
+    attempt.drawn  # noqa: B018
     # The questions drawn are evidence too: what the person was asked.
     record_evidence(
         session, "quiz.started", "quiz_attempt", [attempt.id], actor_id=person.id,

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from quizzes.models import QuizAttempt, QuizSubmission
+from quizzes.versions import drawn_of
 from training.models import Module, ModuleVersion
 
 
@@ -25,14 +26,15 @@ class ItemStats:
 def item_statistics(session: Session, module: Module) -> dict[str, ItemStats]:
     """How often each question (by its id, across editions of the bank) was answered wrongly."""
     rows = session.execute(
-        select(QuizAttempt.drawn, QuizSubmission.answers)
+        select(QuizAttempt.question_refs, QuizSubmission.answers)
         .join(QuizSubmission, QuizSubmission.attempt_id == QuizAttempt.id)
         .join(ModuleVersion, ModuleVersion.id == QuizAttempt.module_version_id)
         .where(ModuleVersion.module_id == module.id)
-    )
+    ).all()
+    asked = drawn_of(session, [refs for refs, _ in rows])
     answered: dict[str, int] = {}
     wrong: dict[str, int] = {}
-    for drawn, answers in rows:
+    for drawn, (_, answers) in zip(asked, rows, strict=True):
         for q in drawn:
             key = q["key"]
             right = sorted(o["id"] for o in q["options"] if o["correct"])

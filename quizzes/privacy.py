@@ -8,20 +8,24 @@ from sqlalchemy import select
 
 from people.personal_data import Export, iso
 from quizzes.models import QuizAttempt, QuizSubmission
+from quizzes.versions import drawn_of
 from training.privacy import module_of, module_titles
 
 
 def quiz_attempts(request: Export) -> list[dict[str, Any]]:
     titles = module_titles(request)
     attempts = []
-    for attempt, submission in request.session.execute(
+    taken = request.session.execute(
         select(QuizAttempt, QuizSubmission)
         .outerjoin(QuizSubmission, QuizSubmission.attempt_id == QuizAttempt.id)
         .where(QuizAttempt.person_id == request.person.id)
         .order_by(QuizAttempt.started_at, QuizAttempt.id)
-    ):
+    ).all()
+    # The questions each attempt asked, every question version read once.
+    asked = drawn_of(request.session, [attempt.question_refs for attempt, _ in taken])
+    for (attempt, submission), drawn in zip(taken, asked, strict=True):
         questions = []
-        for q in attempt.drawn:
+        for q in drawn:
             options = []
             for o in q["options"]:
                 option = {"id": o["id"], "text": o["text"]}

@@ -33,6 +33,7 @@ from core.db import db, normalise_url, utcnow
 from people.models import Person, PersonRole
 from quizzes.attempts import draw, grade, rules_of
 from quizzes.models import QuizAttempt, QuizBank, QuizSubmission
+from quizzes.versions import drawn_of, store_drawn
 from tests.conftest import PASSWORD
 from tests.load_server import Browser, Killer, Server, Tally
 from training.models import Policy, ReadReceipt
@@ -177,11 +178,13 @@ class Load:
     def right_answers(self, public_id: str) -> dict[str, list[str]]:
         """What a learner who knows the policy would tick (the page itself never says)."""
         with self.engine.connect() as conn:
-            drawn = conn.scalar(
-                text("SELECT drawn FROM quiz_attempt WHERE public_id = :p"), {"p": public_id}
+            refs = conn.scalar(
+                text("SELECT question_refs FROM quiz_attempt WHERE public_id = :p"),
+                {"p": public_id},
             )
-        assert drawn is not None, f"the attempt {public_id} the server sent us to does not exist"
-        return {q["key"]: [o["id"] for o in q["options"] if o["correct"]] for q in _json(drawn)}
+            assert refs is not None, f"the attempt {public_id} the server sent us to does not exist"
+            (drawn,) = drawn_of(conn, [_json(refs)])
+        return {q["key"]: [o["id"] for o in q["options"] if o["correct"]] for q in drawn}
 
     def send_twice(self, browser: Browser, form: Form, parallel: bool) -> None:
         """A double submit: two tabs at once, or the same form sent again after the answer."""
@@ -268,7 +271,8 @@ def prepare_people(app: Flask) -> list[Learner]:
                     public_id=secrets.token_urlsafe(16), person_id=person.id,
                     module_version_id=mv_id, bank_id=bank.id, started_at=earlier,
                     expires_at=earlier + timedelta(minutes=rules.time_limit_minutes),
-                    pass_mark=rules.pass_mark, show_answers=rules.show_answers, drawn=drawn,
+                    pass_mark=rules.pass_mark, show_answers=rules.show_answers,
+                    question_refs=store_drawn(s, drawn),
                 )  # fmt: skip
                 attempt.submission = QuizSubmission(
                     submitted_at=earlier, answers=answers, correct=result.correct,
@@ -329,15 +333,18 @@ def check_database(engine: Engine, learners: list[Learner], forms: list[Form]) -
     assert dupes == [], f"attempts started twice: {dupes}"
     graded = rows(
         engine,
-        f"""SELECT a.public_id, a.person_id, a.drawn, a.pass_mark, s.answers,
+        f"""SELECT a.public_id, a.person_id, a.question_refs, a.pass_mark, s.answers,
             s.correct, s.total, s.score, s.passed
         FROM quiz_attempt a LEFT JOIN quiz_submission s ON s.attempt_id = a.id
         WHERE a.person_id IN {in_people}""",
     )
     assert len(graded) == PEOPLE * len(VOLUNTEER_MODULES)
-    for public_id, _pid, drawn, pass_mark, answers, correct, total, score, passed in graded:
+    with engine.connect() as conn:
+        asked = drawn_of(conn, [_json(row[2]) for row in graded])
+    for row, drawn in zip(graded, asked, strict=True):
+        public_id, _pid, _refs, pass_mark, answers, correct, total, score, passed = row
         assert answers is not None, f"attempt {public_id} was never graded"
-        drawn, answers = _json(drawn), _json(answers)
+        answers = _json(answers)
         assert set(answers) == {q["key"] for q in drawn}, f"attempt {public_id}: partial answers"
         expected = grade(drawn, answers, pass_mark)
         assert (correct, total, score, bool(passed)) == (
