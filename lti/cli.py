@@ -1,4 +1,4 @@
-"""``flask lti add-platform|platforms|urls|send-grades``."""
+"""``flask lti add-platform|platforms|urls`` (scores are posted by ``flask worker``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from core.db import db
 from core.web import federation
-from lti import grades
 from lti.accounts import DEFAULT_ROLE_MAP, parse_role_map
 from lti.models import LtiPlatform
 from lti.registry import PlatformData, PlatformError, register_platform
@@ -78,10 +77,3 @@ def platforms_command() -> None:
         click.echo(
             f"{p.id}\t{p.name}\t{p.issuer}\t{p.client_id}\t{','.join(p.deployment_ids)}\t{state}"
         )
-
-
-@lti_cli.command("send-grades", help="Post the scores that are due (run every minute from cron).")
-@with_appcontext
-def send_grades_command() -> None:
-    sent = grades.send_due(db.session)
-    click.echo(f"{sent} score{'s' if sent != 1 else ''} accepted.")

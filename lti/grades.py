@@ -2,14 +2,16 @@
 and 1.0 once they are trained.
 
 Each ``status.changed`` event (:mod:`training.status_store`) works out the person's score on each
-line item they launched from, from the stored answer (the rule is not asked again); a changed score
-is queued, and the worker posts it to the platform, retried with back-off until it is accepted or
-given up. A newer score replaces one not yet sent, since the platform keeps only the latest.
+line item they launched from, from the event's new standing (the rule is not asked again); a
+changed score is queued in the outbox (``lti.score``), and the worker posts it to the platform,
+retried with the outbox's back-off until it is accepted or given up. A newer score replaces one not
+yet sent, since the platform keeps only the latest.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,21 +22,20 @@ from pylti1p3.exception import LtiException, LtiServiceException
 from pylti1p3.grade import Grade
 from pylti1p3.lineitem import LineItem
 from pylti1p3.service_connector import ServiceConnector
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.db import utcnow
-from core.outbox import OutboxMessage, enqueue, periodic, subscribe, topic
+from core.db import utcnow, writing
+from core.outbox import GiveUp, OutboxMessage, Retry, enqueue, subscribe, topic
 from lti.launch import http_session, registration_for, service_url_ok
-from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from people.models import Person
 from training.models import Policy
 from training.status import Status
 from training.status_store import STATUS_CHANGED, current_many
 
 log = logging.getLogger("countersign.lti")
-BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
-CLAIM_FOR = timedelta(minutes=5)  # longer than one post can take (two 10 s requests and paging)
+BACKOFF = tuple(timedelta(minutes=m) for m in (1, 5, 30, 120, 720))  # then give up
 MAX_LINEITEM_PAGES = 20
 REPLACED = "Replaced by a newer score before it was sent."
 
@@ -59,33 +60,67 @@ def score_from(
     return share, ("Initialized" if done == 0 else "InProgress"), "Pending"
 
 
+SCORE = "lti.score"
+
+
+@dataclass(frozen=True)
+class ScorePost:
+    """A score message as the administrators' page shows it."""
+
+    id: int
+    link_id: int | None
+    score: float
+    activity_progress: str
+    grading_progress: str
+    created_at: datetime
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    sent_at: datetime | None
+    gave_up_at: datetime | None
+    next_attempt_at: datetime
+
+    @classmethod
+    def of(cls, message: OutboxMessage) -> ScorePost:
+        p = message.payload
+        return cls(
+            message.id, p.get("link_id"), p["score"], p["activity"], p["grading"],
+            message.created_at, message.attempts, message.last_status, message.last_error,
+            message.done_at, message.gave_up_at, message.due_at,
+        )  # fmt: skip
+
+
+def _unsent(session: Session, link: LtiGradeLink) -> list[OutboxMessage]:
+    return [
+        m
+        for m in session.scalars(
+            select(OutboxMessage).where(
+                OutboxMessage.topic == SCORE,
+                OutboxMessage.person_id == link.person_id,
+                OutboxMessage.done_at.is_(None),
+                OutboxMessage.gave_up_at.is_(None),
+            )
+        )
+        if m.payload.get("link_id") == link.id
+    ]
+
+
 def _queue(
     session: Session, link: LtiGradeLink, score: tuple[float, str, str], now: datetime
 ) -> bool:
     """Queue ``score`` for ``link`` unless it is the score last queued; a newer score replaces
-    one not yet sent."""
+    one not yet sent (the platform keeps only the latest)."""
     value, activity, grading = score
     if link.last_score == value:
         return False
-    session.execute(
-        update(LtiScorePost)
-        .where(
-            LtiScorePost.link_id == link.id,
-            LtiScorePost.sent_at.is_(None),
-            LtiScorePost.gave_up_at.is_(None),
-        )
-        .values(gave_up_at=now, last_error=REPLACED)
-    )
-    session.add(
-        LtiScorePost(
-            link_id=link.id,
-            score=value,
-            activity_progress=activity,
-            grading_progress=grading,
-            created_at=now,
-            next_attempt_at=now,
-        )  # fmt: skip
-    )
+    for older in _unsent(session, link):
+        older.gave_up_at, older.last_error = now, REPLACED
+    enqueue(
+        session, SCORE,
+        {"link_id": link.id, "score": value, "activity": activity, "grading": grading,
+         "at": now.isoformat()},
+        person_id=link.person_id,
+    )  # fmt: skip
     link.last_score = value
     return True
 
@@ -121,65 +156,32 @@ def queue_scores(
     return queued
 
 
-def send_due(session: Session, now: datetime | None = None, limit: int = 100) -> int:
-    """Post every score that is due; returns how many the platforms accepted.
-
-    No transaction is open while a platform is called: what each post needs is read first, and
-    each outcome is written in a short transaction of its own.
-    """
-    now = now or utcnow()
-    rows = session.execute(
-        select(LtiScorePost, LtiGradeLink, LtiIdentity, LtiPlatform, Policy)
-        .join(LtiGradeLink, LtiScorePost.link_id == LtiGradeLink.id)
+def post_score(session: Session, message: OutboxMessage) -> int:
+    """The worker's handler: post one score to its line item. No transaction is open while the
+    platform is called; a line item found or made on the way is remembered on the link."""
+    found = session.execute(
+        select(LtiGradeLink, LtiIdentity, LtiPlatform, Policy)
         .join(LtiIdentity, LtiGradeLink.identity_id == LtiIdentity.id)
         .join(LtiPlatform, LtiIdentity.platform_id == LtiPlatform.id)
         .join(Policy, LtiGradeLink.policy_id == Policy.id)
-        .where(
-            LtiScorePost.sent_at.is_(None),
-            LtiScorePost.gave_up_at.is_(None),
-            LtiScorePost.next_attempt_at <= now,
-        )
-        .order_by(LtiScorePost.id)
-        .limit(limit)
-    ).all()
+        .where(LtiGradeLink.id == message.payload.get("link_id"))
+    ).first()
+    if found is None:
+        raise GiveUp("The link to the platform no longer exists.")
+    link, identity, platform, policy = found
+    post = ScorePost.of(message)
     session.commit()
-    connectors: dict[int, ServiceConnector] = {}
-    ok = 0
-    for post, link, identity, platform, policy in rows:
-        if not _claim(session, post, now):
-            continue  # another sender (the cron job, another worker) has it
-        error, status, lineitem = _post(post, link, identity, platform, policy, connectors)
-        post.attempts += 1
-        post.last_attempt_at, post.last_status, post.last_error = now, status, error
-        if lineitem and not link.lineitem_url and service_url_ok(lineitem, platform):
-            link.lineitem_url = lineitem
-        if error is None:
-            post.sent_at = now
-            ok += 1
-        elif post.attempts > len(BACKOFF):
-            post.gave_up_at = now
-        else:
-            post.next_attempt_at = now + BACKOFF[post.attempts - 1]
-        session.commit()
-    return ok
-
-
-def _claim(session: Session, post: LtiScorePost, now: datetime) -> bool:
-    """Take a due post for this sender: it is pushed back a while first, so a sender running at
-    the same time skips it; the outcome then sets when it is next due."""
-    claimed = session.execute(
-        update(LtiScorePost)
-        .where(
-            LtiScorePost.id == post.id,
-            LtiScorePost.sent_at.is_(None),
-            LtiScorePost.gave_up_at.is_(None),
-            LtiScorePost.next_attempt_at <= now,
-        )
-        .values(next_attempt_at=now + CLAIM_FOR)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    session.commit()
-    return bool(claimed)
+    error, status, lineitem = _post(post, link, identity, platform, policy, {})
+    if lineitem and not link.lineitem_url and service_url_ok(lineitem, platform):
+        with writing(session):
+            session.execute(
+                update(LtiGradeLink)
+                .where(LtiGradeLink.id == link.id, LtiGradeLink.lineitem_url.is_(None))
+                .values(lineitem_url=lineitem)
+            )
+    if error is not None:
+        raise Retry(error, status)
+    return status or 200
 
 
 class GradeService(AssignmentsGradesService):
@@ -202,7 +204,7 @@ class GradeService(AssignmentsGradesService):
 
 
 def _post(
-    post: LtiScorePost,
+    post: ScorePost,
     link: LtiGradeLink,
     identity: LtiIdentity,
     platform: LtiPlatform,
@@ -264,35 +266,55 @@ def retry_failed(session: Session, now: datetime | None = None) -> int:
     """Make scores that failed or were given up due now (not those a newer score replaced)."""
     now = now or utcnow()
     result = session.execute(
-        update(LtiScorePost)
+        update(OutboxMessage)
         .where(
-            LtiScorePost.sent_at.is_(None),
-            LtiScorePost.last_error.is_not(None),
-            LtiScorePost.last_error != REPLACED,
+            OutboxMessage.topic == SCORE,
+            OutboxMessage.done_at.is_(None),
+            OutboxMessage.last_error.is_not(None),
+            OutboxMessage.last_error != REPLACED,
         )
-        .values(gave_up_at=None, next_attempt_at=now)
+        .values(gave_up_at=None, due_at=now, claimed_by=None, claimed_until=None)
     )
     return result.rowcount or 0
 
 
-SEND = "lti.grades"
+def failing(session: Session) -> int:
+    """Scores not accepted yet after at least one try (not those a newer one replaced)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.topic == SCORE,
+                OutboxMessage.done_at.is_(None),
+                OutboxMessage.last_error.is_not(None),
+                OutboxMessage.last_error != REPLACED,
+            )
+        )
+        or 0
+    )
+
+
+def recent(session: Session, limit: int = 50) -> list[ScorePost]:
+    """The latest score messages, newest first."""
+    return [
+        ScorePost.of(m)
+        for m in session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.topic == SCORE)
+            .order_by(OutboxMessage.id.desc())
+            .limit(limit)
+        )
+    ]
 
 
 def queue_for(session: Session, person_ids: list[int]) -> int:
-    """Queue these people's changed scores, and a message for the worker to post them."""
+    """Queue these people's changed scores (the worker posts them)."""
     if not session.scalar(
         select(LtiGradeLink.id).where(LtiGradeLink.person_id.in_(person_ids)).limit(1)
     ):
         return 0
-    queued = queue_scores(session, person_ids)
-    if queued:
-        enqueue(session, SEND, {})
-    return queued
-
-
-def send_later(session: Session) -> None:
-    """Ask the worker to post what is due (in the caller's transaction)."""
-    enqueue(session, SEND, {})
+    return queue_scores(session, person_ids)
 
 
 def on_status_changed(session: Session, message: OutboxMessage) -> None:
@@ -312,21 +334,12 @@ def on_status_changed(session: Session, message: OutboxMessage) -> None:
         acknowledged=new["acknowledgement_id"] is not None,
     )  # fmt: skip
     now = utcnow()
-    if sum(_queue(session, link, score, now) for link in links):
-        session.flush()
-        enqueue(session, SEND, {})
-
-
-def _send(session: Session, message: OutboxMessage) -> None:
-    send_due(session)
-
-
-def _send_periodic(session: Session, now: datetime) -> None:
-    send_due(session, now)
+    for link in links:
+        _queue(session, link, score, now)
+    session.flush()
 
 
 def init_app(app: Flask) -> None:
-    """Scores follow ``status.changed`` events; the worker posts them and retries what is due."""
+    """Scores follow ``status.changed`` events; the worker posts each, with the one back-off."""
     subscribe(app, STATUS_CHANGED, on_status_changed)
-    topic(app, SEND, _send, remote=True)
-    periodic(app, SEND, _send_periodic, timedelta(minutes=1))
+    topic(app, SCORE, post_score, remote=True, backoff=BACKOFF)

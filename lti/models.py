@@ -134,26 +134,3 @@ class LtiGradeLink(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     identity: Mapped[LtiIdentity] = relationship()
-
-
-class LtiScorePost(Base):
-    """A score to post to a line item; retried with back-off until sent or given up."""
-
-    __tablename__ = "lti_score_post"
-    __table_args__ = (Index("ix_lti_score_post_due", "sent_at", "next_attempt_at"),)
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    link_id: Mapped[int] = mapped_column(ForeignKey("lti_grade_link.id", ondelete="CASCADE"))
-    score: Mapped[float]  # 0.0-1.0: the share of the training done; 1.0 is trained
-    activity_progress: Mapped[str] = mapped_column(String(20))
-    grading_progress: Mapped[str] = mapped_column(String(20))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    attempts: Mapped[int] = mapped_column(default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    last_status: Mapped[int | None]
-    last_error: Mapped[str | None] = mapped_column(String(500))
-    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-    gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
-
-    link: Mapped[LtiGradeLink] = relationship()

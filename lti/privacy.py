@@ -6,6 +6,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from core.outbox import OutboxMessage
+from lti.grades import SCORE
 from lti.models import LtiGradeLink, LtiIdentity, LtiLinkRequest, LtiPlatform
 from people.personal_data import Erasure, Export, iso
 
@@ -41,4 +43,10 @@ def erase(erasure: Erasure) -> None:
     erasure.session.execute(delete(LtiIdentity).where(LtiIdentity.person_id == erasure.person_id))
     erasure.session.execute(
         delete(LtiLinkRequest).where(LtiLinkRequest.person_id == erasure.person_id)
+    )
+    # The scores sent (or waiting) to their gradebooks go with the links they were for.
+    erasure.session.execute(
+        delete(OutboxMessage).where(
+            OutboxMessage.topic == SCORE, OutboxMessage.person_id == erasure.person_id
+        )
     )

@@ -66,7 +66,7 @@ from lti.links import (
     request_for_token,
     show_pairing_code,
 )
-from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform, LtiScorePost
+from lti.models import LtiGradeLink, LtiIdentity, LtiPlatform
 from lti.registry import PlatformData, PlatformError, data_of, register_platform, update_platform
 from people.auth import roles_required
 from people.models import Person
@@ -432,22 +432,15 @@ def platforms() -> Any:
             select(LtiIdentity.platform_id, func.count()).group_by(LtiIdentity.platform_id)
         ).all()
     )
-    posts = s.execute(
-        select(LtiScorePost, LtiGradeLink.context_title, LtiIdentity.person_id)
-        .join(LtiGradeLink, LtiScorePost.link_id == LtiGradeLink.id)
-        .join(LtiIdentity, LtiGradeLink.identity_id == LtiIdentity.id)
-        .order_by(LtiScorePost.id.desc())
-        .limit(50)
-    ).all()
-    failing = s.scalar(
-        select(func.count())
-        .select_from(LtiScorePost)
-        .where(
-            LtiScorePost.sent_at.is_(None),
-            LtiScorePost.last_error.is_not(None),
-            LtiScorePost.last_error != grades.REPLACED,
+    recent = grades.recent(s)
+    links = {
+        link.id: (link.context_title, link.person_id)
+        for link in s.scalars(
+            select(LtiGradeLink).where(LtiGradeLink.id.in_({p.link_id for p in recent}))
         )
-    )
+    }
+    posts = [(p, *links.get(p.link_id, ("", None))) for p in recent]
+    failing = grades.failing(s)
     return render_template(
         "lti/platforms.html", platforms=rows, people=people, posts=posts, failing=failing,
         urls=tool_urls(), replaced=grades.REPLACED,
@@ -473,9 +466,7 @@ def edit_platform(platform_id: int) -> Any:
 @roles_required("admin")
 def retry_grades() -> Any:
     Form()  # CSRF is checked globally
-    count = grades.retry_failed(db.session)
-    if count:
-        grades.send_later(db.session)  # the worker sends them
+    count = grades.retry_failed(db.session)  # due now: the worker sends them
     db.session.commit()
     flash(f"{count} score{'s are' if count != 1 else ' is'} being sent again; reload this page "
           "to see how it went.", "success")  # fmt: skip

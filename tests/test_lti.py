@@ -22,7 +22,6 @@ from lti.models import (
     LtiIdentity,
     LtiLinkRequest,
     LtiPlatform,
-    LtiScorePost,
     LtiUsedNonce,
 )
 from lti.registry import PlatformData, register_platform
@@ -472,8 +471,7 @@ def test_progress_then_a_score_of_one_reach_the_gradebook_when_the_person_is_tra
     )
     assert [s.body["scoreGiven"] for s in platform.scores].count(1) == 1
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(LtiScorePost).where(
-            LtiScorePost.sent_at.is_(None), LtiScorePost.gave_up_at.is_(None))) == 0  # fmt: skip
+        assert [p for p in grades.recent(db.session) if not (p.sent_at or p.gave_up_at)] == []
 
 
 def test_a_failed_grade_post_is_retried_and_shown_to_administrators(
@@ -484,28 +482,28 @@ def test_a_failed_grade_post_is_retried_and_shown_to_administrators(
     run_worker(app)
     assert response.status_code == 302 and platform.scores == []
     with app.app_context():
-        post = db.session.scalar(select(LtiScorePost))
+        (post,) = grades.recent(db.session)
         assert post.last_status == 503 and post.sent_at is None and post.attempts == 1
         assert post.next_attempt_at > utcnow()
     admin = Auth(app, app.test_client()).as_person(make_person("admin"))
     page = admin.get("/admin/lti/").get_data(as_text=True)
     assert "1 score not accepted yet" in page and "HTTP 503" in page
-    # Not due yet: cron leaves it; once due, it goes.
-    with app.app_context():
-        assert grades.send_due(db.session) == 0
-        assert grades.send_due(db.session, now=utcnow() + timedelta(minutes=2)) == 1
+    # Not due yet: the worker leaves it; once due, it goes.
+    run_worker(app)
+    assert platform.scores == []
+    run_worker(app, utcnow() + timedelta(minutes=2))
     assert len(platform.scores) == 1
 
     # A post that gave up can be sent again from the page.
     platform.fail_scores = 10
     with app.app_context():
         link = db.session.scalar(select(LtiGradeLink))
-        db.session.add(LtiScorePost(link_id=link.id, score=0.5, activity_progress="InProgress",
-                                    grading_progress="Pending", next_attempt_at=utcnow()))  # fmt: skip
+        grades._queue(db.session, link, (0.5, "InProgress", "Pending"), utcnow())
         db.session.commit()
-        for minutes in range(0, 60 * 24, 60):
-            grades.send_due(db.session, now=utcnow() + timedelta(minutes=minutes))
-        post = db.session.scalars(select(LtiScorePost).order_by(LtiScorePost.id.desc())).first()
+    for minutes in range(0, 60 * 24, 60):
+        run_worker(app, utcnow() + timedelta(minutes=minutes))
+    with app.app_context():
+        post = grades.recent(db.session)[0]
         assert post.gave_up_at is not None and post.attempts == 6
     assert "Gave up: HTTP 503" in admin.get("/admin/lti/").get_data(as_text=True)
     platform.fail_scores = 0
@@ -615,7 +613,7 @@ def test_erasing_a_leaver_forgets_their_lms_identity(app, client, platform, regi
         assert db.session.scalar(select(func.count()).select_from(LtiIdentity)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiLinkRequest)) == 0
         assert db.session.scalar(select(func.count()).select_from(LtiGradeLink)) == 0
-        assert db.session.scalar(select(func.count()).select_from(LtiScorePost)) == 0
+        assert grades.recent(db.session) == []
     # The same LMS user launching again is a newcomer, not the erased record.
     response, _, _ = platform.launch(app.test_client())
     assert response.status_code == 302
@@ -681,10 +679,10 @@ def test_an_unexpected_answer_from_a_platform_is_recorded_and_retried(
     assert response.status_code == 302
     run_worker(app)
     with app.app_context():
-        post = db.session.scalar(select(LtiScorePost))
+        (post,) = grades.recent(db.session)
         assert post.sent_at is None and "Unexpected answer" in post.last_error
-        platform.token_answer = None
-        assert grades.send_due(db.session, now=utcnow() + timedelta(minutes=2)) == 1
+    platform.token_answer = None
+    run_worker(app, utcnow() + timedelta(minutes=2))
     assert len(platform.scores) == 1
 
 

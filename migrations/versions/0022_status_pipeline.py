@@ -5,8 +5,9 @@
   format. It is derived: it starts empty and the worker's sweep fills it.
 - ``outbox`` is the one queue of things to do after a commit (status-change events, webhook
   deliveries, certificate rendering, ...), with the record of every attempt on the message itself.
-  Webhook deliveries move into it (undelivered ones stay due); ``status_snapshot``, the webhooks'
-  own copy of each person's last announced status, goes: ``stored_status`` is that record now.
+  Webhook deliveries and LMS score posts move into it (undelivered ones stay due), and their own
+  tables go; ``status_snapshot``, the webhooks' own copy of each person's last announced status,
+  goes too: ``stored_status`` is that record now.
 - A quiz attempt now bumps its person's ``status_rev`` too, so the tables whose changes make a
   stored answer stop counting are exactly the tables the rule reads (``tests/test_status_store.py``
   derives both sets from the code and the database). The rule reads an attempt only through its
@@ -76,13 +77,29 @@ def upgrade() -> None:
         sa.Column("missing", sa.JSON(), nullable=False),
         sa.Column("fresh_until", core.db.UTCDateTime(), nullable=True),
         sa.Column("computed_at", core.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["person_id"], ["person.id"], name=op.f("fk_stored_status_person_id_person"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["policy_id"], ["policy.id"], name=op.f("fk_stored_status_policy_id_policy"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["policy_version_id"], ["policy_version.id"], name=op.f("fk_stored_status_policy_version_id_policy_version")),
+        sa.ForeignKeyConstraint(
+            ["person_id"],
+            ["person.id"],
+            name=op.f("fk_stored_status_person_id_person"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["policy_id"],
+            ["policy.id"],
+            name=op.f("fk_stored_status_policy_id_policy"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["policy_version_id"],
+            ["policy_version.id"],
+            name=op.f("fk_stored_status_policy_version_id_policy_version"),
+        ),
         sa.PrimaryKeyConstraint("person_id", "policy_id", name=op.f("pk_stored_status")),
     )
     with op.batch_alter_table("stored_status", schema=None) as batch_op:
-        batch_op.create_index("ix_stored_status_policy_standing", ["policy_id", "standing"], unique=False)
+        batch_op.create_index(
+            "ix_stored_status_policy_standing", ["policy_id", "standing"], unique=False
+        )
 
     op.create_table(
         "outbox",
@@ -101,7 +118,12 @@ def upgrade() -> None:
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.Column("done_at", core.db.UTCDateTime(), nullable=True),
         sa.Column("gave_up_at", core.db.UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["person_id"], ["person.id"], name=op.f("fk_outbox_person_id_person"), ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["person_id"],
+            ["person.id"],
+            name=op.f("fk_outbox_person_id_person"),
+            ondelete="SET NULL",
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
         sa.UniqueConstraint("key", name=op.f("uq_outbox_key")),
     )
@@ -133,8 +155,25 @@ def upgrade() -> None:
             "last_status": last_status, "last_error": error, "done_at": delivered,
             "gave_up_at": gave_up,
         })  # fmt: skip
+    # Score posts, with the person their link belongs to (for the personal-data download).
+    posts = bind.execute(sa.text(
+        "SELECT p.id, p.link_id, l.person_id, p.score, p.activity_progress, p.grading_progress, "
+        "p.created_at, p.attempts, p.next_attempt_at, p.last_attempt_at, p.last_status, "
+        "p.last_error, p.sent_at, p.gave_up_at FROM lti_score_post p "
+        "JOIN lti_grade_link l ON l.id = p.link_id ORDER BY p.id"
+    )).all()  # fmt: skip
+    for (pid, link, person, score, activity, grading, created, attempts, due, last_at, status,
+         error, sent, gave_up) in posts:  # fmt: skip
+        moved.append({
+            "topic": "lti.score", "key": f"lti.score:{pid}", "person_id": person,
+            "payload": {"link_id": link, "score": score, "activity": activity, "grading": grading,
+                        "at": str(created)},
+            "created_at": created, "due_at": due, "attempts": attempts, "last_attempt_at": last_at,
+            "last_status": status, "last_error": error, "done_at": sent, "gave_up_at": gave_up,
+        })  # fmt: skip
     if moved:
         op.bulk_insert(outbox, moved)  # type: ignore[arg-type]
+    op.drop_table("lti_score_post")
     op.drop_table("webhook_delivery")
     op.drop_table("status_snapshot")
     op.drop_table("precomputed_status")
@@ -163,8 +202,18 @@ def downgrade() -> None:
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("fresh_until", core.db.UTCDateTime(), nullable=True),
         sa.Column("computed_at", core.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["person_id"], ["person.id"], name=op.f("fk_precomputed_status_person_id_person"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["policy_id"], ["policy.id"], name=op.f("fk_precomputed_status_policy_id_policy"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["person_id"],
+            ["person.id"],
+            name=op.f("fk_precomputed_status_person_id_person"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["policy_id"],
+            ["policy.id"],
+            name=op.f("fk_precomputed_status_policy_id_policy"),
+            ondelete="CASCADE",
+        ),
         sa.PrimaryKeyConstraint("person_id", "policy_id", name=op.f("pk_precomputed_status")),
     )
     op.create_table(
@@ -173,8 +222,12 @@ def downgrade() -> None:
         sa.Column("policy_id", sa.Integer(), nullable=False),
         sa.Column("trained", sa.Boolean(), nullable=False),
         sa.Column("at", core.db.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(["person_id"], ["person.id"], name=op.f("fk_status_snapshot_person_id_person")),
-        sa.ForeignKeyConstraint(["policy_id"], ["policy.id"], name=op.f("fk_status_snapshot_policy_id_policy")),
+        sa.ForeignKeyConstraint(
+            ["person_id"], ["person.id"], name=op.f("fk_status_snapshot_person_id_person")
+        ),
+        sa.ForeignKeyConstraint(
+            ["policy_id"], ["policy.id"], name=op.f("fk_status_snapshot_policy_id_policy")
+        ),
         sa.PrimaryKeyConstraint("person_id", "policy_id", name=op.f("pk_status_snapshot")),
     )
     op.create_table(
@@ -191,10 +244,39 @@ def downgrade() -> None:
         sa.Column("last_error", sa.String(length=500), nullable=True),
         sa.Column("delivered_at", core.db.UTCDateTime(), nullable=True),
         sa.Column("gave_up_at", core.db.UTCDateTime(), nullable=True),
-        sa.ForeignKeyConstraint(["webhook_id"], ["webhook.id"], name=op.f("fk_webhook_delivery_webhook_id_webhook")),
+        sa.ForeignKeyConstraint(
+            ["webhook_id"], ["webhook.id"], name=op.f("fk_webhook_delivery_webhook_id_webhook")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_delivery")),
     )
     with op.batch_alter_table("webhook_delivery", schema=None) as batch_op:
-        batch_op.create_index("ix_webhook_delivery_due", ["delivered_at", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_webhook_delivery_due", ["delivered_at", "next_attempt_at"], unique=False
+        )
+    op.create_table(
+        "lti_score_post",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("link_id", sa.Integer(), nullable=False),
+        sa.Column("score", sa.Double(), nullable=False),
+        sa.Column("activity_progress", sa.String(length=20), nullable=False),
+        sa.Column("grading_progress", sa.String(length=20), nullable=False),
+        sa.Column("created_at", core.db.UTCDateTime(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", core.db.UTCDateTime(), nullable=False),
+        sa.Column("last_attempt_at", core.db.UTCDateTime(), nullable=True),
+        sa.Column("last_status", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.String(length=500), nullable=True),
+        sa.Column("sent_at", core.db.UTCDateTime(), nullable=True),
+        sa.Column("gave_up_at", core.db.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["link_id"],
+            ["lti_grade_link.id"],
+            name=op.f("fk_lti_score_post_link_id_lti_grade_link"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_lti_score_post")),
+    )
+    with op.batch_alter_table("lti_score_post", schema=None) as batch_op:
+        batch_op.create_index("ix_lti_score_post_due", ["sent_at", "next_attempt_at"], unique=False)
     op.drop_table("outbox")
     op.drop_table("stored_status")
