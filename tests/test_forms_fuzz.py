@@ -807,14 +807,19 @@ def _lti_connect(c: Ctx, endpoint: str) -> None:
 
 @form("xapi.retry")
 def _xapi(c: Ctx, endpoint: str) -> None:
-    from xapi.models import XapiStatement
+    from core.outbox import OutboxMessage
+    from xapi.outbox import STATEMENT
 
     c.as_role("admin")
     nasty = "<script>alert(1)</script>"
-    c.sql(lambda s: s.add(XapiStatement(
-        statement_id="00000000-0000-4000-8000-000000000000", event_key="read:0", verb=nasty,
-        payload={"actor": {"mbox": f"mailto:{nasty}"}, "object": {"definition": {"name": {
-            "en-GB": nasty}}}}, attempts=6, last_error=nasty, gave_up_at=utcnow())))  # fmt: skip
+    statement = {
+        "actor": {"mbox": f"mailto:{nasty}"},
+        "object": {"definition": {"name": {"en-GB": nasty}}},
+    }
+    c.sql(lambda s: s.add(OutboxMessage(
+        topic=STATEMENT, key=f"{STATEMENT}:read:0", payload={
+            "statement_id": "00000000-0000-4000-8000-000000000000", "verb": nasty,
+            "statement": statement}, attempts=6, last_error=nasty, gave_up_at=utcnow())))  # fmt: skip
     fuzz = Fuzz(c.app, c.client, "/admin/xapi/")
     c.run(c.bodies(retry=texts("1", "all")), lambda body: fuzz.post("/admin/xapi/retry", body))
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 
 import pytest
-from sqlalchemy import select
 
 from core.config import ROOT
 from core.db import Base, db
@@ -14,7 +13,7 @@ from people.personal_data import register_personal_data, registry
 from tests import lrs as lrs_server
 from tests.conftest import Auth
 from tests.test_journey import VOLUNTEER_MODULES, read_modules
-from xapi.models import XapiStatement
+from xapi.outbox import statements as statements_of
 
 
 def _names_a_person(table) -> list[str]:
@@ -96,13 +95,7 @@ def test_the_download_includes_the_persons_xapi_statements_as_sent(app, client, 
     data = learner.get("/account/data.json").get_json()
 
     with app.app_context():
-        rows = list(
-            db.session.scalars(
-                select(XapiStatement)
-                .where(XapiStatement.person_id == xena)
-                .order_by(XapiStatement.created_at, XapiStatement.id)
-            )
-        )
+        rows = statements_of(db.session, xena)
     statements = data["xapi_statements"]
     assert len(rows) == len(statements) == 2
     for row, statement in zip(rows, statements, strict=True):

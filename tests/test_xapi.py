@@ -8,15 +8,15 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from core.db import db, utcnow
+from core.outbox import OutboxMessage
 from people.service import deactivate
 from tests import lrs as lrs_server
 from tests.conftest import csrf_token, run_worker, wrong_answers
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules, pass_quiz, read_modules
-from xapi.models import XapiStatement
-from xapi.outbox import Lrs, put_statement
+from xapi.outbox import STATEMENT, Lrs, Statement, put_statement, statements
 from xapi.statements import ACCEPTED, COMPLETED, FAILED, MODULE_TYPE, PASSED, READ
 
 pytestmark = pytest.mark.usefixtures("published")
@@ -51,9 +51,19 @@ def sign(client, name: str):
                                              "full_name": name})  # fmt: skip
 
 
-def stored(app) -> list[XapiStatement]:
+def stored(app) -> list[Statement]:
     with app.app_context():
-        return list(db.session.scalars(select(XapiStatement).order_by(XapiStatement.id)))
+        return statements(db.session)
+
+
+def make_due(app, *ids: int) -> None:
+    """Bring these statements' next try forward to now (as if the back-off had passed)."""
+    with app.app_context():
+        query = update(OutboxMessage).where(OutboxMessage.topic == STATEMENT)
+        if ids:
+            query = query.where(OutboxMessage.id.in_(ids))
+        db.session.execute(query.values(due_at=utcnow() - timedelta(seconds=1)))
+        db.session.commit()
 
 
 def test_a_learners_journey_reaches_the_lrs_once_each(app, auth, make_person, lrs) -> None:
@@ -130,19 +140,13 @@ def test_statements_wait_while_the_lrs_is_down_and_are_sent_once_later(
     assert rows[0].last_error in page and "Dora Down" not in page and email in page
     assert "Retry now" in page
 
-    # The LRS is back: cron sends what is due (the first retry is due after a minute).
+    # The LRS is back: the worker sends what is due (the first retry is due after a minute).
     app.config["XAPI_ENDPOINT"] = lrs.endpoint
-    result = runner.invoke(args=["xapi", "send"])
-    assert result.exit_code == 0 and "0 statements sent" in result.output
-    with app.app_context():
-        db.session.execute(
-            update(XapiStatement)
-            .where(XapiStatement.id == rows[0].id)
-            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
-        )
-        db.session.commit()
-    result = runner.invoke(args=["xapi", "send"])
-    assert result.exit_code == 0 and "1 statements sent" in result.output
+    run_worker(app)
+    assert lrs.statements(email) == []
+    make_due(app, rows[0].id)
+    run_worker(app)
+    assert len(lrs.statements(email)) == 1
 
     # The other one: sent again by an administrator's "Retry now".
     response = client.post(
@@ -183,12 +187,11 @@ def test_repeated_failures_are_given_up_and_can_be_retried(app, make_person, run
 
         assert record_read(s, s.get(Person, person_id), policy, module_version)
         s.commit()
-        for _ in range(6):
-            s.execute(update(XapiStatement).values(next_attempt_at=utcnow()))
-            s.commit()
-            runner.invoke(args=["xapi", "send"])
-        row = s.scalar(select(XapiStatement))
-        s.refresh(row)
+    for _ in range(6):
+        make_due(app)
+        run_worker(app)
+    with app.app_context():
+        (row,) = statements(db.session)
         assert row.gave_up_at is not None and row.attempts == 6 and row.sent_at is None
     assert "given up: 1" in runner.invoke(args=["xapi", "status"]).output
 
@@ -199,7 +202,7 @@ def test_nothing_is_queued_when_xapi_is_not_configured(app, auth, make_person) -
     complete_modules(app, client, VOLUNTEER_MODULES)
     assert sign(client, "Nina None").status_code == 302
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(XapiStatement)) == 0
+        assert statements(db.session) == []
 
 
 def test_the_admin_page_is_for_administrators_and_retry_needs_csrf(app, auth, make_person) -> None:
@@ -232,6 +235,6 @@ def test_erasing_a_leaver_replaces_their_name_and_email_in_the_outbox(app, auth,
         s.commit()
         erase_person(s, person_id, actor_id=None, retention_days=1)
         s.commit()
-        row = s.scalar(select(XapiStatement))
+        (row,) = statements(s)
         assert email not in str(row.payload) and "Eric" not in str(row.payload)
         assert row.payload["actor"]["mbox"] == f"mailto:{s.get(Person, person_id).email}"

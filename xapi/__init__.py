@@ -16,6 +16,6 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(xapi_cli)
     outbox.init_app(app)
     register_personal_data(
-        app, "xapi_statements", tables=("xapi_statement",), export=privacy.xapi_statements,
+        app, "xapi_statements", tables=(), export=privacy.xapi_statements,
         order=150,
     )  # fmt: skip

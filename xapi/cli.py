@@ -1,4 +1,4 @@
-"""``flask xapi send|status``."""
+"""``flask xapi status`` (statements are sent by ``flask worker``)."""
 
 from __future__ import annotations
 
@@ -7,26 +7,12 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from core.db import db
-from xapi.outbox import Lrs, counts, send_due
+from xapi.outbox import Lrs, counts
 
 
 @click.group("xapi", help="xAPI statements for a Learning Record Store.")
 def xapi_cli() -> None:
     pass
-
-
-@xapi_cli.command("send", help="Send the statements that are due. Run from cron, every minute.")
-@with_appcontext
-def send_command() -> None:
-    lrs = Lrs.from_config(current_app.config)
-    if lrs is None:
-        click.echo("xAPI is off (COUNTERSIGN_XAPI_ENDPOINT is not set); nothing to send.")
-        return
-    sent = send_due(db.session, lrs)
-    now = counts(db.session)
-    click.echo(
-        f"{sent} statements sent; {now.pending + now.failing} waiting, {now.given_up} given up."
-    )
 
 
 @xapi_cli.command("status", help="Count statements sent, waiting and given up.")

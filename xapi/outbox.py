@@ -1,4 +1,5 @@
-"""The xAPI outbox: statements queued with the evidence they report, sent to the LRS with retry.
+"""xAPI statements: queued in the one outbox with the evidence they report, sent to the LRS by the
+worker with its back-off.
 
 Nothing here is asked to send anything. Reading, quizzes and signing record their evidence as
 they always have; listeners on the app's database sessions notice each new read receipt, graded
@@ -7,11 +8,11 @@ exists exactly when its evidence was committed, and a double submit that records
 nothing. Becoming trained arrives as a ``status.changed`` event (:mod:`training.status_store`), as for
 webhooks: each acknowledgement that made a person trained gets one "completed" statement.
 
-A transaction that queued statements also queues a message for the worker (:mod:`core.outbox`),
-which sends what is due. Each statement is PUT under its own id, so sending one twice, whether from
-two senders at once or after an answer that never arrived, stores it once. Failures are retried
-after 1, 5, 30, 120 and 720 minutes by the worker, then given up; an administrator can make
-given-up statements due again from /admin/xapi/.
+Each statement is one ``xapi.statement`` message in the outbox (:mod:`core.outbox`), keyed by the
+event it reports, so the same event is never queued twice. The worker PUTs each under its own
+statement id, so sending one twice, whether from two workers or after an answer that never
+arrived, stores it once. Failures are retried after 1, 5, 30, 120 and 720 minutes, then given up;
+an administrator can make given-up statements due again from /admin/xapi/.
 
 With no ``XAPI_ENDPOINT`` configured, nothing is queued at all.
 """
@@ -32,12 +33,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import event, func, inspect, literal, or_, select, update
-from sqlalchemy.orm import ORMExecuteState, Session, aliased
+from sqlalchemy import event, inspect, or_, select, update
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from core.config import xapi_endpoint_allowed
-from core.db import insert_ignoring_conflict, utcnow
-from core.outbox import OutboxMessage, enqueue, periodic, subscribe, topic
+from core.db import utcnow
+from core.outbox import OutboxMessage, Retry, backlog, enqueue, subscribe, topic
 from people.models import Person
 from quizzes.models import QuizAttempt, QuizSubmission
 from training.models import (
@@ -51,10 +52,9 @@ from training.models import (
 from training.publishing import current_version
 from training.status_store import STATUS_CHANGED, current
 from xapi import statements as xs
-from xapi.models import XapiStatement
 
 log = logging.getLogger("countersign.xapi")
-BACKOFF = [timedelta(minutes=m) for m in (1, 5, 30, 120, 720)]  # then give up
+BACKOFF = tuple(timedelta(minutes=m) for m in (1, 5, 30, 120, 720))  # then give up
 TIMEOUT_SECONDS = 10
 PENDING = "countersign.xapi.pending"  # session.info: evidence inserted, statement not yet queued
 QUEUED = "countersign.xapi.queued"  # session.info: statements queued in this transaction
@@ -94,25 +94,61 @@ def configured(app: Flask) -> bool:
 # --- queueing ------------------------------------------------------------------------------------
 
 
+STATEMENT = "xapi.statement"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A statement message as the administrators' page, the personal-data download and the tests
+    read it."""
+
+    id: int
+    statement_id: str
+    event_key: str
+    person_id: int | None
+    verb: str
+    payload: dict
+    created_at: datetime
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    sent_at: datetime | None
+    gave_up_at: datetime | None
+    next_attempt_at: datetime
+
+    @classmethod
+    def of(cls, message: OutboxMessage) -> Statement:
+        p = message.payload
+        return cls(
+            message.id, p["statement_id"], (message.key or "").removeprefix(f"{STATEMENT}:"),
+            message.person_id, p["verb"], p["statement"], message.created_at, message.attempts,
+            message.last_status, message.last_error, message.done_at, message.gave_up_at,
+            message.due_at,
+        )  # fmt: skip
+
+
+def statements(session: Session, person_id: int | None = None, *, unsent: bool = False,
+               limit: int | None = None, newest_first: bool = False) -> list[Statement]:  # fmt: skip
+    query = select(OutboxMessage).where(OutboxMessage.topic == STATEMENT)
+    if person_id is not None:
+        query = query.where(OutboxMessage.person_id == person_id)
+    if unsent:
+        query = query.where(OutboxMessage.done_at.is_(None))
+    query = query.order_by(OutboxMessage.id.desc() if newest_first else OutboxMessage.id)
+    if limit:
+        query = query.limit(limit)
+    return [Statement.of(m) for m in session.scalars(query)]
+
+
 def queue(
     session: Session, event_key: str, person_id: int | None, verb: str, statement: dict
 ) -> bool:
-    """Queue one statement; False when one for the same event is already queued."""
-    now = utcnow()
-    inserted = insert_ignoring_conflict(
-        session,
-        XapiStatement.__table__,
-        {
-            "statement_id": statement["id"],
-            "event_key": event_key,
-            "person_id": person_id,
-            "verb": verb,
-            "payload": statement,
-            "created_at": now,
-            "next_attempt_at": now,
-            "attempts": 0,
-        },
-    )
+    """Queue one statement in the outbox; False when one for the same event is already queued
+    (the event's key is the message's unique key)."""
+    inserted = enqueue(
+        session, STATEMENT, {"statement_id": statement["id"], "verb": verb, "statement": statement},
+        key=f"{STATEMENT}:{event_key}", person_id=person_id,
+    )  # fmt: skip
     if inserted:
         session.info[QUEUED] = True
     return inserted
@@ -195,24 +231,25 @@ def queue_completions(
     reports training done from then on, not a backlog of past completions without their steps.
     """
     now = now or utcnow()
-    done = aliased(XapiStatement)
-    query = (
-        select(XapiStatement.event_key, XapiStatement.person_id)
-        .outerjoin(
-            done,
-            done.event_key == literal("completed:") + func.substr(XapiStatement.event_key, 5),
-        )
-        .where(
-            XapiStatement.verb == xs.ACCEPTED,
-            XapiStatement.event_key.like("ack:%"),
-            XapiStatement.person_id.is_not(None),
-            done.id.is_(None),
-        )
+    query = select(OutboxMessage.key, OutboxMessage.person_id).where(
+        OutboxMessage.topic == STATEMENT,
+        OutboxMessage.person_id.is_not(None),
+        or_(
+            OutboxMessage.key.like(f"{STATEMENT}:ack:%"),
+            OutboxMessage.key.like(f"{STATEMENT}:completed:%"),
+        ),
     )
     if person_ids is not None:
-        query = query.where(XapiStatement.person_id.in_(list(person_ids)))
+        query = query.where(OutboxMessage.person_id.in_(list(person_ids)))
+    found = session.execute(query).all()
+    completed = {key.rsplit(":", 1)[1] for key, _ in found if ":completed:" in key}
+    acks = [
+        (key.removeprefix(f"{STATEMENT}:"), person_id)
+        for key, person_id in found
+        if ":ack:" in key and key.rsplit(":", 1)[1] not in completed
+    ]
     queued = 0
-    for event_key, person_id in session.execute(query).all():
+    for event_key, person_id in acks:
         ack = session.get(Acknowledgement, int(event_key.split(":", 1)[1]))
         person = session.get(Person, person_id)
         if ack is None or person is None:
@@ -318,64 +355,32 @@ def put_statement(lrs: Lrs, statement_id: str, payload: dict) -> Outcome:
         return Outcome(False, None, str(getattr(exc, "reason", exc))[:500])
 
 
-def send_due(session: Session, lrs: Lrs, now: datetime | None = None, limit: int = 200) -> int:
-    """Send every statement that is due; returns how many the LRS now holds.
-
-    No transaction is held open while the LRS answers: the due statements are read, then each
-    outcome is recorded in a short transaction of its own.
-    """
-    now = now or utcnow()
-    due = session.execute(
-        select(XapiStatement.id, XapiStatement.statement_id, XapiStatement.payload)
-        .where(
-            XapiStatement.sent_at.is_(None),
-            XapiStatement.gave_up_at.is_(None),
-            XapiStatement.next_attempt_at <= now,
-        )
-        .order_by(XapiStatement.id)
-        .limit(limit)
-    ).all()
-    session.commit()
-    sent = 0
-    for row_id, statement_id, payload in due:
-        outcome = put_statement(lrs, statement_id, payload)
-        at = utcnow()
-        row = session.get(XapiStatement, row_id)
-        if row is None or row.sent_at is not None:
-            session.rollback()
-            continue
-        row.attempts += 1
-        row.last_attempt_at = at
-        row.last_status = outcome.status
-        if outcome.stored:
-            row.sent_at, row.last_error = at, None
-            sent += 1
-        else:
-            row.last_error = outcome.error
-            if row.attempts > len(BACKOFF):
-                row.gave_up_at = at
-            else:
-                row.next_attempt_at = at + BACKOFF[row.attempts - 1]
-        session.commit()
-    return sent
+def send_statement(session: Session, message: OutboxMessage) -> int:
+    """The worker's handler: PUT one statement to the LRS."""
+    lrs = Lrs.from_config(current_app.config)
+    if lrs is None:
+        raise Retry("not sent: no Learning Record Store is configured")
+    session.commit()  # nothing held open while the LRS answers
+    outcome = put_statement(lrs, message.payload["statement_id"], message.payload["statement"])
+    if not outcome.stored:
+        raise Retry(outcome.error or "not stored", outcome.status)
+    return outcome.status or 200
 
 
 def retry_failed(session: Session, now: datetime | None = None) -> int:
     """Make every unsent statement that has failed (or been given up) due now, back-off reset."""
     now = now or utcnow()
     result = session.execute(
-        update(XapiStatement)
+        update(OutboxMessage)
         .where(
-            XapiStatement.sent_at.is_(None),
-            or_(XapiStatement.attempts > 0, XapiStatement.gave_up_at.is_not(None)),
+            OutboxMessage.topic == STATEMENT,
+            OutboxMessage.done_at.is_(None),
+            or_(OutboxMessage.attempts > 0, OutboxMessage.gave_up_at.is_not(None)),
         )
-        .values(gave_up_at=None, next_attempt_at=now, attempts=0)
+        .values(gave_up_at=None, due_at=now, attempts=0, claimed_by=None, claimed_until=None)
         .execution_options(synchronize_session=False)
     )
-    count = result.rowcount or 0
-    if count:
-        session.info[QUEUED] = True
-    return count
+    return result.rowcount or 0
 
 
 @dataclass(frozen=True)
@@ -391,18 +396,11 @@ class Counts:
 
 
 def counts(session: Session) -> Counts:
-    sent = XapiStatement.sent_at.is_not(None)
-    given_up = XapiStatement.gave_up_at.is_not(None)
-    tried = XapiStatement.attempts > 0
-    row = session.execute(
-        select(
-            func.count(XapiStatement.id).filter(sent),
-            func.count(XapiStatement.id).filter(~sent, ~given_up, ~tried),
-            func.count(XapiStatement.id).filter(~sent, ~given_up, tried),
-            func.count(XapiStatement.id).filter(~sent, given_up),
-        )
-    ).one()
-    return Counts(*(int(n or 0) for n in row))
+    found = backlog(session).get(STATEMENT, {})
+    return Counts(
+        found.get("sent", 0), found.get("queued", 0), found.get("retrying", 0),
+        found.get("failed", 0),
+    )  # fmt: skip
 
 
 # --- wiring --------------------------------------------------------------------------------------
@@ -472,32 +470,19 @@ def init_app(app: Flask) -> None:
         session.flush()
         if session.info.get(PENDING):
             _queue_pending(session, app.config["BASE_URL"])
-        if session.info.get(QUEUED) and not session.info.get(SEND_QUEUED):
-            session.info[SEND_QUEUED] = True
-            enqueue(session, SEND, {})  # the worker sends what is due
 
     @event.listens_for(factory, "after_commit")
     def _forget_pending(session: Session) -> None:
-        for name in (PENDING, QUEUED, SEND_QUEUED):
+        for name in (PENDING, QUEUED):
             session.info.pop(name, None)
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
-        for name in (PENDING, QUEUED, SEND_QUEUED):
+        for name in (PENDING, QUEUED):
             session.info.pop(name, None)
 
     subscribe(app, STATUS_CHANGED, _on_status_changed)
-    topic(app, SEND, _send, remote=True)
-    periodic(app, SEND, _send_periodic, timedelta(minutes=1))
-
-
-SEND = "xapi.send"
-SEND_QUEUED = "countersign.xapi.send_queued"
-
-
-def send_later(session: Session) -> None:
-    """Ask the worker to send what is due (in the caller's transaction)."""
-    enqueue(session, SEND, {})
+    topic(app, STATEMENT, send_statement, remote=True, backoff=BACKOFF)
 
 
 def _on_status_changed(session: Session, message: OutboxMessage) -> None:
@@ -505,20 +490,7 @@ def _on_status_changed(session: Session, message: OutboxMessage) -> None:
     new = message.payload["new"]
     if not new["trained"] or not configured(current_app):
         return
-    if queue_completions(session, current_app.config["BASE_URL"], [message.payload["person_id"]]):
-        enqueue(session, SEND, {})
-
-
-def _send(session: Session, message: OutboxMessage) -> None:
-    lrs = Lrs.from_config(current_app.config)
-    if lrs is not None:
-        send_due(session, lrs)
-
-
-def _send_periodic(session: Session, now: datetime) -> None:
-    lrs = Lrs.from_config(current_app.config)
-    if lrs is not None:
-        send_due(session, lrs, now)
+    queue_completions(session, current_app.config["BASE_URL"], [message.payload["person_id"]])
 
 
 def _erased_now(person: Person) -> bool:
@@ -532,7 +504,10 @@ def redact(session: Session, person: Person) -> None:
     Statements already sent are the LRS's records: erasing them there is the LRS's own process.
     """
     actor = xs.agent(_actor(person))
-    for statement in session.scalars(
-        select(XapiStatement).where(XapiStatement.person_id == person.id)
+    for message in session.scalars(
+        select(OutboxMessage).where(
+            OutboxMessage.topic == STATEMENT, OutboxMessage.person_id == person.id
+        )
     ):
-        statement.payload = {**statement.payload, "actor": actor}
+        statement = {**message.payload["statement"], "actor": actor}
+        message.payload = {**message.payload, "statement": statement}

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
-
 from people.personal_data import Export, iso
-from xapi.models import XapiStatement
+from xapi.outbox import statements
 
 
 def xapi_statements(request: Export) -> list[dict[str, Any]]:
@@ -22,9 +20,5 @@ def xapi_statements(request: Export) -> list[dict[str, Any]]:
             "sent_at": iso(s.sent_at),
             "gave_up_at": iso(s.gave_up_at),
         }
-        for s in request.session.scalars(
-            select(XapiStatement)
-            .where(XapiStatement.person_id == request.person.id)
-            .order_by(XapiStatement.created_at, XapiStatement.id)
-        )
+        for s in statements(request.session, request.person.id)
     ]

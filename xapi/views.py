@@ -5,19 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, url_for
-from sqlalchemy import select
 
 from core.db import db
 from core.forms import Form
 from people.auth import roles_required
-from xapi.models import XapiStatement
-from xapi.outbox import BACKOFF, Lrs, counts, retry_failed, send_later
+from xapi.outbox import BACKOFF, Lrs, Statement, counts, retry_failed, statements
 from xapi.statements import LANGUAGE, VERB_NAMES
 
 xapi_bp = Blueprint("xapi", __name__, url_prefix="/admin/xapi", template_folder="templates")
 
 
-def _describe(statement: XapiStatement) -> dict[str, str]:
+def _describe(statement: Statement) -> dict[str, str]:
     payload = statement.payload or {}
     name = payload.get("object", {}).get("definition", {}).get("name", {})
     return {
@@ -30,12 +28,7 @@ def _describe(statement: XapiStatement) -> dict[str, str]:
 @xapi_bp.route("/", methods=["GET"])
 @roles_required("admin")
 def index() -> Any:
-    waiting = db.session.scalars(
-        select(XapiStatement)
-        .where(XapiStatement.sent_at.is_(None))
-        .order_by(XapiStatement.id.desc())
-        .limit(50)
-    ).all()
+    waiting = statements(db.session, unsent=True, limit=50, newest_first=True)
     return render_template(
         "xapi/index.html",
         lrs=Lrs.from_config(current_app.config),
@@ -50,9 +43,7 @@ def index() -> Any:
 @roles_required("admin")
 def retry() -> Any:
     Form()  # CSRF is checked globally
-    count = retry_failed(db.session)
-    if count:
-        send_later(db.session)  # the worker sends them
+    count = retry_failed(db.session)  # due now: the worker sends them
     db.session.commit()
     if count:
         flash(f"{count} statements will be sent again now.", "success")

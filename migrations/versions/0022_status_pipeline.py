@@ -5,8 +5,8 @@
   format. It is derived: it starts empty and the worker's sweep fills it.
 - ``outbox`` is the one queue of things to do after a commit (status-change events, webhook
   deliveries, certificate rendering, ...), with the record of every attempt on the message itself.
-  Webhook deliveries and LMS score posts move into it (undelivered ones stay due), and their own
-  tables go; ``status_snapshot``, the webhooks' own copy of each person's last announced status,
+  Webhook deliveries, LMS score posts and xAPI statements move into it (undelivered ones stay
+  due), and their own tables go; ``status_snapshot``, the webhooks' own copy of each person's last announced status,
   goes too: ``stored_status`` is that record now.
 - A quiz attempt now bumps its person's ``status_rev`` too, so the tables whose changes make a
   stored answer stop counting are exactly the tables the rule reads (``tests/test_status_store.py``
@@ -171,8 +171,26 @@ def upgrade() -> None:
             "created_at": created, "due_at": due, "attempts": attempts, "last_attempt_at": last_at,
             "last_status": status, "last_error": error, "done_at": sent, "gave_up_at": gave_up,
         })  # fmt: skip
+    # xAPI statements: the event each reports is the message's unique key.
+    statements = bind.execute(sa.text(
+        "SELECT statement_id, event_key, person_id, verb, payload, created_at, next_attempt_at, "
+        "attempts, last_attempt_at, last_status, last_error, sent_at, gave_up_at "
+        "FROM xapi_statement ORDER BY id"
+    )).all()  # fmt: skip
+    for (statement_id, event_key, person, verb, payload, created, due, attempts, last_at, status,
+         error, sent, gave_up) in statements:  # fmt: skip
+        payload = json.loads(payload) if isinstance(payload, str) else payload
+        moved.append({
+            "topic": "xapi.statement", "key": f"xapi.statement:{event_key}", "person_id": person,
+            "payload": {"statement_id": statement_id, "verb": verb, "statement": payload},
+            "created_at": created, "due_at": due, "attempts": attempts, "last_attempt_at": last_at,
+            "last_status": status, "last_error": error, "done_at": sent, "gave_up_at": gave_up,
+        })  # fmt: skip
     if moved:
         op.bulk_insert(outbox, moved)  # type: ignore[arg-type]
+    op.drop_index("ix_xapi_statement_person", table_name="xapi_statement")
+    op.drop_index("ix_xapi_statement_due", table_name="xapi_statement")
+    op.drop_table("xapi_statement")
     op.drop_table("lti_score_post")
     op.drop_table("webhook_delivery")
     op.drop_table("status_snapshot")
@@ -278,5 +296,28 @@ def downgrade() -> None:
     )
     with op.batch_alter_table("lti_score_post", schema=None) as batch_op:
         batch_op.create_index("ix_lti_score_post_due", ["sent_at", "next_attempt_at"], unique=False)
+    op.create_table(
+        "xapi_statement",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("statement_id", sa.String(length=36), nullable=False),
+        sa.Column("event_key", sa.String(length=120), nullable=False),
+        sa.Column("person_id", sa.Integer(), nullable=True),
+        sa.Column("verb", sa.String(length=200), nullable=False),
+        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("created_at", core.db.UTCDateTime(), nullable=False),
+        sa.Column("next_attempt_at", core.db.UTCDateTime(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_attempt_at", core.db.UTCDateTime(), nullable=True),
+        sa.Column("last_status", sa.Integer(), nullable=True),
+        sa.Column("last_error", sa.String(length=500), nullable=True),
+        sa.Column("sent_at", core.db.UTCDateTime(), nullable=True),
+        sa.Column("gave_up_at", core.db.UTCDateTime(), nullable=True),
+        sa.ForeignKeyConstraint(["person_id"], ["person.id"], name=op.f("fk_xapi_statement_person_id_person"), ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_xapi_statement")),
+        sa.UniqueConstraint("event_key", name=op.f("uq_xapi_statement_event_key")),
+        sa.UniqueConstraint("statement_id", name=op.f("uq_xapi_statement_statement_id")),
+    )
+    op.create_index("ix_xapi_statement_due", "xapi_statement", ["sent_at", "gave_up_at", "next_attempt_at"])
+    op.create_index("ix_xapi_statement_person", "xapi_statement", ["person_id"])
     op.drop_table("outbox")
     op.drop_table("stored_status")
