@@ -146,7 +146,7 @@ def start_attempt(
     rules = rules_of(bank)
     # Queue behind this person's other quiz writes, so that a double click (two requests at once
     # on PostgreSQL) finds the attempt the first one started instead of drawing a second.
-    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update(key_share=True))
     state = quiz_state(session, person, module_version_id, rules, now)
     if state.open_attempt is not None:
         return state.open_attempt
@@ -234,7 +234,7 @@ def submit_attempt(
 ) -> QuizSubmission:
     now = now or utcnow()
     # One person's quiz writes queue behind each other, as reading and signing do.
-    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update(key_share=True))
     attempt = find_attempt(session, person, public_id)
     if attempt.submission is not None:
         raise AlreadySubmitted("This attempt was already submitted; your first answers stand.")

@@ -67,7 +67,10 @@ def _lock_person(session: Session, person: Person) -> None:
     On PostgreSQL this row lock makes a second, simultaneous submit wait and then see the first
     one's result; SQLite's BEGIN IMMEDIATE already serialises writers.
     """
-    session.execute(select(Person.id).where(Person.id == person.id).with_for_update())
+    # FOR NO KEY UPDATE: it still serialises the person's writes, but lets other transactions
+    # insert rows that refer to the person (a foreign key check takes KEY SHARE), such as the
+    # status store's answer written after another submit's commit; FOR UPDATE would deadlock them.
+    session.execute(select(Person.id).where(Person.id == person.id).with_for_update(key_share=True))
 
 
 def record_visit(session: Session, person: Person, module_version: ModuleVersion) -> None:
