@@ -182,6 +182,23 @@ def enqueue(
     return insert_ignoring_conflict(session, OutboxMessage.__table__, values)
 
 
+def enqueue_many(session: Session, topic_name: str, messages: list[dict[str, Any]]) -> None:
+    """Queue many messages of one topic in one statement; each is ``{"payload", "key",
+    "person_id"}``, and one whose key is already queued is left out."""
+    if not messages:
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    now = utcnow()
+    rows = [
+        {"topic": topic_name, "key": m.get("key"), "person_id": m.get("person_id"),
+         "payload": m["payload"], "created_at": now, "due_at": now, "attempts": 0}
+        for m in messages
+    ]  # fmt: skip
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(OutboxMessage).on_conflict_do_nothing(), rows)
+
+
 def wake(app: Flask | None = None) -> None:
     """Tell a worker running in this process that there is something to do now."""
     registry(app).wake.set()

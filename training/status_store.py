@@ -169,6 +169,7 @@ def refresh(
         )
     }
     rows: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
     for person in people:
         status = statuses[person.id]
         values = _values(status)
@@ -182,26 +183,29 @@ def refresh(
         before = standing_of(_values(as_status(old))) if old is not None else None
         after = standing_of(values)
         if before != after:
-            _announce(session, person.id, policy, before, after, now, revs[person.id], policy_rev)
+            changes.append(
+                _announcement(person.id, policy, before, after, now, revs[person.id], policy_rev)
+            )
     _store(session, rows)
+    outbox.enqueue_many(session, STATUS_CHANGED, changes)
     return statuses
 
 
-def _announce(
-    session: Session, person_id: int, policy: Policy, before: dict | None, after: dict,
-    now: datetime, person_rev: int, policy_rev: int,
-) -> None:  # fmt: skip
+def _announcement(
+    person_id: int, policy: Policy, before: dict | None, after: dict, now: datetime,
+    person_rev: int, policy_rev: int,
+) -> dict[str, Any]:  # fmt: skip
     # The same change seen by two processes at once is one message (the key is unique).
     key = (
         f"{STATUS_CHANGED}:{person_id}:{policy.id}:{person_rev}:{policy_rev}:"
         f"{after['standing']}:{after['valid_until']}:{after['version']}"
     )
-    outbox.enqueue(
-        session, STATUS_CHANGED,
-        {"person_id": person_id, "policy_id": policy.id, "policy": policy.slug,
-         "old": before, "new": after, "at": now.isoformat()},
-        key=key[:200], person_id=person_id,
-    )  # fmt: skip
+    return {
+        "payload": {"person_id": person_id, "policy_id": policy.id, "policy": policy.slug,
+                    "old": before, "new": after, "at": now.isoformat()},
+        "key": key[:200],
+        "person_id": person_id,
+    }  # fmt: skip
 
 
 def _store(session: Session, rows: list[dict[str, Any]]) -> None:

@@ -102,7 +102,7 @@ def test_staff_member_reads_every_module_passes_quizzes_signs_and_is_trained(
     page.screenshot(path=str(ARTIFACTS / "dashboard-trained-phone.png"), full_page=True)
 
     page.get_by_role("link", name="Your record").click()
-    assert page.get_by_role("button", name="Print this record").is_visible()
+    page.get_by_role("button", name="Print this record").wait_for()
     assert page.console_problems == []
 
 
