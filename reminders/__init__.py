@@ -12,9 +12,10 @@ def init_app(app: Flask) -> None:
     from core import outbox
     from people.personal_data import register_personal_data
     from reminders import privacy, rules, sending
-    from reminders.views import reminders_bp
+    from reminders.views import account_bp, reminders_bp
 
     app.register_blueprint(reminders_bp)
+    app.register_blueprint(account_bp)
     outbox.topic(app, rules.EMAIL, sending.send, remote=True)
     outbox.topic(app, rules.RUN, lambda session, message: rules.run_now(session, message),
                  remote=True)  # fmt: skip

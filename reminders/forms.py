@@ -38,3 +38,7 @@ class SettingsForm(Form):
     runners_on = BooleanField("Tell account runners whose training lapsed which account is at risk")
     digest_on = BooleanField("Send SLT and governors the weekly digest (each can switch it off)")
     owner_on = BooleanField("Tell the policy owner 30 days before the policy's review date")
+
+
+class DigestForm(Form):
+    weekly_digest = BooleanField("Email me the weekly digest")

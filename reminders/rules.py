@@ -83,16 +83,20 @@ def _start_of(day: date) -> datetime:
 def learner_reminders(session: Session, settings: ReminderSettings, now: datetime) -> list[Due]:
     """Not done N days after it became due (then every M days, K times at most), expiring in 30
     and in 7 days, expired. Inactive people and those it does not apply to get none."""
+    s = StoredStatus
     rows = session.execute(
-        select(StoredStatus, Person.created_at, PolicyVersion.effective)
-        .join(Person, Person.id == StoredStatus.person_id)
-        .join(PolicyVersion, PolicyVersion.id == StoredStatus.policy_version_id)
-        .where(Person.active.is_(True), StoredStatus.active.is_(True))
-        .where(StoredStatus.standing.in_((*NOT_DONE, "trained", "expired")))
-        .order_by(StoredStatus.person_id, StoredStatus.policy_id)
-    ).all()
+        # Only the columns needed: an hourly job over everyone must not load each answer's modules.
+        select(s.person_id, s.policy_id, s.version, s.standing, s.valid_until, s.expired_at,
+               Person.created_at, PolicyVersion.effective)
+        .join(Person, Person.id == s.person_id)
+        .join(PolicyVersion, PolicyVersion.id == s.policy_version_id)
+        .where(Person.active.is_(True), s.active.is_(True))
+        .where(s.standing.in_((*NOT_DONE, "trained", "expired")))
+        .order_by(s.person_id, s.policy_id)
+    ).all()  # fmt: skip
     found: list[Due] = []
-    for row, created, effective in rows:
+    for row in rows:
+        created, effective = row.created_at, row.effective
         base = f"{row.policy_id}:{row.version}"
         if row.standing in NOT_DONE and settings.on("not_started"):
             since = max(created, _start_of(effective))
@@ -137,6 +141,24 @@ def runner_reminders(session: Session, settings: ReminderSettings) -> list[Due]:
     return found
 
 
+def leader_reminders(session: Session, settings: ReminderSettings, now: datetime) -> list[Due]:
+    """Mondays, the weekly digest for SLT and governors who want it; 30 days before a policy's
+    review date, its owner."""
+    from reminders.digest import digest_readers, owners, reviews_due
+
+    found = []
+    local = now.astimezone(_zone())
+    if settings.on("digest") and local.weekday() == 0:
+        year, week, _ = local.isocalendar()
+        found += [Due(pid, "digest", f"{year}-W{week:02d}") for pid in digest_readers(session)]
+    if settings.on("review_due"):
+        for policy, version in reviews_due(session, now):
+            cycle = f"{policy.id}:{version.label}:{version.next_review.isoformat()}"
+            found += [Due(pid, "review_due", cycle, policy.id, {"version_id": version.id})
+                      for pid in owners(session, version.owner)]  # fmt: skip
+    return found
+
+
 def queue(session: Session, due: Due, settings: ReminderSettings, now: datetime) -> bool:
     """Record ``due`` and queue its email, unless it was already: True when queued now."""
     when = next_allowed(settings, now)
@@ -164,8 +186,9 @@ def run(session: Session, now: datetime) -> int:
     settings = load_settings(session)
     queued = 0
     with writing(session):
-        for due in learner_reminders(session, settings, now) + runner_reminders(session, settings):
-            queued += queue(session, due, settings, now)
+        due = learner_reminders(session, settings, now) + runner_reminders(session, settings)
+        for one in due + leader_reminders(session, settings, now):
+            queued += queue(session, one, settings, now)
     return queued
 
 
@@ -174,7 +197,11 @@ def still_applies(session: Session, reminder: Reminder) -> bool:
     person = session.get(Person, reminder.person_id)
     if person is None or not person.active or person.erased_at is not None:
         return False
-    if reminder.policy_id is None:
+    if reminder.kind == "digest":
+        from reminders.digest import wants_digest
+
+        return wants_digest(session, person)
+    if reminder.policy_id is None or reminder.kind == "review_due":
         return True
     row = session.get(StoredStatus, (reminder.person_id, reminder.policy_id))
     if row is None or not row.active:

@@ -25,6 +25,8 @@ SUBJECTS = {
     "expiring_7": "Your {policy} training expires in 7 days",
     "expired": "Your {policy} training has expired",
     "account_at_risk": "An account you run is at risk: your {policy} training has lapsed",
+    "digest": "Weekly training digest: {overdue} not trained, {expiring} expiring soon",
+    "review_due": "{policy} is due for review on {review}",
 }
 
 
@@ -51,9 +53,28 @@ def compose(session: Session, reminder: Reminder) -> tuple[str, str, str]:
         "link": link("/"),
         "sender": federation().name,
     }
-    subject = SUBJECTS[reminder.kind].format(policy=context["policy"])
-    text = render_template("reminders/email/reminder.txt", **context)
-    html = render_template("reminders/email/reminder.html", subject=subject, **context)
+    values = {"policy": context["policy"]}
+    template = "reminder"
+    if reminder.kind == "digest":
+        from reminders.digest import weekly_digest
+
+        digest = weekly_digest(session, utcnow())
+        context.update(digest=digest, link=link("/reports/"))
+        values.update(overdue=digest.overdue_count, expiring=len(digest.expiring))
+        template = "digest"
+    elif reminder.kind == "review_due":
+        from training.models import PolicyVersion
+
+        version = session.get(PolicyVersion, reminder.detail.get("version_id"))
+        review = (
+            version.next_review.strftime("%-d %B %Y") if version and version.next_review else ""
+        )
+        context.update(version=version, review=review)
+        values.update(review=review)
+        template = "review"
+    subject = SUBJECTS[reminder.kind].format(**values)
+    text = render_template(f"reminders/email/{template}.txt", **context)
+    html = render_template(f"reminders/email/{template}.html", subject=subject, **context)
     return subject, text, html
 
 

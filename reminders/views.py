@@ -15,7 +15,8 @@ from core.forms import Form
 from core.outbox import OutboxMessage
 from people.auth import roles_required
 from people.models import Person
-from reminders.forms import SettingsForm
+from reminders.digest import READERS, set_digest, wants_digest
+from reminders.forms import DigestForm, SettingsForm
 from reminders.models import KINDS, Reminder
 from reminders.rules import EMAIL, RUN, load_settings, save_settings
 from reminders.sending import NOT_NEEDED
@@ -75,3 +76,22 @@ def send_now() -> Any:
     outbox.wake()
     flash("The reminders due now are being queued; quiet hours still apply.", "success")
     return redirect(url_for("reminders.index"))
+
+
+# An SLT member's or governor's own setting: the weekly digest, on or off.
+account_bp = Blueprint("reminders_account", __name__, template_folder="templates")
+
+
+@account_bp.route("/account/digest", methods=["GET", "POST"])
+@roles_required(*READERS)
+def digest() -> Any:
+    if request.method == "GET":
+        form = DigestForm(weekly_digest=wants_digest(db.session, current_user))
+        return render_template("reminders/digest.html", form=form)
+    form = DigestForm()
+    if not form.validate_on_submit():
+        return render_template("reminders/digest.html", form=form), 400
+    set_digest(db.session, current_user, bool(form.weekly_digest.data))
+    db.session.commit()
+    flash("Weekly digest on." if form.weekly_digest.data else "Weekly digest off.", "success")
+    return redirect(url_for("reminders_account.digest"))

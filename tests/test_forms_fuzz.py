@@ -845,6 +845,15 @@ def _reminders(c: Ctx, endpoint: str) -> None:
     c.run(fields, lambda body: fuzz.post("/admin/reminders/", body))
 
 
+@form("reminders_account.digest")
+def _digest_choice(c: Ctx, endpoint: str) -> None:
+    c.as_role("governor")
+    fuzz = Fuzz(c.app, c.client, "/account/digest")
+    c.run(
+        c.bodies(weekly_digest=texts("y", "n", "")), lambda body: fuzz.post("/account/digest", body)
+    )
+
+
 def _runners(c: Ctx, trained: bool) -> list[int]:
     ids = [c.person("staff", name="<b>Runner</b> one"), c.person("staff", name="Runner\u202e two"),
            c.person("volunteer", name="Runner javascript:alert(1)")]  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from zoneinfo import ZoneInfo
@@ -294,3 +294,96 @@ def test_send_now_runs_the_job_through_the_outbox(app, auth, published, make_per
     run_worker(app)
     assert [kind for kind, _ in reminder_rows(app)] == ["not_started"]
     assert len(mailbox.to("now@ladysmith.example")) == 1
+
+
+def at(day: date, hour: int) -> datetime:
+    return datetime.combine(day, time(hour), LONDON).astimezone(UTC)
+
+
+def next_monday() -> date:
+    today = utcnow().astimezone(LONDON).date()
+    return today + timedelta(days=7 - today.weekday())
+
+
+def test_a_runner_whose_training_lapses_is_told_which_account_is_at_risk(
+    app, published, make_person, mailbox
+):
+    from approvals.rules import ApplicationData, decide, record_account, submit_application
+
+    runner = make_person("staff", name="Rita Runner", email="rita@ladysmith.example")
+    other = make_person("staff", email="other@ladysmith.example")
+    slt = make_person("slt", email="slt@ladysmith.example")
+    admin = make_person("admin", email="admin@ladysmith.example")
+    train_people(app, runner, other)
+    with app.app_context():
+        s = db.session
+        application = submit_application(s, s.get(Person, other), ApplicationData(
+            name="Infant news", platform="Facebook", aim="News.", audience="Parents.",
+            promotion="Newsletter.", visibility="private", runner_ids=(runner, other),
+        ))  # fmt: skip
+        decide(s, application, s.get(Person, slt), True, "")
+        record_account(s, application, s.get(Person, admin), "Facebook", "@InfantNews")
+        s.commit()
+    run_worker(app, now=local(0, 10))
+    with app.app_context():
+        until = db.session.scalar(
+            select(StoredStatus.valid_until).where(StoredStatus.person_id == runner)
+        )
+    run_worker(app, now=at(until.astimezone(LONDON).date() + timedelta(days=2), 10))
+    at_risk = [m for m in mailbox.to("rita@ladysmith.example") if "at risk" in m["Subject"]]
+    assert len(at_risk) == 1
+    text, html = parts(at_risk[0])
+    assert "Infant news (Facebook: @InfantNews)" in text and "Infant news" in html
+
+
+def test_slt_and_governors_get_a_weekly_digest_they_can_switch_off(
+    app, published, make_person, mailbox, auth
+):
+    make_person("slt", name="Sally Lead", email="sally@ladysmith.example")
+    governor = make_person("governor", email="gus@ladysmith.example")
+    make_person("staff", name="Una Untrained", email="una@ladysmith.example", schools=("infant",))
+    auth.as_person(governor)
+    page = auth.client.get("/account/password").get_data(as_text=True)
+    assert "/account/digest" in page  # from their own page
+    assert "checked" in auth.client.get("/account/digest").get_data(as_text=True)  # on by default
+    assert auth.post("/account/digest", {}).status_code == 302  # unticked: off
+    monday = next_monday()
+    run_worker(app, now=at(monday - timedelta(days=1), 10))  # Sunday: no digest
+    run_worker(app, now=at(monday, 9))
+    run_worker(app, now=at(monday, 10))  # again the same week: not again
+    digests = [m for m in mailbox.messages if m["Subject"].startswith("Weekly training digest")]
+    assert [m["To"] for m in digests] == ["sally@ladysmith.example"]
+    text, html = parts(digests[0])
+    assert "Infant" in text and "Una Untrained" in text and "Una Untrained" in html
+    assert "Applications waiting for a decision (0)" in text
+    assert 'href="http://countersign.test/reports/"' in html
+
+
+def test_the_policy_owner_is_told_30_days_before_the_review_date(
+    app, published, make_person, mailbox
+):
+    make_person("slt", email="lead@ladysmith.example")  # the owner: "Senior Leadership Team"
+    make_person("admin", email="admin@ladysmith.example")
+    with app.app_context():
+        from training.models import PolicyVersion
+
+        review = db.session.scalar(select(PolicyVersion.next_review))
+    run_worker(app, now=at(review - timedelta(days=31), 10))
+    run_worker(app, now=at(review - timedelta(days=29), 10))
+    run_worker(app, now=at(review - timedelta(days=20), 10))
+    reviews = [m for m in mailbox.messages if "due for review" in m["Subject"]]
+    assert [m["To"] for m in reviews] == ["lead@ladysmith.example"]
+    assert "Senior Leadership Team" in parts(reviews[0])[0]
+
+
+def test_an_owner_is_a_named_person_a_role_or_else_slt_and_admins(app, make_person):
+    from reminders.digest import owners
+
+    slt = make_person("slt", email="s@ladysmith.example")
+    admin = make_person("admin", email="a@ladysmith.example")
+    gov = make_person("governor", name="Gail Governor", email="g@ladysmith.example")
+    with app.app_context():
+        assert owners(db.session, "Gail Governor") == [gov]
+        assert owners(db.session, "Governing Board") == [gov]
+        assert owners(db.session, "SLT") == [slt]
+        assert owners(db.session, "The head's office") == [slt, admin]
