@@ -387,3 +387,35 @@ def test_an_owner_is_a_named_person_a_role_or_else_slt_and_admins(app, make_pers
         assert owners(db.session, "Governing Board") == [gov]
         assert owners(db.session, "SLT") == [slt]
         assert owners(db.session, "The head's office") == [slt, admin]
+
+
+def test_the_download_includes_the_reminders_a_person_was_sent(
+    app, published, make_person, mailbox, auth
+):
+    pid = make_person("staff", email="mine@ladysmith.example")
+    run_worker(app, now=local(8, 10))
+    data = auth.as_person(pid).get("/account/data.json").get_json()
+    assert [r["kind"] for r in data["reminders"]["sent"]] == ["not_started"]
+    assert data["reminders"]["weekly_digest"] is None
+
+
+def test_erasure_deletes_the_persons_reminders_and_digest_choice(
+    app, published, make_person, mailbox
+):
+    from people.personal_data import Erasure
+    from reminders.digest import set_digest
+    from reminders.models import DigestChoice
+    from reminders.privacy import erase_reminders
+
+    pid = make_person("slt", email="leaver@ladysmith.example")
+    run_worker(app, now=local(8, 10))
+    with app.app_context():
+        set_digest(db.session, db.session.get(Person, pid), False)
+        db.session.commit()
+        assert (
+            db.session.scalar(select(func.count()).select_from(Reminder)) >= 1
+        )  # (a digest too, on a Monday)
+        erase_reminders(Erasure(db.session, pid, "n", "e", "N", "E"))
+        db.session.commit()
+        assert db.session.scalar(select(func.count()).select_from(Reminder)) == 0
+        assert db.session.get(DigestChoice, pid) is None
