@@ -18,7 +18,7 @@ from core.db import db
 # status listeners run in this order after a change.
 PACKAGES = (
     "people", "training", "quizzes", "api", "approvals", "certificates", "reports", "audit",
-    "lti", "xapi", "mfa", "operations", "demo",
+    "lti", "xapi", "reminders", "mfa", "operations", "demo",
 )  # fmt: skip
 
 

@@ -70,6 +70,8 @@ EVENTS: dict[str, str] = {
     "token.revoked": "API token revoked",
     "webhook.added": "Webhook added",
     "webhook.stopped": "Webhook stopped",
+    "reminders.settings_changed": "Reminder settings changed",
+    "reminders.sent_now": "Reminders sent now",
     "export.people_csv": "People CSV exported",
     "export.evidence_pack": "Evidence pack downloaded",
     "export.certificates_zip": "School certificates downloaded",

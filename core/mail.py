@@ -17,6 +17,7 @@ import ssl
 import threading
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from email.utils import formataddr
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
@@ -168,19 +169,25 @@ def send_mail_later(config: Any, to: str, subject: str, body: str) -> None:
     threading.Thread(target=run, name="countersign-mail", daemon=True).start()
 
 
-def send_mail(config: Any, to: str, subject: str, body: str) -> None:
-    """Send now; raises :class:`MailError` (an ``OSError``) when the message was not sent."""
+def send_mail(
+    config: Any, to: str, subject: str, body: str, *, html: str | None = None,
+    sender_name: str | None = None,
+) -> None:  # fmt: skip
+    """Send now; raises :class:`MailError` (an ``OSError``) when the message was not sent.
+
+    With ``html``, the message is multipart/alternative (``body`` is its plain-text part); with
+    ``sender_name``, the From header shows that name beside ``SMTP_FROM``."""
     try:
-        _send(config, to, subject, body)
+        _send(config, to, subject, body, html=html, sender_name=sender_name)
     except MailError as exc:
         # Recorded from another thread: a write lock held by the caller must not block it.
         threading.Thread(target=_remember, args=(_current_app(), exc), daemon=True).start()
         raise
 
 
-def _send(config: Any, to: str, subject: str, body: str) -> None:
+def _send(config: Any, to: str, subject: str, body: str, **extra: Any) -> None:
     try:
-        _deliver(config, to, subject, body)
+        _deliver(config, to, subject, body, **extra)
     except MailError as exc:
         error = exc
     except ssl.SSLCertVerificationError as exc:
@@ -205,7 +212,10 @@ def _send(config: Any, to: str, subject: str, body: str) -> None:
     raise error
 
 
-def _deliver(config: Any, to: str, subject: str, body: str) -> None:
+def _deliver(
+    config: Any, to: str, subject: str, body: str, html: str | None = None,
+    sender_name: str | None = None,
+) -> None:  # fmt: skip
     host, port = str(config["SMTP_HOST"]), int(config["SMTP_PORT"])
     implicit = _flag(config.get("SMTP_SSL")) or port == 465
     starttls = _flag(config.get("SMTP_STARTTLS"), default=True)
@@ -219,10 +229,13 @@ def _deliver(config: Any, to: str, subject: str, body: str) -> None:
         # The message holds a link that signs someone in or sets their password.
         raise MailError("plaintext", "refused to send email over an unencrypted connection")
     message = EmailMessage()
-    message["From"] = config.get("SMTP_FROM") or username or "countersign"
+    sender = config.get("SMTP_FROM") or username or "countersign"
+    message["From"] = formataddr((sender_name, sender)) if sender_name else sender
     message["To"] = to
     message["Subject"] = subject
     message.set_content(body)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
     try:
         context = tls_context(config) if implicit or starttls else None
     except (OSError, ssl.SSLError):

@@ -171,6 +171,11 @@ MATRIX: dict[tuple[str, str, str], tuple[Cell, Cell, Cell, Cell, Cell, Cell, Cel
     ("webhooks.stop_webhook", "POST", ""):                  (L,   403, 403, 403, 403, 403, 302),
     ("xapi.index", "GET", ""):                              (L,   403, 403, 403, 403, 403, 200),
     ("xapi.retry", "POST", ""):                             (L,   403, 403, 403, 403, 403, 302),
+    ("reminders.index", "GET", ""):                         (L,   403, 403, 403, 403, 403, 200),
+    ("reminders.index", "POST", ""):                        (L,   403, 403, 403, 403, 403, 400),
+    ("reminders.send_now", "POST", ""):                     (L,   403, 403, 403, 403, 403, 302),
+    ("reminders_account.digest", "GET", ""):                (L,   403, 200, 403, 403, 200, 403),
+    ("reminders_account.digest", "POST", ""):               (L,   403, 302, 403, 403, 302, 403),
     ("lti.platforms", "GET", ""):                           (L,   403, 403, 403, 403, 403, 200),
     ("lti.new_platform", "GET", ""):                        (L,   403, 403, 403, 403, 403, 200),
     ("lti.new_platform", "POST", ""):                       (L,   403, 403, 403, 403, 403, 400),
@@ -206,6 +211,7 @@ GOVERNOR_OWN_ACTIONS = {
     "quiz.intro", "quiz.attempt", "lti.login", "lti.launch", "lti.connect", "lti.connect_link",
     "mfa.verify", "mfa.verify_passkey", "mfa.recover", "mfa.enrol", "mfa.enrol_with_passkey",
     "mfa.add_totp", "mfa.add_passkey", "mfa.remove", "mfa.renew_codes",
+    "reminders_account.digest",  # their own choice: the weekly digest by email, or not
 }  # fmt: skip
 
 # Tables a page view may write to: the status store and the outbox (an answer worked out when it
@@ -568,6 +574,10 @@ def full_forms(world: World) -> dict[str, dict[str, Any]]:
         "webhooks.webhooks": {"url": "https://hooks.example/sneaky"},
         "webhooks.stop_webhook": {},
         "xapi.retry": {},
+        "reminders.index": {"first_after_days": "1", "every_days": "1", "max_times": "9",
+                            "quiet_from": "0", "quiet_until": "0"},
+        "reminders.send_now": {},
+        "reminders_account.digest": {"weekly_digest": "y"},
         "lti.new_platform": {"name": "Sneaky", "issuer": "https://lms.example", "client_id": "c",
                              "auth_login_url": "https://lms.example/a",
                              "auth_token_url": "https://lms.example/t",

@@ -824,6 +824,41 @@ def _xapi(c: Ctx, endpoint: str) -> None:
     c.run(c.bodies(retry=texts("1", "all")), lambda body: fuzz.post("/admin/xapi/retry", body))
 
 
+@form("reminders.index", "reminders.send_now")
+def _reminders(c: Ctx, endpoint: str) -> None:
+    from core.outbox import enqueue
+    from reminders.models import Reminder
+
+    c.as_role("admin")
+    nasty = "<script>alert(1)</script>"
+    learner = c.person("staff", name=nasty)
+
+    def queued(s: Any) -> None:
+        s.add(Reminder(id=1, person_id=learner, kind=nasty, cycle=nasty, detail={}))
+        s.flush()
+        enqueue(s, "reminder.email", {"reminder_id": 1}, person_id=learner)
+
+    c.sql(queued)
+    fuzz = Fuzz(c.app, c.client, "/admin/reminders/")
+    if endpoint == "reminders.send_now":
+        c.run(c.bodies(), lambda body: fuzz.post("/admin/reminders/send-now", body))
+        return
+    days, hours = texts("7", "0", "-1", "366", "1e3", "7.5"), texts("20", "8", "24", "-1", "x")
+    fields = c.bodies(first_after_days=days, every_days=days, max_times=days, quiet_from=hours,
+                      quiet_until=hours, not_started_on=texts("y", "n", ""),
+                      expired_on=texts("y", ""))  # fmt: skip
+    c.run(fields, lambda body: fuzz.post("/admin/reminders/", body))
+
+
+@form("reminders_account.digest")
+def _digest_choice(c: Ctx, endpoint: str) -> None:
+    c.as_role("governor")
+    fuzz = Fuzz(c.app, c.client, "/account/digest")
+    c.run(
+        c.bodies(weekly_digest=texts("y", "n", "")), lambda body: fuzz.post("/account/digest", body)
+    )
+
+
 def _runners(c: Ctx, trained: bool) -> list[int]:
     ids = [c.person("staff", name="<b>Runner</b> one"), c.person("staff", name="Runner\u202e two"),
            c.person("volunteer", name="Runner javascript:alert(1)")]  # fmt: skip

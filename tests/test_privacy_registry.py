@@ -43,6 +43,7 @@ def test_erasure_runs_each_packages_part_in_the_order_it_always_had(app):
     assert erasers == [
         "sign_in_attempts", "learning_platform_accounts", "second_factor", "stored_answers",
         "acknowledgements", "certificates", "account_applications", "webhook_deliveries",
+        "reminders",
     ]  # fmt: skip
     # Evidence is checked against the audit log in the order it always was.
     finders = [part.name for part in registry(app).ordered() if part.evidence is not None]
