@@ -10,7 +10,7 @@ PORT ?= 5000
 WORKERS ?= 2
 export FLASK_APP := app
 # The application's own code, for the security lint (not .venv, tests or benchmarks).
-APP_CODE := app.py wsgi.py api approvals audit certificates core demo lti mfa operations people quizzes reports training xapi
+APP_CODE := app.py wsgi.py api approvals audit certificates core demo lti mfa operations people quizzes reminders reports training xapi
 PIP_AUDIT_VERSION := 2.10.1
 
 # Debian packages: WeasyPrint's Pango/HarfBuzz, fonts, poppler-utils (PDF checks), Chromium (browser tests).

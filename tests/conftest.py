@@ -61,6 +61,9 @@ INTEGRATION_FILES = {
     "test_deploy.py",  # systemd-analyze, and the deployment files as systemd reads them
     "test_backup.py",  # backups and restores through the command line, with real keys
 }
+# Fixtures that start another program or server: a test using one is an integration test.
+INTEGRATION_FIXTURES = {"lms", "platform", "lrs", "smtp", "mailbox"}
+SLOW_FILES = {"test_demo.py"}  # each builds a demo federation of people with their history
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -71,8 +74,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if path.name == "test_crash.py":
             item.add_marker(pytest.mark.crash)
             item.add_marker(pytest.mark.slow)
-        if path.name in INTEGRATION_FILES:
+        if path.name in INTEGRATION_FILES or INTEGRATION_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(pytest.mark.integration)
+        if path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
         function = getattr(item, "function", None)
         if path.name == "test_forms_fuzz.py" or getattr(function, "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)

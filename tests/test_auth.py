@@ -407,6 +407,7 @@ def test_reset_links_ignore_the_host_the_request_claims(app, smtp, make_person):
     assert "http://countersign.test/reset-password/" in body
 
 
+@pytest.mark.slow  # waits for the emails sent in the background
 def test_the_forgot_password_form_emails_one_person_at_most_three_links_an_hour(
     app, auth, smtp, make_person
 ):

@@ -134,6 +134,7 @@ def _worker_env(database_url: str, instance: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.integration  # a real `flask worker` process, killed
 def test_a_worker_killed_mid_delivery_loses_nothing(app, receiver, database_url, tmp_path):
     """``flask worker`` is killed (SIGKILL) while a receiver is answering its delivery. The claim
     it held expires, and the next worker delivers the message: nothing is lost, and a receiver
