@@ -33,7 +33,11 @@ class ContentError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML has it (its wheels do): the same safe loading, ten times faster.
+_SafeBase: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeBase):
     """Safe YAML that leaves dates as text, so a bad date gets our message rather than a crash."""
 
 
