@@ -296,20 +296,9 @@ def _process(session: Session, message_id: int, worker: str, now: datetime) -> s
         found = _fan_out_topic(message.topic)
     if found is None:  # an event nobody listens to (yet): nothing to do
         found = Topic(message.topic, lambda _session, _message: None, remote=False)
-    outcome: Exception | None = None
-    status: int | None = None
     if found.remote:
         session.commit()  # no transaction open while another system answers
-        try:
-            status = found.handle(session, message)
-            session.commit()
-        except (Retry, GiveUp) as exc:
-            session.rollback()
-            outcome = exc
-        except Exception as exc:
-            session.rollback()
-            log.exception("outbox message %s (%s) failed", message_id, message.topic)
-            outcome = Retry(f"failed: {type(exc).__name__}")
+        outcome, status = _handle(found, session, message, session.commit, session.rollback)
         with writing(session):
             message = session.get_one(OutboxMessage, message_id, populate_existing=True)
             if message.claimed_by != worker:
@@ -321,17 +310,27 @@ def _process(session: Session, message_id: int, worker: str, now: datetime) -> s
         if message.claimed_by != worker:
             return "skipped"
         savepoint = session.begin_nested()
-        try:
-            status = found.handle(session, message)
-            savepoint.commit()
-        except (Retry, GiveUp) as exc:
-            savepoint.rollback()
-            outcome = exc
-        except Exception as exc:
-            savepoint.rollback()
-            log.exception("outbox message %s (%s) failed", message_id, message.topic)
-            outcome = Retry(f"failed: {type(exc).__name__}")
+        outcome, status = _handle(found, session, message, savepoint.commit, savepoint.rollback)
         return _record(session, message, found, utcnow(), outcome, status)
+
+
+def _handle(
+    found: Topic, session: Session, message: OutboxMessage,
+    keep: Callable[[], Any], undo: Callable[[], Any],
+) -> tuple[Exception | None, int | None]:  # fmt: skip
+    """Run the handler; keep its writes when it succeeds, undo them when it fails. Returns the
+    failure (None when it succeeded) and the status code it reported."""
+    try:
+        status = found.handle(session, message)
+        keep()
+        return None, status
+    except (Retry, GiveUp) as exc:
+        undo()
+        return exc, None
+    except Exception as exc:
+        undo()
+        log.exception("outbox message %s (%s) failed", message.id, message.topic)
+        return Retry(f"failed: {type(exc).__name__}"), None
 
 
 def _fan_out_topic(name: str) -> Topic:

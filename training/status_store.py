@@ -45,9 +45,6 @@ STATUS_CHANGED = "status.changed"
 SWEEP = "status.sweep"
 BATCH = 500
 
-# How many times the rule ran, by this process; tests count evaluations per request with it.
-evaluations = {"count": 0}
-
 
 # --- converting between the rule's answer and the stored row -----------------------------------
 
@@ -157,7 +154,6 @@ def refresh(
     if policy_rev is None:
         policy_rev = session.scalar(select(Policy.status_rev).where(Policy.id == policy.id))
     statuses = statuses_for(session, people, policy, now)
-    evaluations["count"] += len(statuses)
     takeover = next_takeover(session, policy, now.date())
     version_changes = datetime.combine(takeover, time(), UTC) if takeover else None
     stored = {
