@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from app import create_app
 from core.config import ROOT
-from core.db import Base, db, normalise_url
+from core.db import db, normalise_url
 from core.migrate import upgrade
 from people.models import Person, PersonRole, PersonSchool
 from people.service import record_person, set_password
@@ -38,6 +38,33 @@ def _per_worker(url: str | None) -> str | None:
 
 
 PG_URL = _per_worker(os.environ.get("TEST_DATABASE_URL"))
+
+
+def _memoise_url_builders() -> None:
+    """Werkzeug compiles two builder functions (``ast`` + ``compile``) for each of the app's URL
+    rules whenever an app is made: nine tenths of ``create_app``'s time. The suite makes an app
+    per test, so the test process compiles each rule's builders once and reuses them; the
+    builders' code depends only on the rule's parsed shape and its defaults, which make the key."""
+    from werkzeug.routing.rules import Rule
+
+    compile_builder = Rule._compile_builder
+    cache: dict[Any, Any] = {}
+
+    def memoised(self: Rule, append_unknown: bool = True) -> Any:
+        defaults = self.defaults or {}
+        key = (
+            tuple(self._trace), append_unknown,
+            tuple(sorted((k, repr(v), type(self._converters.get(k))) for k, v in defaults.items())),
+        )  # fmt: skip
+        builder = cache.get(key)
+        if builder is None:
+            builder = cache[key] = compile_builder(self, append_unknown)
+        return builder
+
+    Rule._compile_builder = memoised  # type: ignore[method-assign]
+
+
+_memoise_url_builders()
 
 # Generated examples: every count a test asks for under ``make test``; a twentieth of it (at least
 # five) under ``make check`` (HYPOTHESIS_PROFILE=check), the fast inner loop.
@@ -102,13 +129,42 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_ready() -> str:
-    """The PostgreSQL test database, emptied and migrated once per run."""
+def sqlite_published_template(sqlite_template: Path) -> Path:
+    """The migrated template with the real content published: a test that asks for ``published``
+    gets a copy instead of publishing 13 modules and 102 questions itself."""
+    path = sqlite_template.with_name("published.db")
+    shutil.copy(sqlite_template, path)
+    _publish_into(f"sqlite:///{path}", sqlite_template.with_name("published-instance"))
+    return path
+
+
+def _publish_into(url: str, instance: Path) -> None:
+    """Publish the real content into ``url``. Publishing is audited: the chain's key, kept in
+    ``instance``, goes with every copy (see the ``app`` fixture)."""
+    from training.cli import publish_all
+
+    app = create_app({"DATABASE_URL": url, "TESTING": True, "CONTENT_DIR": str(ROOT / "content"),
+                      "SECRET_KEY": "test-secret-key-not-for-production"})  # fmt: skip
+    app.instance_path = str(instance)
+    with app.app_context():
+        publish_all()
+        db.engine.dispose()
+
+
+PG_PUBLISHED_INSTANCE: dict[str, Path] = {}
+SNAPSHOT = "published_snapshot"  # a schema beside ``public`` holding the published content
+
+
+@pytest.fixture(scope="session")
+def postgres_ready(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The PostgreSQL test database, emptied and migrated once per run, and a snapshot of it with
+    the real content published (see ``_reset_postgres``)."""
     assert PG_URL
     if PG_URL != os.environ["TEST_DATABASE_URL"]:
         _create_database(PG_URL, os.environ["TEST_DATABASE_URL"])
     engine = create_engine(normalise_url(PG_URL))
     with engine.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {SNAPSHOT} CASCADE"))
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
@@ -116,7 +172,30 @@ def postgres_ready() -> str:
     with app.app_context():
         upgrade()
         db.engine.dispose()
+    instance = PG_PUBLISHED_INSTANCE[PG_URL] = tmp_path_factory.mktemp("pg-published")
+    _publish_into(PG_URL, instance)
+    engine = create_engine(normalise_url(PG_URL))
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {SNAPSHOT}"))
+        for table in _pg_tables(conn):
+            if conn.scalar(text(f'SELECT EXISTS (SELECT 1 FROM public."{table}")')):
+                conn.execute(text(f'CREATE TABLE {SNAPSHOT}."{table}" AS TABLE public."{table}"'))
+        conn.execute(
+            text(f"CREATE TABLE {SNAPSHOT}.sequences AS SELECT schemaname, sequencename, "
+                 "last_value FROM pg_sequences WHERE schemaname = 'public'")
+        )  # fmt: skip
+    engine.dispose()
     return PG_URL
+
+
+def _pg_tables(conn: Any, schema: str = "public") -> list[str]:
+    return list(
+        conn.scalars(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = :s "
+                 "AND tablename <> 'alembic_version' ORDER BY tablename"),
+            {"s": schema},
+        )
+    )  # fmt: skip
 
 
 def _create_database(url: str, reachable: str) -> None:
@@ -132,26 +211,77 @@ def _create_database(url: str, reachable: str) -> None:
     admin.dispose()
 
 
-def _truncate_postgres(url: str) -> None:
-    engine = create_engine(normalise_url(url))
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+_RESET_ENGINES: dict[str, Any] = {}
+
+
+def _reset_postgres(url: str, published: bool = False) -> None:
+    """Empty the test database (and, with ``published``, restore the published content from the
+    snapshot) in one transaction on a kept connection: DELETE of a few rows is far cheaper than
+    TRUNCATE of every table, and the sequences start again where a fresh database's would."""
+    engine = _RESET_ENGINES.get(url)
+    if engine is None:
+        engine = _RESET_ENGINES[url] = create_engine(normalise_url(url), pool_size=1)
     with engine.begin() as conn:
-        # The audit table refuses TRUNCATE through a trigger; emptying the test database between
-        # tests is the one place that is wanted, so triggers are off for this transaction.
+        # The audit table refuses DELETE and TRUNCATE through triggers; emptying the test database
+        # between tests is the one place that is wanted, so triggers (and the foreign keys'
+        # checks, also triggers) are off for this transaction.
         conn.execute(text("SET LOCAL session_replication_role = replica"))
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+        statements = [f'DELETE FROM public."{t}"' for t in _pg_tables(conn)]
+        if published:
+            statements += [
+                f'INSERT INTO public."{t}" SELECT * FROM {SNAPSHOT}."{t}"'
+                for t in _pg_tables(conn, SNAPSHOT)
+                if t != "sequences"
+            ]
+            statements.append(
+                "SELECT setval(quote_ident(s.schemaname) || '.' || quote_ident(s.sequencename), "
+                "coalesce(k.last_value, 1), k.last_value IS NOT NULL) FROM pg_sequences s "
+                f"LEFT JOIN {SNAPSHOT}.sequences k USING (schemaname, sequencename) "
+                "WHERE s.schemaname = 'public'"
+            )
+        else:
+            statements.append(
+                "SELECT setval(quote_ident(schemaname) || '.' || quote_ident(sequencename), 1, false) "
+                "FROM pg_sequences WHERE schemaname = 'public'"
+            )
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+def _truncate_postgres(url: str) -> None:
+    _reset_postgres(url)
 
 
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    # A test that asks for the real content published, on a database of its own, starts from a
+    # copy of the content published once per run (publishing is the same for every such test).
+    published = _starts_published(request)
     if request.param == "sqlite":
         path = tmp_path / "countersign.db"
-        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        template = request.getfixturevalue(
+            "sqlite_published_template" if published else "sqlite_template"
+        )
+        shutil.copy(template, path)
+        if published:
+            request.node.stash[PUBLISHED] = template.with_name("published-instance")
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_ready")
-    _truncate_postgres(url)
+    _reset_postgres(url, published)
+    if published:
+        request.node.stash[PUBLISHED] = PG_PUBLISHED_INSTANCE[url]
     return url
+
+
+PUBLISHED = pytest.StashKey[Path]()  # the instance folder whose audit key the copy's chain uses
+
+
+def _starts_published(request: pytest.FixtureRequest) -> bool:
+    return (
+        "published" in request.fixturenames
+        and request.getfixturevalue("content_dir") == ROOT / "content"
+        and "AUDIT_KEY" not in request.getfixturevalue("app_config")
+    )
 
 
 @pytest.fixture
@@ -173,9 +303,15 @@ def app_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def app(database_url: str, content_dir: Path, tmp_path: Path, app_config: dict) -> Iterator[Flask]:
+def app(
+    request: pytest.FixtureRequest, database_url: str, content_dir: Path, tmp_path: Path,
+    app_config: dict,
+) -> Iterator[Flask]:  # fmt: skip
     instance = tmp_path / "instance"
     instance.mkdir(exist_ok=True)
+    published_from = request.node.stash.get(PUBLISHED, None)
+    if published_from is not None and not (instance / "audit_key").exists():
+        shutil.copy(published_from / "audit_key", instance / "audit_key")
     config = {
         "TESTING": True,
         "DATABASE_URL": database_url,
@@ -210,7 +346,10 @@ def runner(app: Flask) -> Any:
 
 
 @pytest.fixture
-def published(app: Flask) -> None:
+def published(request: pytest.FixtureRequest, app: Flask) -> None:
+    """The real content, published (usually already, from a copy: see ``database_url``)."""
+    if PUBLISHED in request.node.stash:
+        return
     from training.cli import publish_all
 
     with app.app_context():
