@@ -182,6 +182,18 @@ def enqueue(
     return insert_ignoring_conflict(session, OutboxMessage.__table__, values)
 
 
+def publish(
+    session: Session, event: str, payload: dict[str, Any], *, key: str | None = None,
+    person_id: int | None = None,
+) -> bool:  # fmt: skip
+    """Queue an event for its subscribers in the caller's transaction; nothing when no package
+    subscribes to it (an event only some schools use adds no rows where nobody listens). False
+    when nothing was queued."""
+    if not registry().subscribers.get(event):
+        return False
+    return enqueue(session, event, payload, key=key, person_id=person_id)
+
+
 def enqueue_many(session: Session, topic_name: str, messages: list[dict[str, Any]]) -> None:
     """Queue many messages of one topic in one statement; each is ``{"payload", "key",
     "person_id"}``, and one whose key is already queued is left out."""

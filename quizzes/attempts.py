@@ -24,6 +24,7 @@ from quizzes.bank import QuizRules
 from quizzes.models import Question, QuizAttempt, QuizBank, QuizSubmission
 from quizzes.types import QUESTION_TYPES, Option, is_right
 from quizzes.versions import store_drawn
+from training import evidence
 from training.status_store import touch
 
 _random = random.SystemRandom()
@@ -265,5 +266,6 @@ def submit_attempt(
         [submission.id], actor_id=person.id, subject_type="quiz_attempt", subject_id=attempt.id,
         detail={"module_version": attempt.module_version_id, "score": result.score},
     )  # fmt: skip
+    evidence.announce(session, evidence.QUIZ, submission.id, person.id, attempt_id=attempt.id)
     touch(session, [person.id])
     return submission

@@ -228,6 +228,7 @@ def test_erasing_a_leaver_replaces_their_name_and_email_in_the_outbox(app, auth,
     person_id = make_person("volunteer", name="Eric Erased", email=email)
     app.config["XAPI_ENDPOINT"] = _dead_endpoint()
     read_modules(auth.as_person(person_id), VOLUNTEER_MODULES[:1])
+    run_worker(app)  # the statement is queued (and waits: the LRS is down)
     with app.app_context():
         s = db.session
         person = s.get(Person, person_id)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from audit.log import record_evidence
 from core.db import insert_ignoring_conflict, utcnow
 from people.models import Person
+from training import evidence
 from training.models import (
     Acknowledgement,
     AcknowledgementModule,
@@ -136,6 +137,7 @@ def record_read(
             session, "module.read", "read_receipt", [receipt_id], actor_id=person.id,
             detail={"module_version": module_version.id},
         )  # fmt: skip
+        evidence.announce(session, evidence.READ, receipt_id, person.id)
         touch(session, [person.id])
     return inserted
 
@@ -206,6 +208,7 @@ def acknowledge(
         session, "acknowledgement.signed", "acknowledgement", [ack.id], actor_id=person.id,
         detail={"policy_version": status.policy_version_id},
     )  # fmt: skip
+    evidence.announce(session, evidence.ACKNOWLEDGEMENT, ack.id, person.id)
     touch(session, [person.id])
     return ack
 

@@ -6,7 +6,8 @@ from flask import Flask
 
 
 def init_app(app: Flask) -> None:
-    """Register the xAPI pages, ``flask xapi`` and the outbox's listeners."""
+    """Register the xAPI pages, ``flask xapi``, the outbox's subscribers and sender, and the
+    statements' part of the personal-data download and erasure."""
     from people.personal_data import register_personal_data
     from xapi import outbox, privacy
     from xapi.cli import xapi_cli
@@ -17,5 +18,5 @@ def init_app(app: Flask) -> None:
     outbox.init_app(app)
     register_personal_data(
         app, "xapi_statements", tables=(), export=privacy.xapi_statements,
-        order=150,
+        erase=privacy.erase_statements, order=150,
     )  # fmt: skip

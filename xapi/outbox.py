@@ -1,20 +1,23 @@
-"""xAPI statements: queued in the one outbox with the evidence they report, sent to the LRS by the
-worker with its back-off.
+"""xAPI statements: queued in the one outbox from the events that announce evidence, sent to
+the LRS by the worker with its back-off.
 
-Nothing here is asked to send anything. Reading, quizzes and signing record their evidence as
-they always have; listeners on the app's database sessions notice each new read receipt, graded
-quiz submission and acknowledgement and queue its statement in the same transaction, so a statement
-exists exactly when its evidence was committed, and a double submit that records nothing queues
-nothing. Becoming trained arrives as a ``status.changed`` event (:mod:`training.status_store`), as for
-webhooks: each acknowledgement that made a person trained gets one "completed" statement.
+Reading, quizzes and signing record their evidence and announce it themselves: each really
+inserted read receipt, quiz submission and acknowledgement is one ``evidence.recorded`` event
+(:mod:`training.evidence`), in the same transaction, so a double submit that records nothing
+announces nothing. This package subscribes to that event (only when an LRS is configured, so a
+school without one queues no events at all) and, in the worker, turns each into its statement,
+timed by the evidence row. Becoming trained arrives as a ``status.changed`` event
+(:mod:`training.status_store`), as for webhooks: each acknowledgement that made a person trained
+gets one "completed" statement.
 
 Each statement is one ``xapi.statement`` message in the outbox (:mod:`core.outbox`), keyed by the
-event it reports, so the same event is never queued twice. The worker PUTs each under its own
-statement id, so sending one twice, whether from two workers or after an answer that never
+evidence it reports, so the same statement is never queued twice. The worker PUTs each under its
+own statement id, so sending one twice, whether from two workers or after an answer that never
 arrived, stores it once. Failures are retried after 1, 5, 30, 120 and 720 minutes, then given up;
 an administrator can make given-up statements due again from /admin/xapi/.
 
-With no ``XAPI_ENDPOINT`` configured, nothing is queued at all.
+An erased person's statements are rewritten under their pseudonym by the erasure itself
+(:mod:`xapi.privacy`, registered with the personal-data registry).
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import event, inspect, or_, select, update
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from core.config import xapi_endpoint_allowed
 from core.db import utcnow
 from core.outbox import OutboxMessage, Retry, backlog, enqueue, subscribe, topic
 from people.models import Person
 from quizzes.models import QuizAttempt, QuizSubmission
+from training import evidence
 from training.models import (
     Acknowledgement,
     Module,
@@ -56,13 +60,6 @@ from xapi import statements as xs
 log = logging.getLogger("countersign.xapi")
 BACKOFF = tuple(timedelta(minutes=m) for m in (1, 5, 30, 120, 720))  # then give up
 TIMEOUT_SECONDS = 10
-PENDING = "countersign.xapi.pending"  # session.info: evidence inserted, statement not yet queued
-QUEUED = "countersign.xapi.queued"  # session.info: statements queued in this transaction
-WATCHED = {
-    ReadReceipt.__tablename__: "read",
-    QuizSubmission.__tablename__: "quiz",
-    Acknowledgement.__tablename__: "ack",
-}
 
 
 @dataclass(frozen=True)
@@ -145,13 +142,10 @@ def queue(
 ) -> bool:
     """Queue one statement in the outbox; False when one for the same event is already queued
     (the event's key is the message's unique key)."""
-    inserted = enqueue(
+    return enqueue(
         session, STATEMENT, {"statement_id": statement["id"], "verb": verb, "statement": statement},
         key=f"{STATEMENT}:{event_key}", person_id=person_id,
     )  # fmt: skip
-    if inserted:
-        session.info[QUEUED] = True
-    return inserted
 
 
 def _actor(person: Person) -> xs.Actor:
@@ -269,38 +263,6 @@ def queue_completions(
     return queued
 
 
-def _queue_pending(session: Session, base_url: str) -> None:
-    """Turn the evidence noticed in this transaction into queued statements."""
-    pending = session.info.pop(PENDING, [])
-    for kind, key in pending:
-        if kind == "read":
-            receipt = session.scalar(
-                select(ReadReceipt).where(
-                    ReadReceipt.person_id == key["person_id"],
-                    ReadReceipt.module_version_id == key["module_version_id"],
-                    ReadReceipt.seq == key.get("seq", 0),
-                )
-            )
-            if receipt is not None:
-                queue_read(session, base_url, receipt)
-        elif kind == "quiz":
-            submission = session.scalar(
-                select(QuizSubmission).where(QuizSubmission.attempt_id == key["attempt_id"])
-            )
-            if submission is not None:
-                queue_quiz(session, base_url, submission)
-        else:
-            ack = session.scalar(
-                select(Acknowledgement).where(
-                    Acknowledgement.person_id == key["person_id"],
-                    Acknowledgement.policy_version_id == key["policy_version_id"],
-                    Acknowledgement.seq == key.get("seq", 0),
-                )
-            )
-            if ack is not None:
-                queue_acknowledgement(session, base_url, ack)
-
-
 # --- sending -------------------------------------------------------------------------------------
 
 
@@ -406,83 +368,50 @@ def counts(session: Session) -> Counts:
 # --- wiring --------------------------------------------------------------------------------------
 
 
-def _values(state: ORMExecuteState) -> dict[str, Any]:
-    compiled = state.statement.compile(dialect=state.session.get_bind().dialect)
-    return dict(compiled.params)
-
-
 def init_app(app: Flask) -> None:
-    """Listen on the app's sessions for new evidence, and for status changes after commits."""
-
-    factory = app.extensions["countersign.db"]
-
-    @event.listens_for(factory, "do_orm_execute")
-    def _notice_inserts(state: ORMExecuteState) -> Any:
-        # Evidence is written with INSERT … ON CONFLICT DO NOTHING (a double submit inserts
-        # nothing); only a row that was really inserted is noticed.
-        if not state.is_insert or not configured(app):
-            return None
-        table = getattr(state.statement, "table", None)
-        kind = WATCHED.get(getattr(table, "name", ""))
-        if kind is None:
-            return None
-        result = state.invoke_statement()
-        if result.returns_rows:
-            # INSERT … RETURNING (core.db.insert_ignoring_conflict): a row back is a row
-            # inserted. The rows are kept, so the caller reads them as if nobody had looked.
-            frozen = result.freeze()
-            inserted = bool(frozen().all())
-            result = frozen()
-        else:
-            inserted = bool(result.rowcount)
-        if inserted:
-            state.session.info.setdefault(PENDING, []).append((kind, _values(state)))
-        return result
-
-    @event.listens_for(factory, "after_flush")
-    def _notice_objects(session: Session, _context: Any) -> None:
-        if not configured(app):
-            return
-        for obj in session.new:
-            if isinstance(obj, ReadReceipt):
-                key = {"person_id": obj.person_id, "module_version_id": obj.module_version_id,
-                       "seq": obj.seq}  # fmt: skip
-                session.info.setdefault(PENDING, []).append(("read", key))
-            elif isinstance(obj, QuizSubmission):
-                session.info.setdefault(PENDING, []).append(
-                    ("quiz", {"attempt_id": obj.attempt_id})
-                )
-            elif isinstance(obj, Acknowledgement):
-                key = {"person_id": obj.person_id, "policy_version_id": obj.policy_version_id,
-                       "seq": obj.seq}  # fmt: skip
-                session.info.setdefault(PENDING, []).append(("ack", key))
-
-    @event.listens_for(factory, "before_flush")
-    def _redact_erased(session: Session, _context: Any, _instances: Any) -> None:
-        for person in [o for o in session.dirty if isinstance(o, Person)]:
-            if person.erased_at is not None and _erased_now(person):
-                redact(session, person)
-
-    @event.listens_for(factory, "before_commit")
-    def _queue_before_commit(session: Session) -> None:
-        if not configured(app):
-            return
-        session.flush()
-        if session.info.get(PENDING):
-            _queue_pending(session, app.config["BASE_URL"])
-
-    @event.listens_for(factory, "after_commit")
-    def _forget_pending(session: Session) -> None:
-        for name in (PENDING, QUEUED):
-            session.info.pop(name, None)
-
-    @event.listens_for(factory, "after_rollback")
-    def _forget(session: Session) -> None:
-        for name in (PENDING, QUEUED):
-            session.info.pop(name, None)
-
+    """Subscribe to new evidence (only with an LRS configured) and to status changes, and
+    register the sender of statements."""
+    if configured(app):
+        subscribe(app, evidence.EVIDENCE_RECORDED, _on_evidence_recorded)
     subscribe(app, STATUS_CHANGED, _on_status_changed)
     topic(app, STATEMENT, send_statement, remote=True, backoff=BACKOFF)
+
+
+def _lock_person(session: Session, person_id: int) -> Person | None:
+    """The person as they are now, read under a key-share lock: an erasure (which locks the row
+    for update) either has committed, so the statement names the pseudonym, or waits until this
+    statement is queued, and then rewrites it too."""
+    return session.scalar(
+        select(Person)
+        .where(Person.id == person_id)
+        .with_for_update(read=True, key_share=True)
+        .execution_options(populate_existing=True)
+    )
+
+
+def _on_evidence_recorded(session: Session, message: OutboxMessage) -> None:
+    """New evidence: its statement, timed by the evidence row (not by when it is sent)."""
+    if not configured(current_app):
+        return
+    base_url = current_app.config["BASE_URL"]
+    event = message.payload
+    if _lock_person(session, event["person_id"]) is None:
+        return
+    kind = event["kind"]
+    if kind == evidence.READ:
+        receipt = session.get(ReadReceipt, event["id"])
+        if receipt is not None:
+            queue_read(session, base_url, receipt)
+    elif kind == evidence.QUIZ:
+        submission = session.get(QuizSubmission, event["id"])
+        if submission is not None:
+            queue_quiz(session, base_url, submission)
+    elif kind == evidence.ACKNOWLEDGEMENT:
+        ack = session.get(Acknowledgement, event["id"])
+        if ack is not None and queue_acknowledgement(session, base_url, ack):
+            # The status.changed this signature caused may have been handled first (another
+            # worker): completion is looked for here too, and queued once either way.
+            queue_completions(session, base_url, [ack.person_id])
 
 
 def _on_status_changed(session: Session, message: OutboxMessage) -> None:
@@ -491,23 +420,3 @@ def _on_status_changed(session: Session, message: OutboxMessage) -> None:
     if not new["trained"] or not configured(current_app):
         return
     queue_completions(session, current_app.config["BASE_URL"], [message.payload["person_id"]])
-
-
-def _erased_now(person: Person) -> bool:
-    history = inspect(person).attrs.erased_at.history
-    return bool(history.added) and not any(history.deleted)
-
-
-def redact(session: Session, person: Person) -> None:
-    """An erased person's statements, sent or not, name them by their pseudonym from now on.
-
-    Statements already sent are the LRS's records: erasing them there is the LRS's own process.
-    """
-    actor = xs.agent(_actor(person))
-    for message in session.scalars(
-        select(OutboxMessage).where(
-            OutboxMessage.topic == STATEMENT, OutboxMessage.person_id == person.id
-        )
-    ):
-        statement = {**message.payload["statement"], "actor": actor}
-        message.payload = {**message.payload, "statement": statement}
