@@ -353,7 +353,7 @@ def count_evidence(url: str, setup: Setup, wait_s: float = 120) -> Evidence:
     from sqlalchemy import func, select
 
     from app import create_app
-    from core.db import db, utcnow
+    from core.db import db, reads_only, utcnow
     from core.outbox import OutboxMessage
     from quizzes.models import QuizAttempt, QuizSubmission
     from training.models import Policy, ReadReceipt, StoredStatus
@@ -364,6 +364,7 @@ def count_evidence(url: str, setup: Setup, wait_s: float = 120) -> Evidence:
     app = create_app({"DATABASE_URL": url, "SECRET_KEY": "bench"})
     started = time.perf_counter()
     with app.app_context():
+        reads_only()  # counting must not take SQLite's write lock from the worker
         s = db.session
         policy = s.scalar(select(Policy).where(Policy.slug == POLICY))
         unfinished = (OutboxMessage.done_at.is_(None)) & (OutboxMessage.gave_up_at.is_(None))

@@ -158,7 +158,7 @@ def publish_and_catch_up(url: str, workdir: Path, count: int) -> dict[str, float
     from sqlalchemy import func, select
 
     from app import create_app
-    from core.db import db, utcnow
+    from core.db import db, reads_only, utcnow
     from core.outbox import OutboxMessage
     from training.cli import publish_all
     from training.models import Policy, StoredStatus
@@ -177,6 +177,7 @@ def publish_and_catch_up(url: str, workdir: Path, count: int) -> dict[str, float
         assert any("1.1" in line for line in lines), lines
         policy = s.scalar(select(Policy).where(Policy.slug == POLICY))
         s.rollback()
+        reads_only()  # watching must not take SQLite's write lock from the worker
         env = server_env(url, 5000)
         env["COUNTERSIGN_CONTENT_DIR"] = str(content)
         log = open(workdir / "worker.log", "wb")  # noqa: SIM115 - closed below
