@@ -14,7 +14,8 @@ receipt and a passed quiz for every learner, every stored answer up to date and 
 nothing left in the outbox, nothing given up. Runs on SQLite in a temporary folder, then on
 PostgreSQL: ``BENCH_DATABASE_URL`` (an empty database), else a fresh database on the local
 development cluster (127.0.0.1:55432), else skipped with a note. Talks only to 127.0.0.1 and stops
-by itself (``BENCH_TIMEOUT`` seconds of load at most).
+by itself (``BENCH_TIMEOUT`` seconds of load at most). To compare other server settings:
+``BENCH_WORKERS``, ``BENCH_THREADS`` (gunicorn's ``--threads``), ``BENCH_DATABASES=sqlite``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ import requests  # noqa: E402  (after the path, as the other benchmarks)
 LEARNERS = int(os.environ.get("BENCH_LEARNERS", "300"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "900"))  # seconds of load, at most
-WORKERS = "2"  # the Makefile's run target: WORKERS ?= 2, sync workers
+# The Makefile's run target: WORKERS ?= 2, sync workers. Other values only to compare.
+WORKERS = os.environ.get("BENCH_WORKERS", "2")
+THREADS = os.environ.get("BENCH_THREADS", "")  # gunicorn --threads (gthread workers) if set
+DATABASES = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
 POLICY = "social-media-policy"
 PASSWORD = "inset-morning-" + secrets.token_urlsafe(8)
@@ -217,7 +221,8 @@ class Served:
         bin_ = ROOT / ".venv/bin"
         self.log = open(workdir / "server.log", "ab")  # noqa: SIM115 - closed in stop()
         self.gunicorn = subprocess.Popen(
-            [str(bin_ / "gunicorn"), "--workers", WORKERS, "--bind", f"127.0.0.1:{self.port}",
+            [str(bin_ / "gunicorn"), "--workers", WORKERS, *(["--threads", THREADS] if THREADS else []),
+             "--bind", f"127.0.0.1:{self.port}",
              "--access-logfile", str(self.access_log), "--access-logformat", ACCESS_FORMAT,
              "--logger-class", "core.access_log.Redacting", "wsgi:app"],
             cwd=ROOT, env=env, stdout=self.log, stderr=self.log, start_new_session=True,
@@ -469,7 +474,8 @@ def report(name: str, setup: Setup, results: Results, took: float, ev: Evidence)
     requests_made = sum(len(t) for t in results.times.values())
     load_avg = os.getloadavg()
     print(f"\n{name}: {len(setup.learners)} learners, {CONCURRENCY} at a time; gunicorn "
-          f"{WORKERS} sync workers + 1 flask worker; load generator on the same machine "
+          f"{WORKERS} {f'workers x {THREADS} threads' if THREADS else 'sync workers'} + 1 flask "
+          "worker; load generator on the same machine "
           f"({os.cpu_count()} cores; load average after the run {load_avg[0]:.1f}); "
           f"built in {setup.built_s:.0f} s")  # fmt: skip
     print(f"| step | requests | p50 ms | p95 ms | max ms | p95 < {TARGET_MS} ms "
@@ -525,8 +531,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="countersign-bench-inset-"))
     verdicts = []
     try:
-        verdicts.append(run("SQLite", f"sqlite:///{workdir / 'countersign.db'}", workdir))
-        pg = fresh_pg_database("cs_bench_inset")
+        if "sqlite" in DATABASES:
+            verdicts.append(run("SQLite", f"sqlite:///{workdir / 'countersign.db'}", workdir))
+        pg = fresh_pg_database("cs_bench_inset") if "postgresql" in DATABASES else None
         if pg:
             try:
                 verdicts.append(run("PostgreSQL", pg, workdir))
