@@ -243,16 +243,17 @@ class Served:
                 raise RuntimeError(f"gunicorn did not start; see {workdir / 'server.log'}")
             time.sleep(0.2)
 
-    def workers_cpu_s(self) -> float:
-        """CPU seconds (user and system) the gunicorn workers have used so far: what a request
-        costs, whatever else the machine is doing meanwhile."""
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
+    def workers_time_s(self) -> tuple[float, float]:
+        """Seconds the gunicorn workers have so far spent on a CPU, and waiting for one while
+        ready to run (the kernel's schedstat): what requests cost, and what other processes on
+        the machine took from them."""
+        on_cpu = waiting = 0
         for task in Path(f"/proc/{self.gunicorn.pid}/task").glob("*"):
             for pid in (task / "children").read_text().split():
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+                for thread in Path(f"/proc/{pid}/task").glob("*"):
+                    ran, waited, _slices = (thread / "schedstat").read_text().split()
+                    on_cpu, waiting = on_cpu + int(ran), waiting + int(waited)
+        return on_cpu / 1e9, waiting / 1e9
 
     def stop(self) -> None:
         for process in (self.gunicorn, self.worker):
@@ -281,6 +282,7 @@ class Results:
     finished: int = 0
     server_ms: dict[str, list[float]] = field(default_factory=dict)  # inside the workers
     server_cpu_s: float = 0.0  # the gunicorn workers' CPU time during the load
+    server_waiting_s: float = 0.0  # their time ready to run but waiting for a CPU
     client_cpu_s: float = 0.0  # the load generator's
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -361,7 +363,7 @@ def journey(base: str, learner: Learner, setup: Setup, results: Results, deadlin
 def load(served: Served, setup: Setup) -> tuple[Results, float]:
     results = Results()
     deadline = time.monotonic() + TIMEOUT
-    cpu = served.workers_cpu_s()
+    cpu, waited = served.workers_time_s()
     ours = time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -369,7 +371,8 @@ def load(served: Served, setup: Setup) -> tuple[Results, float]:
                      for learner in setup.learners]:  # fmt: skip
             done.result()
     took = time.perf_counter() - started
-    results.server_cpu_s = served.workers_cpu_s() - cpu
+    cpu_after, waited_after = served.workers_time_s()
+    results.server_cpu_s, results.server_waiting_s = cpu_after - cpu, waited_after - waited
     results.client_cpu_s = time.process_time() - ours
     return results, took
 
@@ -500,7 +503,8 @@ def report(name: str, setup: Setup, results: Results, took: float, ev: Evidence)
           f"{results.finished} journeys finished; errors: {len(results.errors)}")  # fmt: skip
     print(f"server CPU: {results.server_cpu_s * 1000 / requests_made:.0f} ms a request "
           f"({results.server_cpu_s:.0f} CPU s over {took:.0f} s: the workers had "
-          f"{results.server_cpu_s / took:.2f} of the {os.cpu_count()} cores); load generator "
+          f"{results.server_cpu_s / took:.2f} of the {os.cpu_count()} cores); waiting for a CPU "
+          f"{results.server_waiting_s * 1000 / requests_made:.0f} ms a request; load generator "
           f"{results.client_cpu_s:.0f} CPU s")  # fmt: skip
     for error in results.errors[:10]:
         print(f"  error: {error}")
