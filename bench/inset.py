@@ -50,7 +50,10 @@ TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "900"))  # seconds of load, at m
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
 THREADS = os.environ.get("BENCH_THREADS", "")  # gunicorn --threads (gthread workers) if set
 DATABASES = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:55432/postgres"
+# Where a fresh database is made when BENCH_DATABASE_URL is not given: the development cluster.
+PG_ADMIN_URL = os.environ.get(
+    "BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:55432/postgres"
+)
 POLICY = "social-media-policy"
 PASSWORD = "inset-morning-" + secrets.token_urlsafe(8)
 REQUEST_TIMEOUT = 60
