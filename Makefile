@@ -95,6 +95,8 @@ bench: deps venv
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/lti.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/inset.py
+	$(BIN)/python bench/publish.py
 
 lint: venv
 	$(BIN)/ruff check .
