@@ -16,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from app import create_app
 from core.config import ROOT
@@ -216,11 +217,12 @@ _RESET_ENGINES: dict[str, Any] = {}
 
 def _reset_postgres(url: str, published: bool = False) -> None:
     """Empty the test database (and, with ``published``, restore the published content from the
-    snapshot) in one transaction on a kept connection: DELETE of a few rows is far cheaper than
-    TRUNCATE of every table, and the sequences start again where a fresh database's would."""
+    snapshot) in one transaction: DELETE of a few rows is far cheaper than
+    TRUNCATE of every table, and the sequences start again where a fresh database's would. No
+    connection is kept open afterwards: tests count the sessions the app holds."""
     engine = _RESET_ENGINES.get(url)
     if engine is None:
-        engine = _RESET_ENGINES[url] = create_engine(normalise_url(url), pool_size=1)
+        engine = _RESET_ENGINES[url] = create_engine(normalise_url(url), poolclass=NullPool)
     with engine.begin() as conn:
         # The audit table refuses DELETE and TRUNCATE through triggers; emptying the test database
         # between tests is the one place that is wanted, so triggers (and the foreign keys'
