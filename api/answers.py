@@ -6,6 +6,10 @@ answer is served only while it counts: the person's and the policy's revisions a
 computed at, and ``fresh_until`` has not passed. Anyone asked about whose answer does not count is
 handed to the store, which asks the rule, stores the answer and announces any change; a lookup
 therefore answers even when nothing was stored before.
+
+Each answer is a typed document (:class:`AnswerDoc`), decoded straight from the store's JSON
+columns and encoded with one reusable encoder; a check's whole answer is encoded in one call.
+Fields are in alphabetical order: the documents are those the API always served (sorted keys).
 """
 
 from __future__ import annotations
