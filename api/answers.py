@@ -200,12 +200,12 @@ _UNSEEN: Any = object()
 _POLICIES = Sql("SELECT id, slug, status_rev FROM policy ORDER BY slug")
 
 # One query: each person asked about, their roles, and their answer when a valid one is stored.
-# The JSON columns are read as text (PostgreSQL would otherwise parse them into dicts first): the
-# API decodes them straight into its own types.
+# The JSON columns are read as text (PostgreSQL would otherwise parse them into dicts first; SQLite
+# keeps them as text, and a CAST there only copies them): the API decodes them into its own types.
 _LOOKUP = """
     SELECT p.id, p.email, p.name, p.active, {roles},
            s.person_id, s.version, s.trained, s.valid_until,
-           CAST(s.modules AS text), CAST(s.missing AS text)
+           {modules}, {missing}
     FROM person p
     LEFT JOIN stored_status s
       ON s.person_id = p.id AND s.policy_id = :policy_id
@@ -215,12 +215,16 @@ _LOOKUP = """
 """
 _LOOKUP_SQLITE = Sql(
     _LOOKUP.format(
-        roles="(SELECT group_concat(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+        roles="(SELECT group_concat(role, ',') FROM person_role r WHERE r.person_id = p.id)",
+        modules="s.modules",
+        missing="s.missing",
     )
 )
 _LOOKUP_POSTGRESQL = Sql(
     _LOOKUP.format(
-        roles="(SELECT string_agg(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+        roles="(SELECT string_agg(role, ',') FROM person_role r WHERE r.person_id = p.id)",
+        modules="CAST(s.modules AS text)",
+        missing="CAST(s.missing AS text)",
     )
 )
 
