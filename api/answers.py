@@ -6,6 +6,10 @@ answer is served only while it counts: the person's and the policy's revisions a
 computed at, and ``fresh_until`` has not passed. Anyone asked about whose answer does not count is
 handed to the store, which asks the rule, stores the answer and announces any change; a lookup
 therefore answers even when nothing was stored before.
+
+Each answer is a typed document (:class:`AnswerDoc`), decoded straight from the store's JSON
+columns and encoded with one reusable encoder; a check's whole answer is encoded in one call.
+Fields are in alphabetical order: the documents are those the API always served (sorted keys).
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import msgspec
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -35,11 +39,97 @@ class PolicyRef(NamedTuple):
     rev: int
 
 
-@dataclass(frozen=True)
-class Answer:
+# --- the API's documents ---------------------------------------------------------------------
+# Fields in alphabetical order: the documents are encoded as they were with ``sort_keys=True``.
+
+
+class PersonDoc(msgspec.Struct, gc=False):
+    active: bool
+    email: str
+    id: int
+    name: str
+    roles: list[str]
+
+
+class PolicyDoc(msgspec.Struct, gc=False):
+    slug: str
+    version: str
+
+
+class ModuleDoc(msgspec.Struct, gc=False):
+    completed_at: str | None
+    slug: str
+    status: str
+    title: str
+
+
+class MissingDoc(msgspec.Struct, gc=False):
+    """Also how a stored answer's ``missing`` entries are read: the API shows them as stored."""
+
+    module: str | None
+    reason: str
+
+
+class AnswerDoc(msgspec.Struct, gc=False):
+    missing: list[MissingDoc]
+    modules: list[ModuleDoc]
+    person: PersonDoc
+    policy: PolicyDoc
+    trained: bool
+    valid_until: str | None
+
+
+class PersonIdDoc(msgspec.Struct, gc=False):
+    id: int
+
+
+class StatusOnlyDoc(msgspec.Struct, gc=False):
+    """An answer as a ``training:status`` token sees it."""
+
+    person: PersonIdDoc
+    policy: PolicyDoc
+    trained: bool
+    valid_until: str | None
+
+
+class CheckDoc(msgspec.Struct, gc=False):
+    """A check's answer: each result an :class:`AnswerDoc`, a :class:`StatusOnlyDoc` or
+    :func:`not_found`."""
+
+    all_trained: bool
+    results: list[Any]
+
+
+def not_found(ref: Any) -> msgspec.Raw:
+    """A check's result for a ref that matches nobody. Encoded by the standard library, which
+    escapes what UTF-8 cannot carry (a ref may hold a lone surrogate, as JSON allows)."""
+    return msgspec.Raw(dumps({"ref": ref, "error": "not_found"}))
+
+
+class _StoredModule(msgspec.Struct, gc=False):
+    """What the API reads of a stored answer's ``modules`` entries (the rest is left unread)."""
+
+    slug: str
+    title: str
+    state: str
+    completed_at: str | None
+
+
+_read_modules = msgspec.json.Decoder(list[_StoredModule]).decode
+_read_missing = msgspec.json.Decoder(list[MissingDoc]).decode
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+
+
+class Answer(NamedTuple):
     person_id: int
     trained: bool
-    body: str  # the JSON object, serialised
+    doc: AnswerDoc
+
+    @property
+    def body(self) -> str:
+        """The answer as JSON text."""
+        return encode(self.doc).decode()
 
 
 def policies() -> list[PolicyRef]:
@@ -52,80 +142,70 @@ def is_id(ref: str) -> bool:
     return ref.isascii() and ref.isdigit() and len(ref) <= 10 and int(ref) <= 2**31 - 1
 
 
+def _can_match(ref: str) -> bool:
+    """False for a NUL or a lone surrogate (JSON allows both): they match nobody, and PostgreSQL
+    refuses them."""
+    if "\x00" in ref:
+        return False
+    if ref.isascii():
+        return True
+    try:
+        ref.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
-def answer_json(
-    person: tuple[int, str, str, list[str], bool], policy_slug: str, version: str,
-    trained: bool, valid_until: datetime | None, modules: list[dict], missing: list[dict],
-) -> dict[str, Any]:  # fmt: skip
-    """The API's answer for a person, from the stored answer's columns."""
-    person_id, name, email, roles, active = person
-    return {
-        "person": {
-            "id": person_id,
-            "name": name,
-            "email": email,
-            "roles": roles,
-            "active": active,
-        },  # fmt: skip
-        "policy": {"slug": policy_slug, "version": version},
-        "trained": trained,
-        "valid_until": _iso(valid_until),
-        "modules": [
-            {
-                "slug": m["slug"],
-                "title": m["title"],
-                "status": m["state"],
-                "completed_at": _iso(_when(m["completed_at"])),
-            }
-            for m in modules
-        ],  # fmt: skip
-        "missing": [{"module": m["module"], "reason": m["reason"]} for m in missing],
-    }
+def _stored_iso(value: str | None) -> str | None:
+    """A time as the store wrote it (:func:`training.status_store.utc_iso`), as the API shows it."""
+    if value is None:
+        return None
+    if value.endswith("+00:00"):
+        return value[:-6] + "Z"
+    return _iso(datetime.fromisoformat(value))  # not written by today's store: convert it
 
 
-def _when(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _from_status(person: Person, policy_slug: str, status: Status) -> AnswerDoc:
+    return AnswerDoc(
+        missing=[MissingDoc(m.module, m.reason) for m in status.missing],
+        modules=[ModuleDoc(_iso(m.completed_at), m.slug, m.state, m.title)
+                 for m in status.modules],
+        person=PersonDoc(person.active, person.email, person.id, person.name, list(person.roles)),
+        policy=PolicyDoc(policy_slug, status.version),
+        trained=status.trained,
+        valid_until=_iso(status.valid_until),
+    )  # fmt: skip
 
 
 def status_json(person: Person, policy_slug: str, status: Status) -> dict[str, Any]:
-    """The API's answer for a person, from the rule's :class:`Status`."""
-    return answer_json(
-        (person.id, person.name, person.email, person.roles, person.active), policy_slug,
-        status.version, status.trained, status.valid_until,
-        [{"slug": m.slug, "title": m.title, "state": m.state,
-          "completed_at": m.completed_at.isoformat() if m.completed_at else None}
-         for m in status.modules],
-        [{"module": m.module, "reason": m.reason} for m in status.missing],
-    )  # fmt: skip
+    """The API's answer for a person, from the rule's :class:`Status`, as plain data."""
+    return msgspec.to_builtins(_from_status(person, policy_slug, status))
 
 
 def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def status_only(body: str) -> str:
+def status_only(doc: AnswerDoc) -> StatusOnlyDoc:
     """An answer cut down for a ``training:status`` token: the person's id and the verdict, never
     their name, email, roles or module-by-module progress."""
-    full = json.loads(body)
-    return dumps(
-        {
-            "person": {"id": full["person"]["id"]},
-            "policy": full["policy"],
-            "trained": full["trained"],
-            "valid_until": full["valid_until"],
-        }
-    )
+    return StatusOnlyDoc(PersonIdDoc(doc.person.id), doc.policy, doc.trained, doc.valid_until)
 
 
+_UNSEEN: Any = object()
 _POLICIES = Sql("SELECT id, slug, status_rev FROM policy ORDER BY slug")
 
 # One query: each person asked about, their roles, and their answer when a valid one is stored.
+# The JSON columns are read as text (PostgreSQL would otherwise parse them into dicts first; SQLite
+# keeps them as text, and a CAST there only copies them): the API decodes them into its own types.
 _LOOKUP = """
     SELECT p.id, p.email, p.name, p.active, {roles},
-           s.person_id, s.version, s.trained, s.valid_until, s.modules, s.missing
+           s.person_id, s.version, s.trained, s.valid_until,
+           {modules}, {missing}
     FROM person p
     LEFT JOIN stored_status s
       ON s.person_id = p.id AND s.policy_id = :policy_id
@@ -135,12 +215,16 @@ _LOOKUP = """
 """
 _LOOKUP_SQLITE = Sql(
     _LOOKUP.format(
-        roles="(SELECT group_concat(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+        roles="(SELECT group_concat(role, ',') FROM person_role r WHERE r.person_id = p.id)",
+        modules="s.modules",
+        missing="s.missing",
     )
 )
 _LOOKUP_POSTGRESQL = Sql(
     _LOOKUP.format(
-        roles="(SELECT string_agg(role, ',') FROM person_role r WHERE r.person_id = p.id)"
+        roles="(SELECT string_agg(role, ',') FROM person_role r WHERE r.person_id = p.id)",
+        modules="CAST(s.modules AS text)",
+        missing="CAST(s.missing AS text)",
     )
 )
 
@@ -157,7 +241,7 @@ def find_answers(
     # Each ref as the person id or the email address it names.
     keys: dict[str, int | str] = {}
     for ref in refs:
-        if "\x00" not in ref:  # can match nobody, and PostgreSQL refuses it
+        if _can_match(ref):
             keys[ref] = int(ref) if is_id(ref) else ref.strip().lower()
     ids = sorted({k for k in keys.values() if isinstance(k, int)})
     emails = sorted({k for k in keys.values() if isinstance(k, str)})
@@ -170,29 +254,30 @@ def find_answers(
     )  # fmt: skip
     answers: dict[int, Answer] = {}
     wanted: list[int] = []
-    for (
-        pid,
-        email,
-        name,
-        active,
-        roles,
-        stored,
-        version,
-        trained,
-        valid_until,
-        modules,
-        missing,
-    ) in rows:
-        if stored is None:
-            wanted.append(pid)
+    # Many people share a version and an expiry: each distinct one is converted once.
+    policy_docs: dict[str, PolicyDoc] = {}
+    times: dict[Any, str | None] = {None: None}
+    slug = policy.slug
+    for row in rows:
+        if row[5] is None:  # nothing stored that counts
+            wanted.append(row[0])
             continue
-        person = (pid, name, email, sorted(roles.split(",")) if roles else [], bool(active))
-        body = answer_json(
-            person, policy.slug, version, bool(trained),
-            reader.datetime(valid_until) if valid_until is not None else None,
-            reader.json(modules), reader.json(missing),
+        pid, email, name, active, roles, _, version, trained, valid_until, modules, missing = row
+        policy_doc = policy_docs.get(version)
+        if policy_doc is None:
+            policy_doc = policy_docs[version] = PolicyDoc(slug, version)
+        until = times.get(valid_until, _UNSEEN)
+        if until is _UNSEEN:
+            until = times[valid_until] = _iso(reader.datetime(valid_until))
+        trained = bool(trained)
+        doc = AnswerDoc(
+            _read_missing(missing),
+            [ModuleDoc(_stored_iso(m.completed_at), m.slug, m.state, m.title)
+             for m in _read_modules(modules)],
+            PersonDoc(bool(active), email, pid, name, sorted(roles.split(",")) if roles else []),
+            policy_doc, trained, until,
         )  # fmt: skip
-        answers[pid] = Answer(pid, bool(trained), dumps(body))
+        answers[pid] = Answer(pid, trained, doc)
     if wanted:
         answers.update(_compute(db.session, policy, wanted, now))
     person_for: dict[int | str, int] = {row[0]: row[0] for row in rows}
@@ -218,15 +303,15 @@ def _compute(
             policy = session.get_one(Policy, policy_ref.id)
             people = status_store.load_people(session, person_ids)
             statuses = status_store.refresh(session, people, policy, now)
-            bodies = {p.id: dumps(status_json(p, policy.slug, statuses[p.id])) for p in people}
+            docs = {p.id: _from_status(p, policy.slug, statuses[p.id]) for p in people}
     except OperationalError:  # busy: answer without storing; the next lookup stores it
         log.warning("could not store %d training statuses", len(person_ids), exc_info=True)
         people = status_store.load_people(session, person_ids)
         from training.status import statuses_for
 
         statuses = statuses_for(session, people, policy, now)
-        bodies = {p.id: dumps(status_json(p, policy.slug, statuses[p.id])) for p in people}
-    return {pid: Answer(pid, statuses[pid].trained, body) for pid, body in bodies.items()}
+        docs = {p.id: _from_status(p, policy.slug, statuses[p.id]) for p in people}
+    return {pid: Answer(pid, statuses[pid].trained, doc) for pid, doc in docs.items()}
 
 
 def refresh(person_ids: list[int] | None = None, now: datetime | None = None) -> int:

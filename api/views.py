@@ -9,7 +9,17 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from api.answers import Answer, PolicyRef, dumps, find_answers, is_id, policies, status_only
+from api.answers import (
+    Answer,
+    CheckDoc,
+    PolicyRef,
+    encode,
+    find_answers,
+    is_id,
+    not_found,
+    policies,
+    status_only,
+)
 from api.openapi import document
 from api.tokens import PERSONAL_SCOPE, TokenExpired, authenticate
 from core.db import reads_only
@@ -114,7 +124,7 @@ def json_body() -> Any:
         raise ApiError(400, "invalid_json", "The body is not valid JSON.") from None
 
 
-def _json(body: str) -> Response:
+def _json(body: str | bytes) -> Response:
     return Response(body, mimetype="application/json")
 
 
@@ -132,9 +142,9 @@ def _ids_only(refs: list[str]) -> None:
         )
 
 
-def _visible(body: str) -> str:
+def _visible(answer: Answer) -> Any:
     """The answer as this token may see it: in full, or without personal details."""
-    return body if PERSONAL_SCOPE in g.api_token.scopes else status_only(body)
+    return answer.doc if PERSONAL_SCOPE in g.api_token.scopes else status_only(answer.doc)
 
 
 @api_bp.get("/people/<ref>/training-status")
@@ -149,7 +159,7 @@ def person_status(ref: str) -> Any:
     answer = _answers(_policy(request.args.get("policy")), [ref]).get(ref)
     if answer is None:
         raise ApiError(404, "person_not_found", "Nobody has that id or email address.")
-    return _json(_visible(answer.body))
+    return _json(encode(_visible(answer)))
 
 
 @api_bp.post("/training-status/check")
@@ -185,25 +195,21 @@ def check() -> Any:
     if "policy" in body and not isinstance(body["policy"], str):  # null too: leave it out instead
         raise ApiError(400, "invalid_policy", "'policy' must be a policy's slug.")
     answers = _answers(_policy(body.get("policy")), cleaned)
-    # The stored answers are already JSON: put them together rather than parse and re-encode.
-    results: list[str] = []
+    personal = PERSONAL_SCOPE in g.api_token.scopes  # asked once, not once a person
+    results: list[Any] = []
     all_trained = True
     for original, ref in zip(refs, cleaned, strict=True):
         answer = answers.get(ref)
         if answer is None:
             # An email asked about is not echoed to a token that may not see emails.
-            echo = original if _visible_ref(original) else None
-            results.append(dumps({"ref": echo, "error": "not_found"}))
+            echo = original if personal or isinstance(original, int | float) else None
+            results.append(not_found(echo))
             all_trained = False
         else:
-            results.append(_visible(answer.body))
+            results.append(answer.doc if personal else status_only(answer.doc))
             all_trained = all_trained and answer.trained
-    trained = "true" if all_trained else "false"
-    return _json(f'{{"all_trained":{trained},"results":[{",".join(results)}]}}')
-
-
-def _visible_ref(ref: Any) -> bool:
-    return PERSONAL_SCOPE in g.api_token.scopes or isinstance(ref, int | float)
+    # One encoding of the whole answer, from the answers' typed documents.
+    return _json(encode(CheckDoc(all_trained, results)))
 
 
 @api_bp.get("/openapi.json")

@@ -297,6 +297,21 @@ def test_check_answers_in_the_order_asked_with_not_found_entries(app, api, make_
     assert only["all_trained"] is True
 
 
+def test_check_echoes_a_ref_that_utf8_cannot_carry_and_names_in_any_script(api, make_person):
+    """JSON may carry a lone surrogate in a string: a ref holding one matches nobody and is echoed
+    back escaped, never a 500; names outside ASCII come back as they are."""
+    pid = make_person("volunteer", name="Élodie Ünal — 張")
+    body = b'{"people": [%d, "\\ud800@x.example", "caf\\u00e9@x.example"]}' % pid
+    response = api.post("/api/v1/training-status/check", data=body,
+                        content_type="application/json")  # fmt: skip
+    assert response.status_code == 200
+    CHECK_OP.validate_response(response)
+    results = response.get_json()["results"]
+    assert results[0]["person"]["name"] == "Élodie Ünal — 張"
+    assert results[1] == {"ref": "\ud800@x.example", "error": "not_found"}
+    assert results[2] == {"ref": "café@x.example", "error": "not_found"}
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

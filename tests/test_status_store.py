@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import event, select, text
@@ -19,6 +20,7 @@ from api.answers import dumps, find_answers, policies, refresh, status_json
 from core.db import db, utcnow
 from core.outbox import OutboxMessage
 from people.models import Person, PersonRole
+from people.service import deactivate
 from quizzes.attempts import start_attempt, submit_attempt
 from quizzes.models import QuizBank
 from tests.conftest import (
@@ -29,6 +31,7 @@ from tests.conftest import (
     run_worker,
     train_people,
 )
+from training import status_store
 from training.models import Policy, StoredStatus
 from training.progress import AckRequest, acknowledge, record_read, record_visit
 from training.publishing import current_version
@@ -482,3 +485,66 @@ def test_the_triggers_watch_exactly_the_tables_the_rule_reads(app, make_person):
             event.remove(db.engine, "before_cursor_execute", record)
         watched = _watched_tables(db.session)
     assert read == watched, (read - watched, watched - read)
+
+
+def test_the_answer_served_from_stored_columns_is_the_rules_answer_document_for_document(
+    app, make_person, evaluations
+):
+    """The API builds its answers from the store's typed columns without asking the rule; for
+    people in every state that document is the one the rule's own Status gives."""
+    trained = make_person("volunteer", name="Zoë Ærøskøbing", email="zoe@ladysmith.example")
+    partway = make_person("staff", "governor", name="Pat Partway")
+    new = make_person("staff", name="Nell New")
+    inactive = make_person("staff", name="Ian Inactive")
+    lapsing = make_person("volunteer", name="Lars Lapsed")
+    train_people(app, trained, inactive, lapsing)
+    with app.app_context():
+        policy = db.session.scalar(select(Policy))
+        person = db.session.get(Person, partway)
+        first = current_version(db.session, policy).module_links[0].module_version.module.slug
+        complete_modules(db.session, person, policy, only={first})
+        deactivate(db.session.get(Person, inactive))  # trained, then left
+        db.session.commit()
+        served(lapsing)
+        expires = stored(lapsing).valid_until
+    people = [trained, partway, new, inactive, lapsing]
+    documents = {}
+    with app.app_context():
+        [ref] = policies()
+        refs = [str(pid) for pid in people]
+        for now in (utcnow(), expires + timedelta(days=1)):  # today, and once training lapsed
+            find_answers(ref, refs, now)  # stores whatever is not stored yet
+            evaluations.clear()
+            from_columns = {r: json.loads(a.body) for r, a in find_answers(ref, refs, now).items()}
+            assert evaluations == []  # every answer came from the stored columns
+            for pid in people:
+                assert from_columns[str(pid)] == by_the_rule(pid, now)
+                documents[pid, now > expires] = from_columns[str(pid)]
+    today = {pid: documents[pid, False] for pid in people}
+    assert today[trained]["trained"] and today[trained]["person"]["name"] == "Zoë Ærøskøbing"
+    assert all(m["completed_at"].endswith("Z") for m in today[trained]["modules"])
+    assert [m["status"] for m in today[partway]["modules"]].count("completed") == 1
+    assert today[partway]["person"]["roles"] == ["governor", "staff"]
+    assert all(m["status"] == "not_started" for m in today[new]["modules"])
+    assert today[inactive]["person"]["active"] is False and not today[inactive]["trained"]
+    assert {"module": None, "reason": "expired"} in documents[lapsing, True]["missing"]
+    assert not documents[lapsing, True]["trained"] and documents[lapsing, False]["trained"]
+
+
+def test_stored_times_are_written_in_utc_whatever_zone_the_rule_used(app, make_person):
+    """The API serves the stored module times as they are (``+00:00`` shown as ``Z``), so the
+    store writes every time in UTC."""
+    pid = make_person("volunteer")
+    train_people(app, pid)
+    with app.app_context():
+        status = rule_status(pid)
+        paris = timezone(timedelta(hours=1))
+        shifted = replace(
+            status,
+            modules=tuple(replace(m, completed_at=m.completed_at.astimezone(paris))
+                          for m in status.modules),
+        )  # fmt: skip
+        written = status_store._values(shifted)["modules"]
+        for module, entry in zip(status.modules, written, strict=True):
+            assert entry["completed_at"] == module.completed_at.isoformat()
+            assert entry["completed_at"].endswith("+00:00")

@@ -50,7 +50,11 @@ BATCH = 500
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+    """A time as stored in the JSON columns and events: ISO 8601 in UTC, ending ``+00:00``.
+
+    The API serves these strings without parsing them again, so the form is fixed here.
+    """
+    return value.astimezone(UTC).isoformat() if value else None
 
 
 def _when(value: str | None) -> datetime | None:
