@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from audit import evidence
@@ -261,17 +261,18 @@ def check_stored_pdfs(session: Session, certificate_ids: Iterable[int]) -> dict[
     return recorded
 
 
+_PDF_WITH_ROW = select(
+    Certificate.__table__.c.pdf,
+    *(Certificate.__table__.c[c] for c in evidence.DIGESTED["certificate"]),
+).where(Certificate.__table__.c.id == bindparam("id"))  # built once: it runs for every file
+
+
 def pdf_as_checked(session: Session, certificate_id: int, recorded_digest: str | None) -> bytes:
     """The stored PDF, read once more to be sent after :func:`check_stored_pdfs`: read with its
     row in one query, the row must still have the digest the chain recorded for it and the bytes
     must hash to the row's ``pdf_sha256``, so a PDF changed since the check is never sent.
     Raises :class:`PdfNotAsDigested` (and logs) otherwise."""
-    t = Certificate.__table__
-    row = session.execute(
-        select(t.c.pdf, *(t.c[c] for c in evidence.DIGESTED["certificate"])).where(
-            t.c.id == certificate_id
-        )
-    ).first()
+    row = session.execute(_PDF_WITH_ROW, {"id": certificate_id}).first()
     if row is None or row.pdf is None or hashlib.sha256(row.pdf).hexdigest() != row.pdf_sha256:
         log.error(
             "certificate %s: stored PDF does not match its digest; not served", certificate_id
