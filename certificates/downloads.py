@@ -17,8 +17,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import Session
 from zipstream import ZIP_STORED, ZipStream
 
-from audit import evidence
-from certificates.issuing import PdfNotAsDigested, stored_pdf
+from certificates.issuing import check_stored_pdfs, pdf_as_checked
 from certificates.models import Certificate
 from people.models import Person, PersonSchool
 from training.loader import Federation
@@ -124,12 +123,9 @@ def school_archive(session: Session, school: str) -> ZipStream:
         .where(PersonSchool.school == school, _not_erased())
         .order_by(Certificate.person_name, Certificate.issued_at, Certificate.id)
     ).all()
-    # Every PDF hashed before a byte is sent: a replaced one stops the download with an error,
-    # not halfway through a ZIP.
-    replaced = evidence.pdf_mismatches(session, [r[0] for r in rows if r[-1] is not None])
-    if replaced:
-        stored_pdf(session, replaced[0])  # logs and raises
-        raise PdfNotAsDigested(replaced[0])
+    # Every PDF hashed, and every row checked against the audit chain, all at once before a byte
+    # is sent: a replaced one stops the download with an error, not halfway through a ZIP.
+    recorded = check_stored_pdfs(session, [r[0] for r in rows if r[-1] is not None])
     archive = ZipStream(compress_type=ZIP_STORED, sized=True)
     used: set[str] = set()
     missing: list[str] = []
@@ -143,7 +139,9 @@ def school_archive(session: Session, school: str) -> ZipStream:
             n += 1
             name = f"{stem}-{n}.pdf"
         used.add(name)
-        archive.add(_pdf_chunks(session, certificate_id), name, size=size)
+        archive.add(
+            _pdf_chunks(session, certificate_id, recorded.get(certificate_id)), name, size=size
+        )
     if missing:
         note = "These certificates could not be rendered; try again later:\n" + "".join(
             f"- {line}\n" for line in missing
@@ -152,7 +150,13 @@ def school_archive(session: Session, school: str) -> ZipStream:
     return archive
 
 
-def _pdf_chunks(session: Session, certificate_id: int) -> Iterator[bytes]:
-    pdf = stored_pdf(session, certificate_id)  # checked again: it is read again
+def _pdf_chunks(session: Session, certificate_id: int, recorded: str | None) -> Iterator[bytes]:
+    try:
+        pdf = pdf_as_checked(session, certificate_id, recorded)  # read again, so checked again
+    except BaseException:
+        # The request's teardown has closed its session already, so end this read here: a
+        # refused file leaves no connection checked out.
+        session.rollback()
+        raise
     session.commit()  # end the read: a long download holds no transaction open between files
     yield pdf

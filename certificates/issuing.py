@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from audit import evidence
@@ -228,6 +228,62 @@ def stored_pdf(session: Session, certificate_id: int) -> bytes | None:
         log.error("certificate %s: not as the audit log records it; not served: %s",
                   certificate_id, exc)  # fmt: skip
         raise PdfNotAsDigested(certificate_id) from exc
+    return row.pdf
+
+
+def check_stored_pdfs(session: Session, certificate_ids: Iterable[int]) -> dict[int, str]:
+    """Check many certificates' stored PDFs at once, before any is sent: each PDF hashes to its
+    row's digest, and each row is what the audit chain last recorded for it (as
+    :func:`stored_pdf` checks one). A few queries for all of them, not a few for each.
+
+    Returns the digest the chain records for each row: :func:`pdf_as_checked` holds the row to it
+    when the PDF is read again to be sent. Raises :class:`PdfNotAsDigested` (for the first PDF
+    that does not hash to its digest) or :class:`audit.evidence.NotAsRecorded` (naming every row
+    the chain does not record as it is), and logs each."""
+    ids = sorted(set(certificate_ids))
+    replaced = evidence.pdf_mismatches(session, ids)
+    for certificate_id in replaced:
+        log.error(
+            "certificate %s: stored PDF does not match its digest; not served", certificate_id
+        )
+    if replaced:
+        raise PdfNotAsDigested(replaced[0])
+    trusted = trusted_rows(session)
+    recorded: dict[int, str] = {}
+    for chunk in _chunks(ids, evidence.BATCH):
+        try:
+            recorded |= evidence.as_recorded(
+                session, {"certificate": chunk}, by_subject=True, trusted=trusted
+            )["certificate"]
+        except evidence.NotAsRecorded as exc:
+            log.error("certificates not as the audit log records them; not served: %s", exc)
+            raise
+    return recorded
+
+
+_PDF_WITH_ROW = select(
+    Certificate.__table__.c.pdf,
+    *(Certificate.__table__.c[c] for c in evidence.DIGESTED["certificate"]),
+).where(Certificate.__table__.c.id == bindparam("id"))  # built once: it runs for every file
+
+
+def pdf_as_checked(session: Session, certificate_id: int, recorded_digest: str | None) -> bytes:
+    """The stored PDF, read once more to be sent after :func:`check_stored_pdfs`: read with its
+    row in one query, the row must still have the digest the chain recorded for it and the bytes
+    must hash to the row's ``pdf_sha256``, so a PDF changed since the check is never sent.
+    Raises :class:`PdfNotAsDigested` (and logs) otherwise."""
+    row = session.execute(_PDF_WITH_ROW, {"id": certificate_id}).first()
+    if row is None or row.pdf is None or hashlib.sha256(row.pdf).hexdigest() != row.pdf_sha256:
+        log.error(
+            "certificate %s: stored PDF does not match its digest; not served", certificate_id
+        )
+        raise PdfNotAsDigested(certificate_id)
+    if evidence.digest("certificate", row._mapping) != recorded_digest:
+        log.error(
+            "certificate %s: changed since it was checked against the audit log; not served",
+            certificate_id,
+        )
+        raise PdfNotAsDigested(certificate_id)
     return row.pdf
 
 

@@ -16,7 +16,7 @@ import pytest
 import segno
 from PIL import Image
 from sqlalchemy import event, func, select, update
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session, undefer
 from weasyprint import HTML
 from weasyprint.urls import FatalURLFetchingError
 
@@ -536,6 +536,112 @@ def test_the_zip_reads_each_pdf_only_when_its_turn_comes(app, schools):
     finally:
         event.remove(engine, "before_cursor_execute", spy)
     assert seen[0] <= 1 and seen[-1] == 3 and len(body) == int(response.headers["Content-Length"])
+
+
+def _zip_statements(app, pid, school) -> list[str]:
+    """Every statement the database runs while a school's ZIP is downloaded to its end."""
+    with app.app_context():
+        engine = db.engine
+    statements: list[str] = []
+
+    def spy(conn, cursor, statement, *args):
+        if not statement.startswith("BEGIN"):  # SQLite's, as each file's read begins
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        with client_for(app, pid).get(f"/certificates/schools/{school}.zip") as response:
+            assert response.status_code == 200 and zipfile.ZipFile(io.BytesIO(response.data))
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    return statements
+
+
+def test_the_zip_checks_its_certificates_against_the_audit_chain_in_one_pass(app, schools):
+    """One certificate more costs one query more, reading its PDF: every stored PDF is checked
+    against its digest and the audit chain once, for all of them, not one certificate at a time."""
+    three = _zip_statements(app, schools["gus"], "infant")
+    two = _zip_statements(app, schools["gus"], "junior")
+    assert len(three) - len(two) == 1, (len(three), len(two))
+
+    def chain_reads(statements):
+        return [s for s in statements if "FROM audit_event" in s]
+
+    assert len(chain_reads(three)) == len(chain_reads(two)) > 0
+
+
+def _zip_with_a_pdf_changed_after_the_check(app, schools, values) -> tuple[int, bytes, Exception]:
+    """Download the infant ZIP; once the first PDF is sent, change Ian's certificate (sent
+    last) as someone with the database's rights could; return its id, what was sent and the
+    error that ended the download."""
+    with app.app_context():
+        engine = db.engine
+        ian = db.session.scalar(
+            select(Certificate.id).where(Certificate.person_id == schools["ian"])
+        )
+    reads: list[str] = []
+
+    def spy(conn, cursor, statement, *args):
+        if statement.startswith("SELECT certificate.pdf, "):
+            reads.append(statement)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    body = b""
+    try:
+        response = client_for(app, schools["gus"]).get(
+            "/certificates/schools/infant.zip", buffered=False
+        )
+        assert response.status_code == 200
+        chunks = iter(response.response)
+        while not reads:  # the first PDF's read has ended (committed) when its bytes come
+            body += next(chunks)
+        with Session(engine) as session, session.begin():
+            with evidence_guard_off(session, "certificate"):
+                session.execute(update(Certificate).where(Certificate.id == ian).values(values))
+        with pytest.raises(certificates.issuing.PdfNotAsDigested) as raised:
+            for chunk in chunks:
+                body += chunk
+        response.close()
+        assert engine.pool.checkedout() == 0  # the refused read's connection went back
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    return ian, body, raised.value
+
+
+FORGED = b"%PDF-1.4 forged: never trained"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"pdf": FORGED},
+        {"pdf": FORGED, "pdf_sha256": hashlib.sha256(FORGED).hexdigest()},
+    ],
+    ids=["bytes", "bytes-and-digest"],
+)
+def test_a_pdf_changed_after_the_zip_was_checked_is_never_sent(app, schools, values, caplog):
+    ian, body, error = _zip_with_a_pdf_changed_after_the_check(app, schools, values)
+    assert error.certificate_id == ian and b"forged" not in body
+    assert f"certificate {ian}: " in caplog.text and "not served" in caplog.text
+
+
+def test_a_zip_with_a_certificate_the_chain_does_not_record_is_refused_before_a_byte(
+    app, schools, caplog
+):
+    """A PDF and its digest replaced together match each other but not the audit chain: the
+    whole ZIP is refused with an error page, not broken off halfway."""
+    with app.app_context():
+        with evidence_guard_off(db.session, "certificate"):
+            db.session.execute(
+                update(Certificate)
+                .where(Certificate.person_id == schools["ian"])
+                .values(pdf=FORGED, pdf_sha256=hashlib.sha256(FORGED).hexdigest())
+            )
+        db.session.commit()
+    response = client_for(app, schools["gus"]).get("/certificates/schools/infant.zip")
+    assert response.status_code == 500 and b"cannot be downloaded" in response.data
+    assert b"forged" not in response.data
+    assert "not as the audit log records them; not served" in caplog.text
 
 
 def test_a_certificate_that_cannot_be_rendered_is_named_not_left_out(app, schools, monkeypatch):
