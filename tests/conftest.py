@@ -3,6 +3,7 @@ built by running the migrations, plus helpers to make people and sign in as them
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -165,7 +166,11 @@ def postgres_ready(tmp_path_factory: pytest.TempPathFactory) -> str:
         _create_database(PG_URL, os.environ["TEST_DATABASE_URL"])
     engine = create_engine(normalise_url(PG_URL))
     with engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {SNAPSHOT} CASCADE"))
+        for schema in conn.scalars(
+            text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'world%' OR nspname = :s"),
+            {"s": SNAPSHOT},
+        ).all():
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
@@ -175,18 +180,24 @@ def postgres_ready(tmp_path_factory: pytest.TempPathFactory) -> str:
         db.engine.dispose()
     instance = PG_PUBLISHED_INSTANCE[PG_URL] = tmp_path_factory.mktemp("pg-published")
     _publish_into(PG_URL, instance)
-    engine = create_engine(normalise_url(PG_URL))
+    _snapshot_postgres(PG_URL, SNAPSHOT)
+    return PG_URL
+
+
+def _snapshot_postgres(url: str, schema: str) -> None:
+    """Copy every table with rows, and where each sequence stands, into ``schema``."""
+    engine = create_engine(normalise_url(url), poolclass=NullPool)
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {SNAPSHOT}"))
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
         for table in _pg_tables(conn):
             if conn.scalar(text(f'SELECT EXISTS (SELECT 1 FROM public."{table}")')):
-                conn.execute(text(f'CREATE TABLE {SNAPSHOT}."{table}" AS TABLE public."{table}"'))
+                conn.execute(text(f'CREATE TABLE {schema}."{table}" AS TABLE public."{table}"'))
         conn.execute(
-            text(f"CREATE TABLE {SNAPSHOT}.sequences AS SELECT schemaname, sequencename, "
+            text(f"CREATE TABLE {schema}.sequences AS SELECT schemaname, sequencename, "
                  "last_value FROM pg_sequences WHERE schemaname = 'public'")
         )  # fmt: skip
     engine.dispose()
-    return PG_URL
 
 
 def _pg_tables(conn: Any, schema: str = "public") -> list[str]:
@@ -215,7 +226,7 @@ def _create_database(url: str, reachable: str) -> None:
 _RESET_ENGINES: dict[str, Any] = {}
 
 
-def _reset_postgres(url: str, published: bool = False) -> None:
+def _reset_postgres(url: str, published: bool = False, snapshot: str = SNAPSHOT) -> None:
     """Empty the test database (and, with ``published``, restore the published content from the
     snapshot) in one transaction: DELETE of a few rows is far cheaper than
     TRUNCATE of every table, and the sequences start again where a fresh database's would. No
@@ -231,14 +242,14 @@ def _reset_postgres(url: str, published: bool = False) -> None:
         statements = [f'DELETE FROM public."{t}"' for t in _pg_tables(conn)]
         if published:
             statements += [
-                f'INSERT INTO public."{t}" SELECT * FROM {SNAPSHOT}."{t}"'
-                for t in _pg_tables(conn, SNAPSHOT)
+                f'INSERT INTO public."{t}" SELECT * FROM {snapshot}."{t}"'
+                for t in _pg_tables(conn, snapshot)
                 if t != "sequences"
             ]
             statements.append(
                 "SELECT setval(quote_ident(s.schemaname) || '.' || quote_ident(s.sequencename), "
                 "coalesce(k.last_value, 1), k.last_value IS NOT NULL) FROM pg_sequences s "
-                f"LEFT JOIN {SNAPSHOT}.sequences k USING (schemaname, sequencename) "
+                f"LEFT JOIN {snapshot}.sequences k USING (schemaname, sequencename) "
                 "WHERE s.schemaname = 'public'"
             )
         else:
@@ -385,6 +396,7 @@ def make_person(app: Flask) -> Callable[..., int]:
             db.session.commit()
             return person.id
 
+    factory.counter = counter  # type: ignore[attr-defined]  # see cached_world
     return factory
 
 
@@ -502,3 +514,70 @@ def run_worker(app: Flask, now: Any = None) -> Any:
 
     with app.app_context():
         return run_once(now=now)
+
+
+_WORLDS: dict[tuple[str, str], tuple[Any, Path, int]] = {}
+
+
+def cached_world(
+    request: pytest.FixtureRequest, app: Flask, make_person: Callable[..., int],
+    build: Callable[[], Any],
+) -> Any:  # fmt: skip
+    """A fixture's world (people, evidence, accounts) built once per run and database, and copied
+    for every later test that asks for it: the same rows, ids, audit chain and key, as if built
+    again. ``build()`` makes it with ``app`` and ``make_person`` and returns what the tests get
+    (ids). Only for worlds built on the real content, published, with the default settings."""
+    usual = (
+        PUBLISHED in request.node.stash
+        and request.getfixturevalue("app_config") == {}
+        and request.getfixturevalue("content_dir") == ROOT / "content"
+    )
+    if not usual:
+        return build()
+    url = app.config["DATABASE_URL"]
+    postgres = url.startswith("postgresql")
+    name = f"{request.module.__name__.rsplit('.', 1)[-1]}_{request.fixturename}".lower()
+    key = ("postgresql" if postgres else "sqlite", name)
+    instance = Path(app.instance_path)
+    with app.app_context():
+        db.session.close()
+        db.engine.dispose()
+    cached = _WORLDS.get(key)
+    if cached is None:
+        made = build()
+        folder = Path(request.getfixturevalue("tmp_path_factory").mktemp(f"world-{name}"))
+        with app.app_context():
+            db.session.close()
+            db.engine.dispose()
+        if postgres:
+            _snapshot_postgres(url, f"world_{name}")
+        else:
+            _sqlite_copy(url.removeprefix("sqlite:///"), folder / "world.db")
+        shutil.copytree(instance, folder / "instance")
+        _WORLDS[key] = (made, folder, make_person.counter["n"])  # type: ignore[attr-defined]
+        return made
+    made, folder, people_made = cached
+    made = copy.deepcopy(made)  # a test may change what it was given
+    if postgres:
+        _reset_postgres(url, published=True, snapshot=f"world_{name}")
+    else:
+        path = Path(url.removeprefix("sqlite:///"))
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+        shutil.copy(folder / "world.db", path)
+    shutil.copytree(folder / "instance", instance, dirs_exist_ok=True)
+    app.extensions.pop("countersign.audit_key", None)
+    make_person.counter["n"] = people_made  # type: ignore[attr-defined]
+    return made
+
+
+def _sqlite_copy(source: str, target: Path) -> None:
+    """A consistent copy of an SQLite database in WAL mode (its log folded in)."""
+    import sqlite3
+
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()

@@ -32,6 +32,7 @@ from people.models import Person
 from people.service import deactivate
 from tests.conftest import (
     Auth,
+    cached_world,
     complete_modules,
     csrf_token,
     evidence_guard_off,
@@ -476,7 +477,11 @@ def test_your_record_lists_your_certificates_with_download_links(app, make_perso
 
 
 @pytest.fixture
-def schools(app, make_person):
+def schools(request, app, make_person):
+    return cached_world(request, app, make_person, lambda: _build_schools(app, make_person))
+
+
+def _build_schools(app, make_person):
     people = {
         "ann": make_person("staff", name="Ann Infant", schools=("infant",)),
         "ian": make_person("volunteer", name="Ian Infant", schools=("infant",)),

@@ -30,7 +30,7 @@ from people.service import (
     reactivate,
     update_person,
 )
-from tests.conftest import train_people
+from tests.conftest import cached_world, train_people
 
 pytestmark = pytest.mark.usefixtures("published")
 
@@ -38,7 +38,11 @@ REGISTER = ("social_account", "account_runner")
 
 
 @pytest.fixture
-def world(app, make_person):
+def world(request, app, make_person):
+    return cached_world(request, app, make_person, lambda: _build_world(app, make_person))
+
+
+def _build_world(app, make_person):
     """Two accounts on the register: one handed over (a runner taken off, another added), one
     closed; and the people who applied, decided and recorded them."""
     ids = {

@@ -23,7 +23,7 @@ from people.privacy import erase_person
 from people.service import deactivate
 from quizzes.attempts import start_attempt, submit_attempt
 from quizzes.models import QuizAttempt, QuizBank, QuizSubmission
-from tests.conftest import train_people, wrong_answers
+from tests.conftest import cached_world, train_people, wrong_answers
 from training.models import Acknowledgement, Policy, ReadReceipt
 from training.publishing import current_version
 
@@ -36,7 +36,11 @@ GUARDED = [*EVIDENCE, "acknowledgement_module"]
 
 
 @pytest.fixture
-def world(app, make_person):
+def world(request, app, make_person):
+    return cached_world(request, app, make_person, lambda: _build_world(app, make_person))
+
+
+def _build_world(app, make_person):
     """Every kind of evidence: reads, attempts (passed, failed, open), acknowledgements, a
     certificate with its PDF stored, and a decision; plus a second, undecided application."""
     ids = {

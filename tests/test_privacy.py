@@ -23,7 +23,7 @@ from people.privacy import DEFAULT_RETENTION_DAYS
 from people.service import deactivate
 from quizzes.models import QuizAttempt
 from reports import figures
-from tests.conftest import PASSWORD, Auth, run_worker, train_people
+from tests.conftest import PASSWORD, Auth, cached_world, run_worker, train_people
 from training.models import Acknowledgement, ModuleVisit, Policy, ReadReceipt
 from training.progress import record_visit
 from training.publishing import current_version
@@ -37,7 +37,11 @@ ZEB_NEEDLES = ("zebedee", "quuxworth", "zeb.quux", ZEB_EMAIL)
 
 
 @pytest.fixture
-def world(app, make_person):
+def world(request, app, make_person):
+    return cached_world(request, app, make_person, lambda: _build_world(app, make_person))
+
+
+def _build_world(app, make_person):
     """Two trained staff with everything the app keeps about a person, and their colleagues."""
     ids = {
         "zeb": make_person("staff", name=ZEB_NAME, email=ZEB_EMAIL, schools=("infant",)),

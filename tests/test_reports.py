@@ -13,14 +13,18 @@ from core.db import db, utcnow
 from people.models import Person
 from reports import figures
 from reports.export import csv_stream, neutralise
-from tests.conftest import complete_modules, evidence_guard_off, train_people
+from tests.conftest import cached_world, complete_modules, evidence_guard_off, train_people
 from training.models import Policy
 
 pytestmark = pytest.mark.usefixtures("published")
 
 
 @pytest.fixture
-def federation(app, make_person):
+def federation(request, app, make_person):
+    return cached_world(request, app, make_person, lambda: _build_federation(app, make_person))
+
+
+def _build_federation(app, make_person):
     """A small federation whose figures are counted by hand in the tests below.
 
     Infant: Ann and Bob trained (staff), Cat staff not started.
