@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 CHROMIUM = os.environ.get("COUNTERSIGN_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -28,16 +30,40 @@ def app_config() -> dict:
     return {"SERVER_NAME": None}
 
 
-@pytest.fixture
-def base_url(app) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+class _OneRequestPerConnection(WSGIRequestHandler):
+    """No keep-alive: a connection the browser leaves open would hold a thread past the test."""
+
+    protocol_version = "HTTP/1.0"
+
+
+@contextmanager
+def served(app: Flask) -> Iterator[BaseWSGIServer]:
+    """The app on 127.0.0.1 (a free port), a thread per request, until the block ends.
+
+    On the way out it waits for the requests still being answered (a late favicon, a navigation
+    the test did not wait for): a request that finished after the app's engine was disposed would
+    hand its connection back to a pool nothing refers to, left for the garbage collector to find
+    open, in whichever later test it runs.
+    """
+    server = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=_OneRequestPerConnection
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{server.server_port}"
-    app.config["BASE_URL"] = url  # the site's own address: requests to other hosts are refused
-    yield url
-    server.shutdown()
-    thread.join(timeout=10)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()  # joins the threads of requests in flight
+
+
+@pytest.fixture
+def base_url(app) -> Iterator[str]:
+    with served(app) as server:
+        url = f"http://127.0.0.1:{server.server_port}"
+        app.config["BASE_URL"] = url  # the site's own address: requests to other hosts are refused
+        yield url
 
 
 @pytest.fixture(scope="module")

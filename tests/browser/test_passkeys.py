@@ -5,7 +5,6 @@ that is not theirs, and a passkey they removed, do not get them in."""
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 
 import pyotp
@@ -13,13 +12,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from audit.models import AuditEvent
 from core.db import db
 from mfa.models import SecondFactor
 from people.models import SignInAttempt
-from tests.browser.conftest import check_accessibility, watch_console
+from tests.browser.conftest import check_accessibility, served, watch_console
 from tests.conftest import PASSWORD
 
 pytestmark = [pytest.mark.browser]
@@ -36,14 +34,10 @@ def app_config() -> dict:
 def site(app) -> Iterator[str]:
     """The app on loopback, addressed as localhost: a passkey's site must be a host name, and
     the configured address (not the request) says which."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    url = f"http://localhost:{server.server_port}"
-    app.config["BASE_URL"] = url
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield url
-    server.shutdown()
-    thread.join(timeout=10)
+    with served(app) as server:
+        url = f"http://localhost:{server.server_port}"
+        app.config["BASE_URL"] = url
+        yield url
 
 
 @pytest.fixture
