@@ -23,7 +23,7 @@ PACKAGES = (
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    app = Flask(
+    app = web.Countersign(
         __name__,
         instance_relative_config=True,
         template_folder="core/templates",

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable
 from datetime import date, datetime
+from types import FunctionType
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -128,6 +129,24 @@ def _check_session_age() -> Any:
     return redirect(url_for("auth.sign_in", next=target))
 
 
+class Countersign(Flask):
+    """Flask, except that whether a view or a request hook needs an async wrapper is worked out
+    once per function rather than on each of a request's dozen calls (Flask inspects the function
+    every time; none of Countersign's is a coroutine, and it may never become one unnoticed)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        sync = self._sync.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if type(func) is FunctionType:  # a bound method may be made afresh for each call
+                self._sync[func] = sync
+        return sync
+
+
 def external_url(endpoint: str, **values: Any) -> str:
     """An absolute link for emails and copy-paste, on the configured BASE_URL."""
     return current_app.config["BASE_URL"].rstrip("/") + url_for(endpoint, **values)
@@ -142,11 +161,19 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 def allowed_hosts(config: Any) -> list[str]:
     """BASE_URL's host, the configured TRUSTED_HOSTS, and, when BASE_URL is on loopback, both
     ``localhost`` and ``127.0.0.1`` (and ``::1``), so a local installation answers to either."""
-    base = (urlsplit(str(config["BASE_URL"])).hostname or "").lower()
-    hosts = [base, *host_list(config.get("ALLOWED_HOSTS"))]
+    allowed = config.get("ALLOWED_HOSTS")
+    key = allowed if isinstance(allowed, str) or allowed is None else tuple(allowed)
+    return list(_allowed_hosts(str(config["BASE_URL"]), key))
+
+
+@functools.lru_cache(maxsize=64)
+def _allowed_hosts(base_url: str, allowed: str | tuple[Any, ...] | None) -> tuple[str, ...]:
+    # Asked on every request, of settings that rarely change: worked out once for each.
+    base = (urlsplit(base_url).hostname or "").lower()
+    hosts = [base, *host_list(allowed)]
     if is_loopback(base):
         hosts.extend(LOOPBACK_NAMES)
-    return [h for h in hosts if h]
+    return tuple(h for h in hosts if h)
 
 
 def host_allowed(host: str, allowed: list[str]) -> bool:
@@ -249,12 +276,13 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _refuse_nul_in_query() -> None:
         # NUL can never match stored data (PostgreSQL cannot even compare it): refuse it plainly.
-        try:
-            args = request.args
-        except UnicodeDecodeError:  # raw bytes that are not UTF-8: Werkzeug cannot parse them
-            abort(400)
-        if any("\x00" in value for values in args.listvalues() for value in values):
-            abort(400)
+        if request.query_string:  # most requests have none: nothing to parse
+            try:
+                args = request.args
+            except UnicodeDecodeError:  # raw bytes that are not UTF-8: Werkzeug cannot parse them
+                abort(400)
+            if any("\x00" in value for values in args.listvalues() for value in values):
+                abort(400)
         # The same for the parts of the address a view looks up (slugs, codes, attempt ids).
         if any(isinstance(v, str) and "\x00" in v for v in (request.view_args or {}).values()):
             abort(400)
