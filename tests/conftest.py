@@ -4,6 +4,7 @@ built by running the migrations, plus helpers to make people and sign in as them
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import re
 import shutil
@@ -526,10 +527,10 @@ def cached_world(
     """A fixture's world (people, evidence, accounts) built once per run and database, and copied
     for every later test that asks for it: the same rows, ids, audit chain and key, as if built
     again. ``build()`` makes it with ``app`` and ``make_person`` and returns what the tests get
-    (ids). Only for worlds built on the real content, published, with the default settings."""
+    (ids). Only for worlds built on the real content, published; a module's own settings
+    (``app_config``) make a world of their own."""
     usual = (
         PUBLISHED in request.node.stash
-        and request.getfixturevalue("app_config") == {}
         and request.getfixturevalue("content_dir") == ROOT / "content"
     )
     if not usual:
@@ -537,6 +538,9 @@ def cached_world(
     url = app.config["DATABASE_URL"]
     postgres = url.startswith("postgresql")
     name = f"{request.module.__name__.rsplit('.', 1)[-1]}_{request.fixturename}".lower()
+    config = request.getfixturevalue("app_config")
+    if config:
+        name += "_" + hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:10]
     key = ("postgresql" if postgres else "sqlite", name)
     instance = Path(app.instance_path)
     with app.app_context():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from datetime import timedelta
 from urllib.parse import quote, urlsplit
@@ -387,6 +388,15 @@ def _wait_for_mail(smtp, count: int = 1) -> list:
     return smtp.received
 
 
+def _all_mail_sent(smtp) -> list:
+    """Every email the requests so far will ever send: each is sent by a thread of its own, and
+    the server holds a message before it tells that thread it was accepted."""
+    for thread in threading.enumerate():
+        if thread.name == "countersign-mail":
+            thread.join(timeout=10)
+    return smtp.received
+
+
 @pytest.mark.parametrize("app_config", [{"SERVER_NAME": None, "TRUSTED_HOSTS": "alias.example"}])
 def test_reset_links_ignore_the_host_the_request_claims(app, smtp, make_person):
     app.config.update(_smtp_config(smtp))
@@ -419,8 +429,7 @@ def test_the_forgot_password_form_emails_one_person_at_most_three_links_an_hour(
         response = auth.post("/forgot-password", {"email": "flooded@ladysmith.example"})
         assert response.status_code == 200
         assert "flooded@ladysmith.example" in response.get_data(as_text=True)
-    _wait_for_mail(smtp, RESET_MAILS_PER_HOUR + 1)
-    assert len(smtp.received) == RESET_MAILS_PER_HOUR
+    assert len(_all_mail_sent(smtp)) == RESET_MAILS_PER_HOUR
     with app.app_context():
         s = db.session
         assert (

@@ -25,7 +25,7 @@ from core.db import Base, db, normalise_url
 from core.migrate import upgrade
 from people.models import Person, PersonRole
 from people.service import record_person
-from tests.conftest import PG_URL, train_people
+from tests.conftest import PG_URL, cached_world, train_people
 from training.publishing import published_policies
 from training.status import statuses_for
 
@@ -110,26 +110,34 @@ def target(request: pytest.FixtureRequest, tmp_path: Path, content_dir: Path):
 
 
 @pytest.fixture
-def records(app: Flask, runner, published) -> None:
+def records(request: pytest.FixtureRequest, app: Flask, runner, published, make_person) -> None:
     """A realistic federation: the demo's people, readings, quizzes, signatures and accounts,
     certificates with their PDFs, an API token, and the LTI key made."""
-    result = runner.invoke(args=["demo", "--people", "30"])
-    assert result.exit_code == 0, result.output
-    for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
-                                             "--scope", "training:read"]):  # fmt: skip
-        result = runner.invoke(args=args)
-        assert result.exit_code == 0, result.output
-    from lti.keys import private_key_pem
 
-    with app.app_context():
-        private_key_pem()
+    def build() -> None:
+        result = runner.invoke(args=["demo", "--people", "30"])
+        assert result.exit_code == 0, result.output
+        for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
+                                                 "--scope", "training:read"]):  # fmt: skip
+            result = runner.invoke(args=args)
+            assert result.exit_code == 0, result.output
+        from lti.keys import private_key_pem
+
+        with app.app_context():
+            private_key_pem()
+
+    cached_world(request, app, make_person, build)
 
 
 @pytest.fixture
-def federation(app: Flask, runner, published, make_person) -> None:
+def federation(request: pytest.FixtureRequest, app: Flask, runner, published, make_person) -> None:
     """A few dozen people recorded as the app records them (each reading, quiz and signature
     through the rule functions): most trained, some part-way, some not started; certificates, an
     API token and the LTI key made."""
+    cached_world(request, app, make_person, lambda: _federation(app, runner, make_person))
+
+
+def _federation(app: Flask, runner, make_person) -> None:
     from sqlalchemy import select as select_
 
     from tests.conftest import complete_modules
@@ -324,15 +332,18 @@ def test_a_backup_restored_elsewhere_backs_up_to_the_same_rows(app, records, tar
 
 
 @pytest.fixture
-def few_records(app: Flask, published, make_person) -> list[int]:
+def few_records(request: pytest.FixtureRequest, app: Flask, published, make_person) -> list[int]:
     """A handful of people, two of them trained: enough for the refusals, quicker than the demo."""
     from lti.keys import private_key_pem
 
-    people = [make_person("staff"), make_person("volunteer"), make_person("staff")]
-    train_people(app, *people[:2])
-    with app.app_context():
-        private_key_pem()
-    return people
+    def build() -> list[int]:
+        people = [make_person("staff"), make_person("volunteer"), make_person("staff")]
+        train_people(app, *people[:2])
+        with app.app_context():
+            private_key_pem()
+        return people
+
+    return cached_world(request, app, make_person, build)
 
 
 def test_a_signature_made_during_a_backup_is_wholly_in_it_or_wholly_out(
