@@ -15,7 +15,7 @@ from flask import abort
 from flask_login import current_user, login_required
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 from werkzeug.urls import iri_to_uri
 
 from audit.models import AuditEvent
@@ -276,7 +276,8 @@ def load_user(user_id: str) -> Person | None:
         pid, version = (int(part) for part in user_id.split(":"))
     except ValueError:
         return None
-    person = db.session.get(Person, pid)
+    # With the roles, in the same query: nearly every page asks what the person may see.
+    person = db.session.get(Person, pid, options=[joinedload(Person.role_rows)])
     if person is None or not person.active or person.auth_version != version:
         return None  # signed out elsewhere, password changed, or deactivated
     return person

@@ -82,8 +82,12 @@ def queue_deliveries(app, url: str, count: int) -> list[int]:
             event = {"id": f"e{n}", "type": EVENT, "data": {"person": {"id": n}}}
             enqueue(db.session, DELIVERY, {"webhook_id": hook.id, "event": event})
         db.session.commit()
-        return list(
-            db.session.scalars(select(OutboxMessage.id).where(OutboxMessage.topic == DELIVERY))
+        return list(  # in order: rows come back in whatever order the table holds them
+            db.session.scalars(
+                select(OutboxMessage.id)
+                .where(OutboxMessage.topic == DELIVERY)
+                .order_by(OutboxMessage.id)
+            )
         )
 
 

@@ -34,8 +34,8 @@ from core import outbox
 from core.db import utcnow, writing
 from people.models import Person
 from training.marks import EVERYONE, TOUCHED, touch, touch_everyone
-from training.models import Policy, StoredStatus
-from training.publishing import current_version, next_takeover
+from training.models import Policy, PolicyVersion, StoredStatus
+from training.publishing import next_takeover
 from training.status import Missing, ModuleStatus, Status, statuses_for
 
 log = logging.getLogger("countersign.status")
@@ -247,9 +247,17 @@ def out_of_date(
     now: datetime | None = None, limit: int | None = None,
 ) -> list[int]:  # fmt: skip
     """The people (of these, or everyone) whose stored answer for ``policy`` does not count."""
+    return list(_out_of_date_revs(session, policy, person_ids, now, limit))
+
+
+def _out_of_date_revs(
+    session: Session, policy: Policy, person_ids: Iterable[int] | None = None,
+    now: datetime | None = None, limit: int | None = None,
+) -> dict[int, int]:  # fmt: skip
+    """:func:`out_of_date`, with each person's revision as read (before any evidence is)."""
     now = now or utcnow()
     query = (
-        select(Person.id)
+        select(Person.id, Person.status_rev)
         .outerjoin(StoredStatus, and_(StoredStatus.person_id == Person.id, _valid(now, policy)))
         .where(StoredStatus.person_id.is_(None))
         .order_by(Person.id)
@@ -258,7 +266,7 @@ def out_of_date(
         query = query.where(Person.id.in_(list(person_ids)))
     if limit:
         query = query.limit(limit)
-    return list(session.scalars(query))
+    return {pid: rev for pid, rev in session.execute(query)}
 
 
 def bring_up_to_date(
@@ -270,23 +278,26 @@ def bring_up_to_date(
     now = now or utcnow()
     wanted = None if person_ids is None else sorted(set(person_ids))
     count = 0
-    for policy in _policies(session, now):
+    for policy in _policies(session):
         while True:
             with writing(session):
+                # The revisions are read first, in the transaction that stores the answers.
                 policy = session.get_one(Policy, policy.id, populate_existing=True)
-                ids = out_of_date(session, policy, wanted, now, limit=batch)
-                if not ids:
+                revs = _out_of_date_revs(session, policy, wanted, now, limit=batch)
+                if not revs:
                     break
-                count += len(refresh(session, load_people(session, ids), policy, now))
-            if wanted is not None and len(ids) < batch:
+                people = load_people(session, revs)
+                count += len(refresh(session, people, policy, now, revs, policy.status_rev))
+            if wanted is not None and len(revs) < batch:
                 break
     return count
 
 
-def _policies(session: Session, now: datetime) -> list[Policy]:
-    """Policies with a version in force (the rule answers nothing for the others)."""
-    found = [p for p in session.scalars(select(Policy).order_by(Policy.id))]
-    return [p for p in found if current_version(session, p, now.date()) is not None]
+def _policies(session: Session) -> list[Policy]:
+    """Policies with a version to answer for (the rule answers nothing for the others): any
+    version, since until the first takes effect the newest is the one shown."""
+    published = select(PolicyVersion.id).where(PolicyVersion.policy_id == Policy.id).exists()
+    return list(session.scalars(select(Policy).where(published).order_by(Policy.id)))
 
 
 def stored(session: Session, person: Person, policy: Policy, now: datetime) -> Status | None:
