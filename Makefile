@@ -20,8 +20,10 @@ DEB_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subse
 .PHONY: run test check setup deps venv venv-lrs lint format clean bench audit security
 # pytest workers (pytest-xdist): one more than the cores, because a quarter of the suite's time is
 # spent waiting for servers it starts (gunicorn, the LRS, SMTP, Chromium); each worker has its own
-# SQLite copies and PostgreSQL database.
+# SQLite copies and PostgreSQL database. A worker that runs out of tests takes some of another's
+# (worksteal), so none sits idle while one works through a queue of long tests at the end.
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist worksteal
 
 # The web server and, beside it, the worker that delivers the outbox (webhooks, grades, xAPI,
 # certificate PDFs, reminders) and does what falls due with time; Ctrl-C stops both.
@@ -38,14 +40,14 @@ test: deps venv venv-lrs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/bandit -c pyproject.toml -q -ll -r $(APP_CODE)
-	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The fast inner loop: lint, then the unit and database tests on SQLite with a twentieth of the
 # generated examples; no browser, crash, integration or other slow tests. `make test` runs them all.
 check: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	env -u TEST_DATABASE_URL HYPOTHESIS_PROFILE=check $(BIN)/pytest -n $(TEST_WORKERS) -q \
+	env -u TEST_DATABASE_URL HYPOTHESIS_PROFILE=check $(BIN)/pytest $(PYTEST_XDIST) -q \
 		-m "not slow and not browser and not crash and not integration" $(PYTEST_ARGS)
 
 # Security lint alone: medium and high severity findings fail.
