@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto.jwk import JWK
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from tests.serving import QUICK_STOP
 
 LTI = "https://purl.imsglobal.org/spec/lti/claim/"
 AGS = "https://purl.imsglobal.org/spec/lti-ags/claim/endpoint"
@@ -40,6 +43,31 @@ def new_key() -> tuple[str, dict[str, Any]]:
     public = json.loads(jwk.export_public())
     public.update(kid=jwk.thumbprint(), alg="RS256", use="sig")
     return pem, public
+
+
+_TOOL_KEY: list[str] = []
+
+
+def give_tool_key(instance: Path) -> None:
+    """The tool's key made in ``instance`` as on first use, but made once per test process and
+    copied: a 3072-bit key takes a fifth of a second or more to make, in every test that launches.
+    (Making it on first use is tested where the instance folder is checked.)"""
+    from lti.keys import KEY_BITS
+
+    target = instance / "lti_private_key.pem"
+    if target.exists():
+        return
+    if not _TOOL_KEY:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        _TOOL_KEY.append(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )  # fmt: skip
+    instance.mkdir(parents=True, exist_ok=True)
+    target.write_text(_TOOL_KEY[0])
+    target.chmod(0o600)
 
 
 @dataclass
@@ -87,7 +115,9 @@ class TestPlatform:
         launch._key_sets.clear()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
         self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(QUICK_STOP,), daemon=True
+        )
         self._thread.start()
         return self
 

@@ -17,6 +17,8 @@ from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
 
+from tests.serving import QUICK_STOP
+
 
 class _Handler(socketserver.StreamRequestHandler):
     def setup(self) -> None:
@@ -97,7 +99,7 @@ class SMTPServer(socketserver.ThreadingTCPServer):
         self.context, self.implicit = context, implicit
         self.received: list[tuple[list[str], Message]] = []
         self.auth: list[str] = []
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, args=(QUICK_STOP,), daemon=True)
 
     def __enter__(self) -> SMTPServer:
         self._thread.start()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
+from tests.serving import QUICK_STOP
 from tests.smtp_server import make_ca
 from xapi.outbox import Lrs, put_statement
 
@@ -124,7 +125,7 @@ def https_lrs(tmp_path) -> Iterator[tuple[str, Path]]:
     made = make_ca(tmp_path / "tls", names=("localhost", "127.0.0.1"))
     server = http.server.HTTPServer(("127.0.0.1", 0), _Lrs)
     server.socket = made.server_context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(QUICK_STOP,), daemon=True)
     thread.start()
     try:
         yield f"https://127.0.0.1:{server.server_address[1]}/xapi", made.ca_file

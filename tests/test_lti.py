@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,16 @@ from lti.registry import PlatformData, register_platform
 from people.models import Person
 from people.service import deactivate
 from tests.conftest import CHEAP_HASH_METHOD, PASSWORD, Auth, csrf_token, run_worker
-from tests.lti_platform import AGS, LINEITEM_SCOPE, LTI, ROLE, SCORE_SCOPE, TestPlatform, new_key
+from tests.lti_platform import (
+    AGS,
+    LINEITEM_SCOPE,
+    LTI,
+    ROLE,
+    SCORE_SCOPE,
+    TestPlatform,
+    give_tool_key,
+    new_key,
+)
 from tests.test_journey import BASE, VOLUNTEER_MODULES, complete_modules
 
 pytestmark = pytest.mark.usefixtures("published")
@@ -41,6 +51,7 @@ def app_config() -> dict[str, Any]:
 
 @pytest.fixture
 def platform(app) -> Iterator[TestPlatform]:
+    give_tool_key(Path(app.instance_path))
     tool = app.test_client()
     test_platform = TestPlatform(tool_jwks=lambda: tool.get("/lti/jwks.json").get_json()).start()
     yield test_platform

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import PASSWORD, csrf_token
+from tests.serving import QUICK_STOP
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -31,7 +32,7 @@ def sink() -> Iterator[http.server.HTTPServer]:
     """A listener on 127.0.0.1 that counts every request it gets: nothing should reach it."""
     server = http.server.HTTPServer(("127.0.0.1", 0), _Sink)
     server.hits = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(QUICK_STOP,), daemon=True)
     thread.start()
     yield server
     server.shutdown()

@@ -20,6 +20,7 @@ from core.db import db, utcnow
 from core.outbox import OutboxMessage, enqueue
 from people.models import Person
 from tests.conftest import Auth, complete_modules, run_worker
+from tests.serving import QUICK_STOP
 from tests.smtp_server import make_ca
 from training.models import Policy
 from training.status import add_months
@@ -56,7 +57,7 @@ class Receiver(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         if tls is not None:
             self.socket = tls.wrap_socket(self.socket, server_side=True)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(QUICK_STOP,), daemon=True).start()
 
     @property
     def port(self) -> int:

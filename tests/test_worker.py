@@ -26,6 +26,7 @@ from core.config import ROOT
 from core.db import db, utcnow
 from core.outbox import OutboxMessage, enqueue
 from tests.conftest import run_worker
+from tests.serving import QUICK_STOP
 
 FLASK = Path(sys.executable).with_name("flask")
 
@@ -57,7 +58,7 @@ class Receiver(ThreadingHTTPServer):
                 pass
 
         super().__init__(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        threading.Thread(target=self.serve_forever, args=(QUICK_STOP,), daemon=True).start()
 
     @property
     def url(self) -> str:

@@ -12,6 +12,8 @@ import pytest
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from tests.serving import QUICK_STOP
+
 CHROMIUM = os.environ.get("COUNTERSIGN_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
     "--headless",
@@ -48,7 +50,7 @@ def served(app: Flask) -> Iterator[BaseWSGIServer]:
     server = make_server(
         "127.0.0.1", 0, app, threaded=True, request_handler=_OneRequestPerConnection
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(QUICK_STOP,), daemon=True)
     thread.start()
     try:
         yield server

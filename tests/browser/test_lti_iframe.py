@@ -49,7 +49,7 @@ from lti.registry import PlatformData, register_platform
 from people.models import Person
 from tests.browser.conftest import ARGS, CHROMIUM, watch_console
 from tests.conftest import right_answers
-from tests.lti_platform import AGS, LTI, TestPlatform
+from tests.lti_platform import AGS, LTI, TestPlatform, give_tool_key
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("published")]
 
@@ -161,6 +161,7 @@ class CoursePlatform(TestPlatform):
 
 @pytest.fixture
 def platform(app, base_url) -> Iterator[CoursePlatform]:
+    give_tool_key(Path(app.instance_path))
     app.config["BASE_URL"] = base_url  # the launch URL given to the platform is built on it
     course = CoursePlatform(tool_url=base_url).start()
     reg = course.registration()
