@@ -52,19 +52,14 @@ def give_tool_key(instance: Path) -> None:
     """The tool's key made in ``instance`` as on first use, but made once per test process and
     copied: a 3072-bit key takes a fifth of a second or more to make, in every test that launches.
     (Making it on first use is tested where the instance folder is checked.)"""
-    from lti.keys import KEY_BITS
+    from lti.keys import _generate
 
     target = instance / "lti_private_key.pem"
     if target.exists():
         return
     if not _TOOL_KEY:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-        _TOOL_KEY.append(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-        )  # fmt: skip
+        _TOOL_KEY.append(_generate(target))  # made as the app makes it, the first time
+        return
     instance.mkdir(parents=True, exist_ok=True)
     target.write_text(_TOOL_KEY[0])
     target.chmod(0o600)

@@ -117,14 +117,7 @@ def records(request: pytest.FixtureRequest, app: Flask, runner, published, make_
     def build() -> None:
         result = runner.invoke(args=["demo", "--people", "30"])
         assert result.exit_code == 0, result.output
-        for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
-                                                 "--scope", "training:read"]):  # fmt: skip
-            result = runner.invoke(args=args)
-            assert result.exit_code == 0, result.output
-        from lti.keys import private_key_pem
-
-        with app.app_context():
-            private_key_pem()
+        _certificates_token_and_key(app, runner)
 
     cached_world(request, app, make_person, build)
 
@@ -153,6 +146,11 @@ def _federation(app: Flask, runner, make_person) -> None:
             first = training_modules(policy, person)[:2]
             complete_modules(db.session, person, policy, only=set(first))
         db.session.commit()
+    _certificates_token_and_key(app, runner)
+
+
+def _certificates_token_and_key(app: Flask, runner) -> None:
+    """What both federations end with: certificates issued, an API token, the LTI key made."""
     for args in (["certificates", "issue"], ["tokens", "create", "--name", "HR",
                                              "--scope", "training:read"]):  # fmt: skip
         result = runner.invoke(args=args)
