@@ -3,7 +3,7 @@
 Builds a database of learners (300 unless ``BENCH_LEARNERS``), every one a member of staff with a
 password hashed at the production cost and nothing done yet, with their answers stored (as the
 worker would have done). Serves Countersign as ``make run`` does: gunicorn with ``wsgi:app`` and
-the same workers (2 sync workers), with one ``flask worker`` process beside it. Then learners, 16
+the same workers (2 workers of 16 threads), with one ``flask worker`` process beside it. Then learners, 16
 at a time (``BENCH_CONCURRENCY``), each in their own session: sign in (the form, with its CSRF
 token), open the dashboard, open a module, "I have read this", open the module's quiz, start it,
 answer it correctly, see the result, and back to the dashboard. Every answer is checked: a status
@@ -46,9 +46,9 @@ import requests  # noqa: E402  (after the path, as the other benchmarks)
 LEARNERS = int(os.environ.get("BENCH_LEARNERS", "300"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "16"))
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "900"))  # seconds of load, at most
-# The Makefile's run target: WORKERS ?= 2, sync workers. Other values only to compare.
+# The Makefile's run target: WORKERS ?= 2, THREADS ?= 16. Other values only to compare.
 WORKERS = os.environ.get("BENCH_WORKERS", "2")
-THREADS = os.environ.get("BENCH_THREADS", "")  # gunicorn --threads (gthread workers) if set
+THREADS = os.environ.get("BENCH_THREADS", "16")  # gunicorn --threads: the Makefile's THREADS
 DATABASES = os.environ.get("BENCH_DATABASES", "sqlite,postgresql").split(",")
 # Where a fresh database is made when BENCH_DATABASE_URL is not given: the development cluster.
 PG_ADMIN_URL = os.environ.get(
@@ -212,6 +212,16 @@ def server_env(url: str, port: int) -> dict[str, str]:
     return env
 
 
+def process_time_s(pid: int) -> tuple[float, float]:
+    """Seconds all of a process's threads have spent on a CPU, and ready to run but waiting for
+    one (the kernel's schedstat)."""
+    on_cpu = waiting = 0
+    for thread in Path(f"/proc/{pid}/task").glob("*"):
+        ran, waited, _slices = (thread / "schedstat").read_text().split()
+        on_cpu, waiting = on_cpu + int(ran), waiting + int(waited)
+    return on_cpu / 1e9, waiting / 1e9
+
+
 class Served:
     """gunicorn (the Makefile's run settings) and one ``flask worker``, each in its own process
     group, stopped by their own ids."""
@@ -224,7 +234,7 @@ class Served:
         bin_ = ROOT / ".venv/bin"
         self.log = open(workdir / "server.log", "ab")  # noqa: SIM115 - closed in stop()
         self.gunicorn = subprocess.Popen(
-            [str(bin_ / "gunicorn"), "--workers", WORKERS, *(["--threads", THREADS] if THREADS else []),
+            [str(bin_ / "gunicorn"), "--workers", WORKERS, "--threads", THREADS,
              "--bind", f"127.0.0.1:{self.port}",
              "--access-logfile", str(self.access_log), "--access-logformat", ACCESS_FORMAT,
              "--logger-class", "core.access_log.Redacting", "wsgi:app"],
@@ -250,13 +260,16 @@ class Served:
         """Seconds the gunicorn workers have so far spent on a CPU, and waiting for one while
         ready to run (the kernel's schedstat): what requests cost, and what other processes on
         the machine took from them."""
-        on_cpu = waiting = 0
+        on_cpu = waiting = 0.0
         for task in Path(f"/proc/{self.gunicorn.pid}/task").glob("*"):
             for pid in (task / "children").read_text().split():
-                for thread in Path(f"/proc/{pid}/task").glob("*"):
-                    ran, waited, _slices = (thread / "schedstat").read_text().split()
-                    on_cpu, waiting = on_cpu + int(ran), waiting + int(waited)
-        return on_cpu / 1e9, waiting / 1e9
+                ran, waited = process_time_s(int(pid))
+                on_cpu, waiting = on_cpu + ran, waiting + waited
+        return on_cpu, waiting
+
+    def worker_cpu_s(self) -> float:
+        """Seconds the ``flask worker`` (deliveries, certificates) has so far spent on a CPU."""
+        return process_time_s(self.worker.pid)[0]
 
     def stop(self) -> None:
         for process in (self.gunicorn, self.worker):
@@ -286,6 +299,7 @@ class Results:
     server_ms: dict[str, list[float]] = field(default_factory=dict)  # inside the workers
     server_cpu_s: float = 0.0  # the gunicorn workers' CPU time during the load
     server_waiting_s: float = 0.0  # their time ready to run but waiting for a CPU
+    worker_cpu_s: float = 0.0  # the flask worker's CPU time during the load
     client_cpu_s: float = 0.0  # the load generator's
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -367,6 +381,7 @@ def load(served: Served, setup: Setup) -> tuple[Results, float]:
     results = Results()
     deadline = time.monotonic() + TIMEOUT
     cpu, waited = served.workers_time_s()
+    worker_cpu = served.worker_cpu_s()
     ours = time.process_time()
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
@@ -376,6 +391,7 @@ def load(served: Served, setup: Setup) -> tuple[Results, float]:
     took = time.perf_counter() - started
     cpu_after, waited_after = served.workers_time_s()
     results.server_cpu_s, results.server_waiting_s = cpu_after - cpu, waited_after - waited
+    results.worker_cpu_s = served.worker_cpu_s() - worker_cpu
     results.client_cpu_s = time.process_time() - ours
     return results, took
 
@@ -480,7 +496,7 @@ def report(name: str, setup: Setup, results: Results, took: float, ev: Evidence)
     requests_made = sum(len(t) for t in results.times.values())
     load_avg = os.getloadavg()
     print(f"\n{name}: {len(setup.learners)} learners, {CONCURRENCY} at a time; gunicorn "
-          f"{WORKERS} {f'workers x {THREADS} threads' if THREADS else 'sync workers'} + 1 flask "
+          f"{WORKERS} workers x {THREADS} threads + 1 flask "
           "worker; load generator on the same machine "
           f"({os.cpu_count()} cores; load average after the run {load_avg[0]:.1f}); "
           f"built in {setup.built_s:.0f} s")  # fmt: skip
@@ -507,8 +523,8 @@ def report(name: str, setup: Setup, results: Results, took: float, ev: Evidence)
     print(f"server CPU: {results.server_cpu_s * 1000 / requests_made:.0f} ms a request "
           f"({results.server_cpu_s:.0f} CPU s over {took:.0f} s: the workers had "
           f"{results.server_cpu_s / took:.2f} of the {os.cpu_count()} cores); waiting for a CPU "
-          f"{results.server_waiting_s * 1000 / requests_made:.0f} ms a request; load generator "
-          f"{results.client_cpu_s:.0f} CPU s")  # fmt: skip
+          f"{results.server_waiting_s * 1000 / requests_made:.0f} ms a request; flask worker "
+          f"{results.worker_cpu_s:.1f} CPU s; load generator {results.client_cpu_s:.0f} CPU s")  # fmt: skip
     for error in results.errors[:10]:
         print(f"  error: {error}")
     n = len(setup.learners)

@@ -74,6 +74,10 @@ _sqlite_begin: contextvars.ContextVar[str] = contextvars.ContextVar(
 
 
 SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+# Connections a process keeps open for reuse: one for each thread of a server worker (`make run`
+# serves 16 threads a process). Fewer, and a busy moment opens and closes connections on every
+# request. They are opened only as threads need them.
+POOL_SIZE = 16
 
 
 def normalise_url(url: str) -> str:
@@ -87,10 +91,12 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5})
+        engine = create_engine(
+            url, pool_size=POOL_SIZE, connect_args={"check_same_thread": False, "timeout": 5}
+        )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, pool_pre_ping=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, object_session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from audit.log import note_before_change, record, record_evidence
+from core import low_priority
 from core.db import utcnow
 from people.models import Person, PersonRole, PersonSchool
 from people.passwords import MIN_LENGTH, context_words, password_problem
@@ -42,7 +43,9 @@ def password_hash_method() -> str:
 def _dummy_hash() -> str:
     method = password_hash_method()
     if method not in _DUMMY_HASHES:
-        _DUMMY_HASHES[method] = generate_password_hash("countersign-timing-equaliser", method)
+        _DUMMY_HASHES[method] = low_priority.run(
+            generate_password_hash, "countersign-timing-equaliser", method
+        )
     return _DUMMY_HASHES[method]
 
 
@@ -245,15 +248,17 @@ def set_password(person: Person, password: str) -> None:
     problem = password_problem(password, context_words(person.name or "", person.email or ""))
     if problem:
         raise PeopleError(problem)
-    person.password_hash = generate_password_hash(password, password_hash_method())
+    person.password_hash = low_priority.run(
+        generate_password_hash, password, password_hash_method()
+    )
     person.auth_version += 1
 
 
 def check_password(person: Person | None, password: str) -> bool:
     if person is None or not person.password_hash:
-        check_password_hash(_dummy_hash(), password)
+        low_priority.run(check_password_hash, _dummy_hash(), password)
         return False
-    return check_password_hash(person.password_hash, password)
+    return low_priority.run(check_password_hash, person.password_hash, password)
 
 
 # --- CSV import ----------------------------------------------------------------------------------

@@ -124,6 +124,9 @@ def test_every_unit_is_hardened(name):
     service = parse_unit(UNITS / name)["Service"]
     for key, value in HARDENING.items():
         found = service.get(key) if isinstance(value, list) else one(service, key)
+        if key == "SystemCallFilter" and name == "countersign.service":
+            # The web server's password checks lower their own thread's priority.
+            value = [*value, "setpriority"]
         assert found == value, f"{name}: {key}={found!r}, want {value!r}"
     assert one(service, "User") and one(service, "User") != "root", name
     assert one(service, "UMask") in {"0077", "0022"}

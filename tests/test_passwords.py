@@ -3,11 +3,17 @@ with the reason shown at the field on every form that sets one."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import sys
+import threading
 
 import pytest
 
+from core import low_priority
 from core.db import db
+from people import service
 from people.auth import INVITE, RESET, make_link_token
 from people.models import Person
 from people.passwords import COMMON_MESSAGE, MAX_LENGTH, common_passwords, password_problem
@@ -142,3 +148,70 @@ def test_a_cheap_hash_setting_is_ignored_outside_a_test_run(tmp_path):
         set_password(person, PASSWORD)
     assert person.password_hash.startswith(f"{PASSWORD_HASH_METHOD}$")
     assert PASSWORD_HASH_METHOD == "scrypt:32768:8:1"
+
+
+# --- password work at a low CPU priority -----------------------------------------------------
+
+
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's priority is Linux's")
+def test_password_work_runs_at_the_lowest_cpu_priority(app, auth, make_person, monkeypatch):
+    """A rush of sign-ins must not slow the pages of people already signed in: every password
+    hashed, and every password checked (right, wrong, or for an unknown email), is worked out on
+    a thread at nice 19, never on the request's own thread."""
+    if _niceness() >= low_priority.NICENESS:
+        pytest.skip("the tests already run at the lowest priority: nothing to tell apart")
+    seen: list[tuple[str, int, int]] = []
+    real_check, real_hash = service.check_password_hash, service.generate_password_hash
+
+    def check(*args: str) -> bool:
+        seen.append(("check", _niceness(), threading.get_native_id()))
+        return real_check(*args)
+
+    def make(*args: str) -> str:
+        seen.append(("hash", _niceness(), threading.get_native_id()))
+        return real_hash(*args)
+
+    monkeypatch.setattr(service, "check_password_hash", check)
+    monkeypatch.setattr(service, "generate_password_hash", make)
+    make_person("staff", email="rush@ladysmith.example")
+    assert auth.sign_in("rush@ladysmith.example", "not the password at all").status_code == 400
+    assert auth.sign_in("nobody.here@ladysmith.example").status_code == 400
+    assert auth.sign_in("rush@ladysmith.example").status_code == 302
+    assert [kind for kind, _, _ in seen].count("check") == 3 and ("hash" in {k for k, _, _ in seen})
+    assert {nice for _, nice, _ in seen} == {low_priority.NICENESS}
+    assert threading.get_native_id() not in {thread for _, _, thread in seen}
+
+
+def test_a_worker_forked_after_a_password_check_checks_passwords_too():
+    """gunicorn forks its workers from a process that may have checked a password already (with
+    --preload): the pool's threads do not survive a fork, so a worker makes its own."""
+    assert low_priority.run(len, "parent") == 6
+    pid = os.fork()
+    if pid == 0:  # the child: a hang would be killed by the alarm, and the test fail
+        signal.alarm(20)
+        try:
+            os._exit(0 if low_priority.run(len, "child") == 5 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_passwords_are_still_checked_where_priorities_cannot_be_changed(monkeypatch):
+    """A system call filter may forbid changing a thread's priority: the work then runs at the
+    normal priority, and sign-ins still work."""
+
+    def forbidden(*_args: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", forbidden)
+    monkeypatch.setattr(low_priority, "_pool", None)
+    try:
+        hashed = low_priority.run(service.generate_password_hash, PASSWORD, "pbkdf2:sha256:1")
+        assert low_priority.run(service.check_password_hash, hashed, PASSWORD) is True
+    finally:
+        low_priority._executor().shutdown()

@@ -57,7 +57,8 @@ class ModuleVersion(Base):
     html: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
-    module: Mapped[Module] = relationship()
+    # Joined: pages find a module by its slug among a version's modules on every request.
+    module: Mapped[Module] = relationship(lazy="joined")
 
 
 class PolicyVersion(Base):

@@ -28,7 +28,7 @@ from flask import Flask, current_app
 from sqlalchemy import and_, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from core import outbox
 from core.db import utcnow, writing
@@ -225,18 +225,20 @@ def load_people(session: Session, ids: Iterable[int]) -> list[Person]:
         session.scalars(
             select(Person)
             .where(Person.id.in_(list(ids)))
-            .options(selectinload(Person.role_rows))
+            .options(joinedload(Person.role_rows))
             .execution_options(populate_existing=True)  # never details from an earlier transaction
             .order_by(Person.id)
-        )
+        ).unique()
     )
 
 
-def _valid(now: datetime, policy: Policy) -> Any:
+def _valid(now: datetime, policy: Policy, policy_rev: Any = None) -> Any:
+    """An answer that counts: for the revisions the person and the policy have now (the policy's
+    as loaded, unless ``policy_rev`` says where to read it)."""
     return and_(
         StoredStatus.policy_id == policy.id,
         StoredStatus.person_rev == Person.status_rev,
-        StoredStatus.policy_rev == policy.status_rev,
+        StoredStatus.policy_rev == (policy.status_rev if policy_rev is None else policy_rev),
         StoredStatus.computed_at <= now,  # an answer says nothing about the time before it
         or_(StoredStatus.fresh_until.is_(None), StoredStatus.fresh_until > now),
     )
@@ -247,18 +249,23 @@ def out_of_date(
     now: datetime | None = None, limit: int | None = None,
 ) -> list[int]:  # fmt: skip
     """The people (of these, or everyone) whose stored answer for ``policy`` does not count."""
-    return list(_out_of_date_revs(session, policy, person_ids, now, limit))
+    return list(_out_of_date_revs(session, policy, person_ids, now, limit)[0])
 
 
 def _out_of_date_revs(
     session: Session, policy: Policy, person_ids: Iterable[int] | None = None,
     now: datetime | None = None, limit: int | None = None,
-) -> dict[int, int]:  # fmt: skip
-    """:func:`out_of_date`, with each person's revision as read (before any evidence is)."""
+) -> tuple[dict[int, int], int | None]:  # fmt: skip
+    """:func:`out_of_date`, with each person's revision and the policy's, as this transaction
+    reads them now (before any evidence is): one query."""
     now = now or utcnow()
+    policy_rev = select(Policy.status_rev).where(Policy.id == policy.id).scalar_subquery()
     query = (
-        select(Person.id, Person.status_rev)
-        .outerjoin(StoredStatus, and_(StoredStatus.person_id == Person.id, _valid(now, policy)))
+        select(Person.id, Person.status_rev, policy_rev)
+        .outerjoin(
+            StoredStatus,
+            and_(StoredStatus.person_id == Person.id, _valid(now, policy, policy_rev)),
+        )
         .where(StoredStatus.person_id.is_(None))
         .order_by(Person.id)
     )
@@ -266,7 +273,8 @@ def _out_of_date_revs(
         query = query.where(Person.id.in_(list(person_ids)))
     if limit:
         query = query.limit(limit)
-    return {pid: rev for pid, rev in session.execute(query)}
+    rows = session.execute(query).all()
+    return {pid: rev for pid, rev, _ in rows}, (rows[0][2] if rows else None)
 
 
 def bring_up_to_date(
@@ -282,12 +290,11 @@ def bring_up_to_date(
         while True:
             with writing(session):
                 # The revisions are read first, in the transaction that stores the answers.
-                policy = session.get_one(Policy, policy.id, populate_existing=True)
-                revs = _out_of_date_revs(session, policy, wanted, now, limit=batch)
+                revs, policy_rev = _out_of_date_revs(session, policy, wanted, now, limit=batch)
                 if not revs:
                     break
                 people = load_people(session, revs)
-                count += len(refresh(session, people, policy, now, revs, policy.status_rev))
+                count += len(refresh(session, people, policy, now, revs, policy_rev))
             if wanted is not None and len(revs) < batch:
                 break
     return count
