@@ -32,6 +32,10 @@ PEOPLE = int(os.environ.get("BENCH_PEOPLE", "10000"))
 DURATION = os.environ.get("BENCH_DURATION", "5s")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 CONNECTIONS = 8
+# Both served alike, as the API's targets were set: 2 sync workers. BENCH_THREADS=16 serves as
+# `make run` does (2 workers of 16 threads), to compare.
+WORKERS = os.environ.get("BENCH_WORKERS", "2")
+THREADS = os.environ.get("BENCH_THREADS", "1")
 
 
 def free_port() -> int:
@@ -105,7 +109,8 @@ def build_database(url: str, people_count: int | None = None) -> tuple[str, list
 
 def serve(module: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{port}",
+        [str(ROOT / ".venv/bin/gunicorn"), "--workers", WORKERS, "--threads", THREADS,
+         "--bind", f"127.0.0.1:{port}",
          "--log-level", "warning", module],
         cwd=ROOT, env=env, start_new_session=True,
     )  # fmt: skip
@@ -118,11 +123,13 @@ def serve(module: str, port: int, env: dict[str, str]) -> subprocess.Popen:
     raise RuntimeError(f"{module} did not start")
 
 
-# A different person on every request, so nothing is answered from a warm row by luck.
-RANDOM_PERSON = """
+# A different person on every request, so nothing is answered from a warm row by luck. The bare
+# endpoint is loaded by the same script (its path with a number in it, the same header), so that
+# wrk, on the same cores, spends the same on each request of both.
+RANDOM_PATH = """
 local first, last = %d, %d
 request = function()
-  local path = "/api/v1/people/" .. math.random(first, last) .. "/training-status"
+  local path = "%s" .. math.random(first, last) .. "%s"
   return wrk.format("GET", path)
 end
 """
@@ -247,18 +254,19 @@ def main() -> None:
            "PYTHONPATH": str(ROOT)}  # fmt: skip
     bare_port, app_port = free_port(), free_port()
     script = workdir / "random_person.lua"
-    script.write_text(RANDOM_PERSON % (min(ids), max(ids)))
+    script.write_text(RANDOM_PATH % (min(ids), max(ids), "/api/v1/people/", "/training-status"))
+    bare_script = workdir / "random_ping.lua"
+    bare_script.write_text(RANDOM_PATH % (min(ids), max(ids), "/ping/", ""))
+    auth = f"Authorization: Bearer {token}"
     processes = [serve("bench.bare_app:app", bare_port, env), serve("wsgi:app", app_port, env)]
     bare, app = [], []
     try:
-        wrk(f"http://127.0.0.1:{bare_port}/ping", duration="1s")  # warm up both: not counted
-        wrk(f"http://127.0.0.1:{app_port}/", f"Authorization: Bearer {token}", str(script), "1s")
+        wrk(f"http://127.0.0.1:{bare_port}/", auth, str(bare_script), "1s")  # warm up: not counted
+        wrk(f"http://127.0.0.1:{app_port}/", auth, str(script), "1s")
         # Alternate the two, so that a noisy neighbour on a shared machine hits both alike.
         for _ in range(ROUNDS):
-            bare.append(wrk(f"http://127.0.0.1:{bare_port}/ping"))
-            app.append(
-                wrk(f"http://127.0.0.1:{app_port}/", f"Authorization: Bearer {token}", str(script))
-            )
+            bare.append(wrk(f"http://127.0.0.1:{bare_port}/", auth, str(bare_script)))
+            app.append(wrk(f"http://127.0.0.1:{app_port}/", auth, str(script)))
     finally:
         for p in processes:
             os.killpg(p.pid, signal.SIGTERM)
@@ -269,7 +277,8 @@ def main() -> None:
     ratio = statistics.median(a[0] / b[0] for a, b in zip(app, bare, strict=True))
     bare_rps, bare_p99 = (statistics.median(x) for x in zip(*bare, strict=True))
     app_rps, app_p99 = (statistics.median(x) for x in zip(*app, strict=True))
-    print(f"people: {len(ids)}; gunicorn, 2 sync workers; SQLite; wrk -t2 -c{CONNECTIONS} "
+    server = "sync workers" if THREADS == "1" else f"workers x {THREADS} threads"
+    print(f"people: {len(ids)}; gunicorn, {WORKERS} {server}; SQLite; wrk -t2 -c{CONNECTIONS} "
           f"-d{DURATION}, {ROUNDS} alternating rounds, medians")  # fmt: skip
     print(f"bare Flask JSON endpoint:   {bare_rps:8.0f} req/s   p99 {bare_p99:6.2f} ms")
     print(f"one person's status (API):  {app_rps:8.0f} req/s   p99 {app_p99:6.2f} ms   "
