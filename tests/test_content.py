@@ -90,7 +90,7 @@ def test_content_check_command_exits_non_zero_with_messages(runner, app, editabl
 def test_content_check_command_accepts_good_content(runner):
     result = runner.invoke(args=["content", "check"])
     assert result.exit_code == 0, result.output
-    assert "Content is valid." in result.output
+    assert "Content is valid" in result.output
 
 
 @pytest.mark.parametrize(

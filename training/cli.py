@@ -10,6 +10,7 @@ from flask.cli import with_appcontext
 
 from core.db import db, utcnow
 from core.migrate import db_cli, upgrade
+from quizzes.lint import giveaways
 from training.loader import ContentError, load_all
 from training.publishing import publish
 
@@ -34,6 +35,7 @@ def check_command() -> None:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         raise click.ClickException(f"{len(exc.problems)} problem(s) found; nothing was changed.")
+    warnings = 0
     for policy in policies:
         questions = sum(len(m.bank.questions) for m in policy.modules if m.bank)
         quizzes = sum(1 for m in policy.modules if m.bank)
@@ -42,7 +44,17 @@ def check_command() -> None:
             f"{len(policy.modules)} modules ({quizzes} with quizzes, {questions} questions), "
             f"audiences: {', '.join(policy.audiences)}"
         )
-    click.echo("Content is valid.")
+        found = giveaways(m.bank for m in policy.modules if m.bank)
+        for warning in found:
+            click.echo(f"warning: {warning}", err=True)
+        warnings += len(found)
+    if warnings:
+        click.echo(
+            f"Content is valid; {warnings} warning(s) about answers a learner could guess "
+            "without reading (see above)."
+        )
+    else:
+        click.echo("Content is valid.")
 
 
 def publish_all() -> list[str]:
