@@ -113,20 +113,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         function = getattr(item, "function", None)
         if path.name == "test_forms_fuzz.py" or getattr(function, "is_hypothesis_test", False):
             item.add_marker(pytest.mark.fuzz)
-    # The longest files first (the crash tests, a minute each; then the browser and demo tests), so
-    # that under xdist they start while other workers have plenty to do, and the run does not end
-    # with one worker alone in a long test. Whole files move together, in their own order, so
-    # module-scoped fixtures are still set up once.
-    items.sort(key=_start_early)
-
-
-def _start_early(item: pytest.Item) -> int:
-    path = Path(str(item.path))
-    if path.name == "test_crash.py":
-        return 0
-    if "browser" in path.parts or path.name in SLOW_FILES:
-        return 1
-    return 2
 
 
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
