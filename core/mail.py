@@ -151,6 +151,10 @@ def _remember(app: Flask | None, error: MailError) -> None:
         log.exception("could not record the email failure")
 
 
+# The name of every thread that sends mail or records a failure to send it.
+MAIL_THREAD = "countersign-mail"
+
+
 def _current_app() -> Flask | None:
     return current_app._get_current_object() if has_app_context() else None  # type: ignore[attr-defined]
 
@@ -166,7 +170,7 @@ def send_mail_later(config: Any, to: str, subject: str, body: str) -> None:
         except MailError as exc:
             _remember(app, exc)
 
-    threading.Thread(target=run, name="countersign-mail", daemon=True).start()
+    threading.Thread(target=run, name=MAIL_THREAD, daemon=True).start()
 
 
 def send_mail(
@@ -181,7 +185,9 @@ def send_mail(
         _send(config, to, subject, body, html=html, sender_name=sender_name)
     except MailError as exc:
         # Recorded from another thread: a write lock held by the caller must not block it.
-        threading.Thread(target=_remember, args=(_current_app(), exc), daemon=True).start()
+        threading.Thread(
+            target=_remember, args=(_current_app(), exc), name=MAIL_THREAD, daemon=True
+        ).start()
         raise
 
 

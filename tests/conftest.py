@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from app import create_app
 from core.config import ROOT
 from core.db import db, normalise_url
+from core.mail import MAIL_THREAD
 from core.migrate import upgrade
 from people.models import Person, PersonRole, PersonSchool
 from people.service import record_person, set_password
@@ -345,8 +347,17 @@ def app(
     application = create_app(config)
     application.instance_path = str(instance)
     yield application
+    join_mail_threads()
     with application.app_context():
         db.engine.dispose()
+
+
+def join_mail_threads(timeout: float = 10) -> None:
+    """Wait for mail sent in the background, and failures being recorded, to finish: a thread
+    still writing after the test's database is gone would open a connection nobody closes."""
+    for thread in threading.enumerate():
+        if thread.name == MAIL_THREAD:
+            thread.join(timeout)
 
 
 @pytest.fixture

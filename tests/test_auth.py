@@ -16,7 +16,7 @@ from audit.models import AuditEvent
 from core.db import db, utcnow
 from people.auth import RESET_MAILS_PER_HOUR, ThrottlePolicy, reset_mail_allowed, retry_after
 from people.models import Person
-from tests.conftest import PASSWORD, Auth, csrf_token
+from tests.conftest import PASSWORD, Auth, csrf_token, join_mail_threads
 
 
 def test_sign_in_with_right_password_reaches_the_dashboard(auth, make_person):
@@ -391,9 +391,7 @@ def _wait_for_mail(smtp, count: int = 1) -> list:
 def _all_mail_sent(smtp) -> list:
     """Every email the requests so far will ever send: each is sent by a thread of its own, and
     the server holds a message before it tells that thread it was accepted."""
-    for thread in threading.enumerate():
-        if thread.name == "countersign-mail":
-            thread.join(timeout=10)
+    join_mail_threads()
     return smtp.received
 
 
@@ -447,7 +445,6 @@ def test_the_forgot_password_form_emails_one_person_at_most_three_links_an_hour(
 
 
 def test_requests_at_the_same_moment_cannot_pass_the_forgot_password_limit(app, smtp, make_person):
-    import threading
 
     app.config.update(_smtp_config(smtp))
     make_person("staff", email="raced@ladysmith.example")
@@ -490,7 +487,6 @@ def test_out_of_range_ids_are_not_found(auth, make_person, person_id):
 
 
 def test_parallel_guesses_cannot_overtake_the_throttle(app, make_person):
-    import threading
 
     from sqlalchemy import func, select
 
